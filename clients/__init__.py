@@ -1,0 +1,1 @@
+"""twinserve clients package (filled in by later work)."""

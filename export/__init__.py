@@ -1,0 +1,1 @@
+"""twinserve export package (filled in by later work)."""

@@ -1,0 +1,1 @@
+"""twinserve serving package (filled in by later work)."""
