@@ -1,0 +1,26 @@
+# Everything a fresh machine needs: `make demo` and `make test` create .venv and install into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; a plain `torch` would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: demo test venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/twin demo --out demo
+
+test: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo

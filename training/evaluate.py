@@ -1,0 +1,87 @@
+"""Evaluation on whole trials (never random crops): predictions and metrics per tier.
+
+A trial's prediction is (T, N) like its responses; the first R - 1 frames, before the receptive
+field is full, are NaN, which the 50-frame burn-in of the metrics excludes anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .data import Recording, Trial
+from .model import Twin
+
+SKIPPED_TIERS = ("none",)
+
+
+@torch.inference_mode()
+def predict(model: Twin, recording: str, trials: list[Trial]) -> list[np.ndarray]:
+    """Predicted responses per trial, (T, N) each, NaN before the receptive field is full."""
+    model.eval()
+    predictions = []
+    for trial in trials:
+        inputs = [torch.from_numpy(a)[None] for a in (trial.video, trial.behavior, trial.pupil_center)]
+        out = model(recording, *inputs)[0].numpy()
+        padded = np.full((trial.frames, out.shape[1]), np.nan, dtype=np.float32)
+        padded[trial.frames - len(out):] = out
+        predictions.append(padded)
+    return predictions
+
+
+def load_expected(recording: Recording, trials: list[Trial]) -> list[np.ndarray] | None:
+    """The virtual mouse's true expected responses for these trials (T, N), or None for real data."""
+    folder = recording.path / "truth" / "expected"
+    paths = [folder / f"{t.index}.npy" for t in trials]
+    if not all(p.is_file() for p in paths):
+        return None
+    return [np.load(p).T[: t.frames].astype(np.float32) for p, t in zip(paths, trials)]
+
+
+def score(responses: list[np.ndarray], predictions: list[np.ndarray], groups) -> tuple[dict, dict]:
+    """Per-neuron metrics and their summary; repeat-based ones only where clips repeat."""
+    per_neuron = {"single_trial_correlation": metrics.single_trial_correlation(responses, predictions)}
+    if any(len(g) > 1 for g in groups):
+        per_neuron["correlation_to_average"] = metrics.correlation_to_average(responses, predictions, groups)
+        per_neuron["fev_e"] = metrics.fev_e(responses, predictions, groups)
+        per_neuron["cc_norm"] = metrics.cc_norm(responses, predictions, groups)
+    return per_neuron, metrics.summarize(per_neuron, responses, groups)
+
+
+def evaluate_tier(model: Twin, recording: Recording, trials: list[Trial]) -> tuple[dict, dict]:
+    """Metrics of one tier → (summary, per-neuron arrays)."""
+    trials = [t for t in trials if t.responses is not None and t.frames > metrics.BURN_IN]
+    if not trials:
+        return {}, {}
+    responses = [t.responses for t in trials]
+    groups = recording.repeat_groups(trials)
+    per_neuron, summary = score(responses, predict(model, recording.name, trials), groups)
+    expected = load_expected(recording, trials)
+    if expected is not None:
+        ceiling = metrics.single_trial_correlation(responses, expected)
+        per_neuron["ceiling_single_trial_correlation"] = ceiling
+        summary["ceiling_single_trial_correlation"] = float(np.nanmean(ceiling))
+        summary["fraction_of_ceiling"] = summary["single_trial_correlation"] / summary["ceiling_single_trial_correlation"]
+    summary.update(trials=len(trials), clips=len(groups), neurons=recording.neurons)
+    return summary, per_neuron
+
+
+def evaluate(model: Twin, recordings: list[Recording], out: Path | None = None, progress: bool = True) -> dict:
+    """Metrics per recording and tier; with `out`, per-neuron arrays go to `out/metrics_per_neuron.npz`."""
+    results, arrays = {}, {}
+    jobs = [(r, tier) for r in recordings for tier in sorted(set(r.tiers)) if tier not in SKIPPED_TIERS]
+    for recording, tier in tqdm(jobs, desc="evaluate", disable=not progress):
+        if recording.name not in model.heads:
+            raise KeyError(f"the twin has no readout for recording {recording.name!r}; "
+                           f"it knows {sorted(model.heads)}")
+        summary, per_neuron = evaluate_tier(model, recording, recording.load(tier))
+        if summary:
+            results.setdefault(recording.name, {})[tier] = summary
+            arrays.update({f"{recording.name}/{tier}/{k}": v for k, v in per_neuron.items()})
+    if out is not None:
+        np.savez_compressed(Path(out) / "metrics_per_neuron.npz", **arrays)
+    return results

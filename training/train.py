@@ -1,0 +1,206 @@
+"""The trainer: Poisson loss, AdamW, warm-up + cosine schedule, all recordings in every step,
+gradient clipping, early stopping on the oracle tier's single-trial correlation, resumable.
+
+Training batches are random windows of training trials; validation runs whole trials.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from . import checkpoint, metrics
+from .data import Recording, Trial, open_recordings
+from .evaluate import evaluate, predict
+from .model import PRESETS, Twin
+from .plots import plot_training_curve
+from .positions import readout_positions
+
+
+@dataclass
+class TrainConfig:
+    """How to train. `minutes` and `steps` both bound the run; the schedule follows whichever is nearer."""
+
+    clips: int = 8             # windows per recording per step
+    frames: int = 48           # frames per window (the first R - 1 only fill the receptive field)
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.03       # fraction of the run
+    min_lr_ratio: float = 0.02
+    clip_grad: float = 1.0
+    minutes: float = 11.0
+    steps: int = 100_000
+    eval_every: int = 100      # steps between validations
+    patience: int = 6          # validations without improvement before stopping
+    val_trials: int = 20       # oracle trials per recording used for early stopping
+    seed: int = 0
+
+
+TRAIN_PRESETS = {
+    "tiny": TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6),
+    "small": TrainConfig(),
+    "base": TrainConfig(frames=80, lr=2.4e-3, minutes=60.0, eval_every=50),
+}
+
+
+def poisson_loss(rates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean Poisson negative log-likelihood (up to a constant), NaN targets ignored; (B, T, N) each."""
+    valid = torch.isfinite(targets)
+    targets = torch.where(valid, targets, torch.zeros_like(targets))
+    loss = rates - targets * torch.log(rates + 1e-8)
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+class WindowSampler:
+    """Random windows of `frames` frames from training trials, uniform over all valid start frames."""
+
+    def __init__(self, trials: list[Trial], frames: int, rng: np.random.Generator):
+        self.trials = [t for t in trials if t.frames >= frames and t.responses is not None]
+        if not self.trials:
+            raise ValueError(f"no training trial has {frames} frames with responses")
+        self.frames, self.rng = frames, rng
+        starts = np.array([t.frames - frames + 1 for t in self.trials])
+        self.weights = starts / starts.sum()
+
+    def sample(self, clips: int) -> list[torch.Tensor]:
+        """→ video (B, T, H, W), behavior (B, T, 2), pupil_center (B, T, 2), responses (B, T, N)."""
+        picks = self.rng.choice(len(self.trials), size=clips, p=self.weights)
+        batch = [[], [], [], []]
+        for i in picks:
+            trial = self.trials[i]
+            start = self.rng.integers(0, trial.frames - self.frames + 1)
+            window = slice(start, start + self.frames)
+            for j, array in enumerate((trial.video, trial.behavior, trial.pupil_center, trial.responses)):
+                batch[j].append(array[window])
+        return [torch.from_numpy(np.stack(arrays)) for arrays in batch]
+
+
+def learning_rate(config: TrainConfig, progress: float) -> float:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` of the peak; progress ∈ [0, 1]."""
+    if progress < config.warmup:
+        return config.lr * max(progress / config.warmup, 0.01)
+    cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, (progress - config.warmup) / (1 - config.warmup))))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def validation_score(model: Twin, validation: dict[str, list[Trial]]) -> float:
+    """Mean over recordings and neurons of the single-trial correlation on whole validation trials."""
+    scores = []
+    for name, trials in validation.items():
+        predictions = predict(model, name, trials)
+        scores.append(np.nanmean(metrics.single_trial_correlation([t.responses for t in trials], predictions)))
+    model.train()
+    return float(np.mean(scores))
+
+
+def _validation_subset(trials: list[Trial], count: int) -> list[Trial]:
+    trials = [t for t in trials if t.responses is not None and t.frames > metrics.BURN_IN]
+    return trials[:: max(1, len(trials) // count)][:count]
+
+
+def build_model(preset: str, recordings: list[Recording], train_trials: dict[str, list[Trial]]) -> Twin:
+    """A fresh twin with normalisation and readout positions initialised from the training data."""
+    model = Twin(PRESETS[preset], {r.name: r.neurons for r in recordings})
+    for recording in recordings:
+        positions = readout_positions(train_trials[recording.name], recording.coordinates)
+        model.heads[recording.name].initialize(recording.statistics, positions)
+    return model
+
+
+def train(data: list[str | Path], out: str | Path, preset: str = "small", progress: bool = True,
+          **overrides) -> dict:
+    """Train a twin on the recordings `data` into run directory `out`; returns the metrics.
+
+    overrides: fields of `TrainConfig` (e.g. minutes=5). An existing checkpoint in `out` with the
+    same settings is resumed.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = TrainConfig(**{**asdict(TRAIN_PRESETS[preset]), **overrides})
+    out = Path(out)
+    (out / "checkpoint").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    recordings = open_recordings(data)
+    train_trials = {r.name: r.load("train") for r in recordings}
+    validation = {r.name: _validation_subset(r.load("oracle"), config.val_trials) for r in recordings}
+    empty = [name for name, trials in validation.items() if not trials]
+    if empty:
+        raise ValueError(f"recordings {empty} have no oracle trials with responses to validate on")
+
+    model = build_model(preset, recordings, train_trials)
+    run_config = {
+        "preset": preset, "model": model.config, "train": asdict(config),
+        "receptive_field": model.receptive_field,
+        "recordings": {r.name: {"neurons": r.neurons, "unit_ids": r.unit_ids.tolist()} for r in recordings},
+    }
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = {"step": 0, "elapsed": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
+    state_path = out / "checkpoint" / "state.json"
+    if state_path.is_file() and json.loads((out / "config.json").read_text()) == run_config:
+        model.load_state_dict(load_file(str(out / "checkpoint" / "last.safetensors")))
+        checkpoint.load_optimizer(optimizer, out / "checkpoint" / "optimizer.safetensors")
+        state = json.loads(state_path.read_text())
+    checkpoint.write_json(out / "config.json", run_config)
+
+    samplers = {name: WindowSampler(trials, config.frames, np.random.default_rng(config.seed + state["step"]))
+                for name, trials in train_trials.items()}
+    def validate() -> bool:
+        """Score the validation trials, keep the best weights, write a resumable checkpoint."""
+        score = validation_score(model, validation)
+        state["history"].append({"step": state["step"], "minutes": (time.time() - started) / 60,
+                                 "loss": float(np.mean(losses)) if losses else float("nan"),
+                                 "lr": optimizer.param_groups[0]["lr"], "validation": score})
+        losses.clear()
+        improved = score > state["best_score"]
+        if improved:
+            state.update(best_score=score, best_step=state["step"])
+            checkpoint.save_weights(model, out / "model.safetensors")
+        state["elapsed"] = time.time() - started
+        checkpoint.save_weights(model, out / "checkpoint" / "last.safetensors")
+        checkpoint.save_optimizer(optimizer, out / "checkpoint" / "optimizer.safetensors")
+        checkpoint.write_json(state_path, state)
+        return improved
+
+    model.train()
+    bar = tqdm(total=100, desc=f"train {preset}", unit="%", disable=not progress, initial=0)
+    started, losses = time.time() - state["elapsed"], []
+    bad_validations = sum(1 for h in state["history"] if h["step"] > state["best_step"])
+    while True:
+        elapsed = time.time() - started
+        fraction = max(state["step"] / config.steps, elapsed / (60 * config.minutes))
+        if fraction >= 1 or bad_validations >= config.patience:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, fraction)
+        loss = 0.0
+        for name, sampler in samplers.items():
+            video, behavior, pupil, responses = sampler.sample(config.clips)
+            rates = model.rates(name, video, behavior, pupil)
+            target = responses[:, model.receptive_field - 1:] / model.heads[name].response_scale
+            loss = loss + poisson_loss(rates, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        losses.append(loss.item())
+        state["step"] += 1
+        bar.update(int(100 * fraction) - bar.n)
+        if state["step"] % config.eval_every == 0:
+            bad_validations = 0 if validate() else bad_validations + 1
+            bar.set_postfix(step=state["step"], loss=f"{state['history'][-1]['loss']:.3f}",
+                            val=f"{state['history'][-1]['validation']:.3f}")
+    bar.close()
+    if losses or not state["history"]:
+        validate()
+    plot_training_curve(state["history"], out / "training_curve.png")
+    best, _ = checkpoint.load_run(out)
+    results = evaluate(best, recordings, out, progress=progress)
+    checkpoint.write_json(out / "metrics.json", results)
+    return results

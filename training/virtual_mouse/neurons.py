@@ -1,0 +1,136 @@
+"""Neurons of the virtual mouse: a population with known receptive fields → expected spike rates.
+
+Each neuron sees the retinal image (the screen in contrast units, shifted by eye position; see
+``retina``) through a Gabor receptive field (``receptive_fields``): even and odd spatial filters applied
+to all frames at once as one ``(2N, H*W)`` matrix give projections ``p_e, p_o (B, T, N)``; two causal
+temporal kernels turn them into one (simple cell) or two (complex cell) linear channels ``u``, with
+a space–time inseparable mix for direction-selective neurons. The response is
+
+- simple cell: ``relu(u0)²`` (rectified power), complex cell: ``u0² + u1²`` (quadrature energy),
+
+divided by ``semi_saturation² + E(t)``, where E is the local mean squared contrast in a Gaussian pool
+around the RF over the last few frames (contrast normalisation: responses saturate with contrast but
+keep their selectivity). This drive is scaled to mean 1 over the training movies (``drive_norm``):
+``x(t) = drive(t) / drive_norm``, and, with a soft ceiling at ``max_rate`` for the strongest stimuli,
+
+    λ(t) = exp(running_gain·z_run(t) + pupil_gain·z_pupil(t))
+           · (baseline + max_rate · tanh(amplitude · x(t) / max_rate))   [Hz]
+
+with behaviour z-scored by ``behavior_mean/std``. Arrays are time-first: video ``(B, T, H, W)``,
+behaviour ``(B, T, 2)`` = [pupil size, running speed], pupil centre ``(B, T, 2)`` = [x, y], rates
+``(B, T, N)``.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .receptive_fields import channel_kernels, contrast_pools, filter_in_time, gabor_filters, pool_kernels
+from .retina import contrast, eye_shift, shift_frames
+from .stimuli import HEIGHT, WIDTH
+
+EVOKED_RATE_HZ = 2.0  # median over neurons of the evoked rate at the mean drive of natural movies
+MAX_RATE_HZ = 80.0    # median over neurons of the largest evoked rate
+
+
+@dataclass
+class Population:
+    """Parameters of N neurons of one mouse (all per-neuron arrays have shape ``(N,)`` unless noted)."""
+    rf_center: np.ndarray         # (N, 2) [x, y] px
+    rf_sigma: np.ndarray          # px
+    spatial_period: np.ndarray    # px
+    orientation_deg: np.ndarray   # carrier wave-vector direction mod 180, [0, 180)
+    phase: np.ndarray             # simple-cell carrier phase, rad
+    is_complex: np.ndarray        # bool
+    direction_weight: np.ndarray  # signed weight of the quadrature temporal path, 0 = not DS
+    latency: np.ndarray           # temporal-kernel peak, frames
+    kernel_freq: np.ndarray       # temporal-kernel carrier frequency, cycles/frame
+    semi_saturation: np.ndarray   # RMS contrast at which contrast normalisation halves the drive
+    baseline: np.ndarray          # Hz
+    amplitude: np.ndarray         # Hz, evoked rate at the mean drive of the training movies (x = 1)
+    max_rate: np.ndarray          # Hz, soft ceiling of the evoked rate
+    running_gain: np.ndarray      # per unit z-scored running speed (log gain)
+    pupil_gain: np.ndarray        # per unit z-scored pupil size (log gain)
+    calcium_tau: np.ndarray       # s
+    reliability: np.ndarray       # target single-trial correlation of responses with their expectation
+    noise_std: np.ndarray         # fluorescence noise std per imaging sample (set by calibration)
+    eye_gain: float               # retinal px per eye-camera px (one eye for all neurons)
+    eye_center: np.ndarray        # (2,) pupil centre [x, y] at which the retinal image is unshifted
+    behavior_mean: np.ndarray     # (2,) [pupil, running] used to z-score behaviour
+    behavior_std: np.ndarray      # (2,)
+    drive_norm: np.ndarray        # mean drive on the training movies
+
+    def __len__(self):
+        return len(self.baseline)
+
+
+def sample_population(rng, n, eye_center):
+    """Draw ``n`` neurons of one mouse whose pupil rests at ``eye_center (2,)``; not yet calibrated."""
+    period = np.exp(rng.uniform(np.log(8.0), np.log(24.0), n))
+    sigma = np.clip(period * rng.uniform(0.15, 0.3, n), 2.5, 5.0)
+    margin = sigma + 2.0
+    center = np.stack([rng.uniform(margin, WIDTH - 1 - margin), rng.uniform(margin, HEIGHT - 1 - margin)], 1)
+    is_ds = rng.random(n) < 0.3
+    return Population(
+        rf_center=center, rf_sigma=sigma, spatial_period=period,
+        orientation_deg=rng.uniform(0.0, 180.0, n), phase=rng.uniform(0.0, 2 * np.pi, n),
+        is_complex=rng.random(n) < 0.5,
+        direction_weight=is_ds * rng.choice([-1.0, 1.0], n) * rng.uniform(0.7, 1.0, n),
+        latency=rng.uniform(2.0, 5.0, n), kernel_freq=rng.uniform(0.07, 0.12, n),
+        semi_saturation=rng.uniform(0.1, 0.25, n),
+        baseline=rng.lognormal(np.log(0.5), 0.5, n), amplitude=rng.lognormal(np.log(EVOKED_RATE_HZ), 0.4, n),
+        max_rate=rng.lognormal(np.log(MAX_RATE_HZ), 0.25, n),
+        running_gain=rng.normal(0.15, 0.1, n), pupil_gain=rng.normal(0.05, 0.08, n),
+        calcium_tau=rng.uniform(0.2, 0.35, n), reliability=rng.uniform(0.25, 0.65, n),
+        noise_std=np.zeros(n), eye_gain=float(rng.uniform(0.25, 0.4)),
+        eye_center=np.asarray(eye_center, dtype=float), behavior_mean=np.zeros(2), behavior_std=np.ones(2),
+        drive_norm=np.ones(n))
+
+
+def drive_from_projections(pop, even, odd, energy):
+    """Drive ``(B, T, N)`` (before ``drive_norm``) from the spatial projections ``even, odd (B, T, N)``
+    and the pooled squared contrast ``energy (B, T, N)`` of each frame."""
+    kernels = channel_kernels(pop)
+    u0 = filter_in_time(even, kernels[0, 0]) + filter_in_time(odd, kernels[0, 1])
+    u1 = filter_in_time(even, kernels[1, 0]) + filter_in_time(odd, kernels[1, 1])
+    response = np.where(pop.is_complex, u0**2 + u1**2, np.maximum(u0, 0.0) ** 2)
+    return response / (pop.semi_saturation**2 + filter_in_time(energy, pool_kernels(pop)))
+
+
+def raw_drive(pop, video, pupil_center):
+    """Drive ``(B, T, N)`` (before ``drive_norm``) for ``video (B, T, H, W)`` (0..255), ``pupil_center (B, T, 2)``."""
+    batch, n_frames = video.shape[:2]
+    shift = eye_shift(pupil_center, pop.eye_center, pop.eye_gain).reshape(-1, 2)
+    retina = shift_frames(contrast(video).reshape(-1, HEIGHT, WIDTH), shift).reshape(batch * n_frames, -1)
+    projections = retina @ gabor_filters(pop).reshape(2 * len(pop), -1).T
+    even, odd = projections.reshape(batch, n_frames, 2, len(pop)).transpose(2, 0, 1, 3)
+    energy = (retina**2 @ contrast_pools(pop).T).reshape(batch, n_frames, len(pop))
+    return drive_from_projections(pop, even, odd, energy)
+
+
+def behavioral_gain(pop, behavior):
+    """Multiplicative gain ``(B, T, N)`` from ``behavior (B, T, 2)`` = [pupil size, running speed]."""
+    z = (behavior - pop.behavior_mean) / pop.behavior_std
+    return np.exp(z[..., 1:] * pop.running_gain + z[..., :1] * pop.pupil_gain).astype(np.float32)
+
+
+def rate_at_rest(pop, drive):
+    """Rates ``(..., N)`` Hz at mean behaviour (gain 1) for drive ``(..., N)`` (before ``drive_norm``)."""
+    return pop.baseline + pop.max_rate * np.tanh(pop.amplitude * drive / pop.drive_norm / pop.max_rate)
+
+
+def rates_from_drive(pop, drive, behavior):
+    """Expected spike rates ``(B, T, N)`` Hz from drive ``(B, T, N)`` and ``behavior (B, T, 2)``."""
+    return (behavioral_gain(pop, behavior) * rate_at_rest(pop, drive)).astype(np.float32)
+
+
+def expected_rates(pop, video, behavior, pupil_center):
+    """Expected spike rates λ in Hz, ``(T, N)`` for one trial or ``(B, T, N)`` for a batch.
+
+    ``video (T, H, W)`` or ``(B, T, H, W)`` in screen values 0..255, ``behavior (…, T, 2)`` =
+    [pupil size, running speed], ``pupil_center (…, T, 2)`` = [x, y]; time-first, no NaNs.
+    """
+    single = np.ndim(video) == 3
+    video, behavior, pupil_center = (np.asarray(a)[None] if single else np.asarray(a)
+                                     for a in (video, behavior, pupil_center))
+    rates = rates_from_drive(pop, raw_drive(pop, video, pupil_center), behavior)
+    return rates[0] if single else rates
