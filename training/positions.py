@@ -1,10 +1,11 @@
 """Initial readout positions from the data: where in the visual field each neuron looks.
 
-Each neuron's response is correlated with the local motion energy of the movie on a coarse grid;
-the peak of that map is a noisy estimate of its receptive-field centre. Visual cortex is
-retinotopic, so an affine map from the neurons' cortical coordinates to those peaks, fitted on the
-neurons with the clearest maps, gives every neuron a denoised starting position. If the coordinates
-do not explain the peaks, the peaks themselves are used.
+V1 neurons respond to oriented contrast in their receptive field, so each neuron's response is
+correlated with lagged oriented energy (a small quadrature Gabor bank) pooled on a coarse grid;
+the peak of its best orientation channel is a noisy estimate of its receptive-field centre. Visual
+cortex is retinotopic, so an affine map from the neurons' cortical coordinates to those peaks,
+fitted robustly on the neurons with the clearest maps, gives every neuron a denoised starting
+position. If the coordinates do not explain the peaks, the peaks themselves are used.
 """
 
 from __future__ import annotations
@@ -17,28 +18,57 @@ from .data import Trial
 
 GRID = (9, 16)
 LAGS = range(1, 9)
+PERIODS = (10, 18)      # pixels
+ORIENTATIONS = 4
+MAX_TRIALS = 60         # enough for a position estimate; bounds the cost on large recordings
 MIN_FIT_R2 = 0.5
 
 
-def _motion_energy(video: np.ndarray, grid=GRID) -> np.ndarray:
-    """|frame difference| pooled to a coarse grid and summed over response lags: (T, H, W) → (T, G)."""
-    diff = np.abs(np.diff(video, axis=0, prepend=video[:1]))
-    pooled = F.adaptive_avg_pool2d(torch.from_numpy(diff)[:, None], grid).flatten(1).numpy()
+def gabor_bank(size: int = 15) -> torch.Tensor:
+    """Zero-mean unit-norm quadrature pairs → (2 · periods · orientations, 1, size, size), even/odd interleaved."""
+    y, x = np.mgrid[-(size // 2): size // 2 + 1, -(size // 2): size // 2 + 1].astype(np.float64)
+    kernels = []
+    for period in PERIODS:
+        envelope = np.exp(-(x**2 + y**2) / (2 * (period / 2) ** 2))
+        for k in range(ORIENTATIONS):
+            angle = np.pi * k / ORIENTATIONS
+            carrier = 2 * np.pi * (x * np.cos(angle) - y * np.sin(angle)) / period
+            for phase in (0.0, np.pi / 2):
+                kernel = envelope * np.cos(carrier + phase)
+                kernel -= kernel.mean()
+                kernels.append(kernel / np.linalg.norm(kernel))
+    return torch.tensor(np.array(kernels), dtype=torch.float32)[:, None]
+
+
+def oriented_energy(video: np.ndarray, grid=GRID) -> np.ndarray:
+    """Lag-summed oriented energy on a coarse grid: video (T, H, W) → (T, K, G), K energy channels."""
+    bank = gabor_bank()
+    frames = torch.from_numpy((video - video.mean()) / 64.0)[:, None]
+    with torch.no_grad():
+        responses = F.conv2d(frames, bank, padding=bank.shape[-1] // 2)
+    energy = responses[:, 0::2] ** 2 + responses[:, 1::2] ** 2
+    pooled = F.adaptive_avg_pool2d(energy, grid).flatten(2).numpy()
     lagged = np.zeros_like(pooled)
     for lag in LAGS:
         lagged[lag:] += pooled[:-lag]
     return lagged
 
 
-def correlation_maps(trials: list[Trial], grid=GRID) -> np.ndarray:
-    """Per neuron the correlation of its response with lagged motion energy per grid cell → (N, G)."""
-    energy = np.concatenate([_motion_energy(t.video, grid) for t in trials])
-    responses = np.concatenate([t.responses for t in trials]).astype(np.float64)
-    responses = np.nan_to_num(responses - np.nanmean(responses, 0))
-    energy = energy - energy.mean(0)
-    energy /= np.linalg.norm(energy, axis=0) + 1e-9
-    responses /= np.linalg.norm(responses, axis=0) + 1e-9
-    return responses.T @ energy
+def _standardize(x: np.ndarray) -> np.ndarray:
+    x = x - x.mean(0)
+    return x / (np.linalg.norm(x, axis=0) + 1e-9)
+
+
+def receptive_field_peaks(trials: list[Trial], grid=GRID) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron the grid cell of the strongest energy correlation → (peaks (N, 2) in grid_sample
+    coordinates, strength (N,) the correlation there)."""
+    trials = trials[:: max(1, len(trials) // MAX_TRIALS)]
+    energy = np.concatenate([oriented_energy(t.video, grid) for t in trials])  # (T, K, G)
+    frames, channels, cells = energy.shape
+    responses = np.nan_to_num(np.concatenate([t.responses for t in trials]).astype(np.float64))
+    maps = (_standardize(responses).T @ _standardize(energy.reshape(frames, -1))).reshape(-1, channels, cells)
+    best = maps[np.arange(len(maps)), maps.max(2).argmax(1)]  # (N, G): the neuron's best channel
+    return _grid_centres(grid)[best.argmax(1)], best.max(1)
 
 
 def _grid_centres(grid=GRID) -> np.ndarray:
@@ -48,20 +78,28 @@ def _grid_centres(grid=GRID) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel()], 1)
 
 
+def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.ndarray,
+                    rounds: int = 4) -> tuple[np.ndarray, float]:
+    """Affine map cortical coordinates (N, ≥2) → peaks (N, 2), fitted on the stronger half and
+    refitted without outliers → (fitted positions (N, 2), R² on the inliers)."""
+    design = np.column_stack([coordinates[:, :2], np.ones(len(coordinates))])
+    inliers = strength >= np.median(strength)
+    for _ in range(rounds):
+        affine, *_ = np.linalg.lstsq(design[inliers], peaks[inliers], rcond=None)
+        residual = np.linalg.norm(design @ affine - peaks, axis=1)
+        inliers &= residual <= 2.5 * np.median(residual[inliers])
+    fitted = design @ affine
+    spread = ((peaks[inliers] - peaks[inliers].mean(0)) ** 2).sum()
+    r2 = 1 - ((peaks[inliers] - fitted[inliers]) ** 2).sum() / max(spread, 1e-12)
+    return fitted, float(r2)
+
+
 def readout_positions(trials: list[Trial], coordinates: np.ndarray, grid=GRID) -> np.ndarray:
     """Starting readout positions (N, 2) in grid_sample coordinates from training trials and the
     neurons' cortical coordinates (N, ≥2)."""
-    maps = correlation_maps(trials, grid)
-    weights = np.clip(maps - 0.5 * maps.max(1, keepdims=True), 0, None)
-    peaks = weights @ _grid_centres(grid) / np.maximum(weights.sum(1, keepdims=True), 1e-12)
-    strength = maps.max(1)
-    clear = strength >= np.median(strength)
-    design = np.column_stack([coordinates[:, :2], np.ones(len(coordinates))])
-    if clear.sum() < 4:
-        return np.clip(peaks, -1, 1).astype(np.float32)
-    affine, *_ = np.linalg.lstsq(design[clear], peaks[clear], rcond=None)
-    fitted = design @ affine
-    residual = ((peaks[clear] - fitted[clear]) ** 2).sum()
-    total = ((peaks[clear] - peaks[clear].mean(0)) ** 2).sum()
-    chosen = fitted if 1 - residual / max(total, 1e-12) >= MIN_FIT_R2 else peaks
-    return np.clip(chosen, -1, 1).astype(np.float32)
+    peaks, strength = receptive_field_peaks(trials, grid)
+    if len(peaks) >= 8:
+        fitted, r2 = retinotopic_fit(coordinates, peaks, strength)
+        if r2 >= MIN_FIT_R2:
+            peaks = fitted
+    return np.clip(peaks, -1, 1).astype(np.float32)

@@ -172,6 +172,8 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     bar = tqdm(total=100, desc=f"train {preset}", unit="%", disable=not progress, initial=0)
     started, losses = time.time() - state["elapsed"], []
     bad_validations = sum(1 for h in state["history"] if h["step"] > state["best_step"])
+    if not state["history"]:
+        validate()  # the untrained score, the first point of the curve
     while True:
         elapsed = time.time() - started
         fraction = max(state["step"] / config.steps, elapsed / (60 * config.minutes))

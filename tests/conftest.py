@@ -1,0 +1,12 @@
+"""Shared fixtures: a small virtual mouse, written once per test session."""
+
+import pytest
+
+from training.virtual_mouse import synthesize
+
+
+@pytest.fixture(scope="session")
+def small_mouse(tmp_path_factory):
+    """Two small recordings (40 and 46 neurons), 1.5 training minutes, 4 repeats per clip."""
+    return synthesize(tmp_path_factory.mktemp("small_mouse"), recordings=2, neurons=40, train_minutes=1.5,
+                      seed=1, repeats=4, oracle_clips=2, test_clips=1, progress=False)

@@ -1,0 +1,97 @@
+"""End to end: a tiny twin trains, improves, resumes, and runs on another simulator's data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clients.cli import main as twin
+from training.checkpoint import load_run
+from training.data import Recording
+from training.positions import readout_positions
+from training.train import train
+
+from other_simulator import write_other_recording
+
+TIERS = {"oracle", "live_test_main", "final_test_main", "live_test_bonus", "final_test_bonus", "train"}
+METRICS = {"single_trial_correlation", "correlation_to_average", "fev_e", "cc_norm", "ceiling_single_trial_correlation"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_mouse, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    results = train(small_mouse, out, preset="tiny", progress=False, steps=120, eval_every=30)
+    return out, results
+
+
+def test_tiny_train_improves_validation_and_writes_the_run(tiny_run, small_mouse):
+    out, results = tiny_run
+    for name in ("config.json", "model.safetensors", "metrics.json", "training_curve.png", "metrics_per_neuron.npz"):
+        assert (out / name).is_file(), name
+    state = json.loads((out / "checkpoint/state.json").read_text())
+    untrained = state["history"][0]
+    assert untrained["step"] == 0
+    assert state["best_score"] > untrained["validation"] + 0.05, state["history"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == results
+    for recording in small_mouse:
+        assert set(metrics[recording.name]) == TIERS
+        oracle = metrics[recording.name]["oracle"]
+        assert METRICS <= set(oracle)
+        assert 0.3 < oracle["ceiling_single_trial_correlation"] < 0.7
+        assert oracle["single_trial_correlation"] > 0.05
+
+
+def test_run_reloads_without_pickle_and_predicts_the_same(tiny_run, small_mouse):
+    out, _ = tiny_run
+    model, config = load_run(out)
+    assert config["receptive_field"] == model.receptive_field
+    recording = Recording(small_mouse[0])
+    trial = recording.trial(recording.trials_in("oracle")[0])
+    tensors = [torch.from_numpy(a)[None] for a in (trial.video, trial.behavior, trial.pupil_center)]
+    again, _ = load_run(out)
+    with torch.no_grad():
+        torch.testing.assert_close(model(recording.name, *tensors), again(recording.name, *tensors))
+    assert config["recordings"][recording.name]["unit_ids"] == recording.unit_ids.tolist()
+
+
+def test_training_resumes_from_its_checkpoint(small_mouse, tmp_path):
+    train(small_mouse, tmp_path, preset="tiny", progress=False, steps=40, eval_every=20)
+    first = json.loads((tmp_path / "checkpoint/state.json").read_text())
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["train"]["steps"] = 60  # a longer budget for the same run: the resumed run must continue
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    train(small_mouse, tmp_path, preset="tiny", progress=False, steps=60, eval_every=20)
+    second = json.loads((tmp_path / "checkpoint/state.json").read_text())
+    assert first["step"] == 40 and second["step"] == 60
+    assert second["history"][: len(first["history"])] == first["history"]
+
+
+def test_initial_readout_positions_find_the_receptive_fields(small_mouse):
+    recording = Recording(small_mouse[0])
+    positions = readout_positions(recording.load("train"), recording.coordinates)
+    pixels = (positions + 1) / 2 * np.array([64, 36]) - 0.5
+    truth = np.load(small_mouse[0] / "truth/neurons/rf_center.npy")
+    error = np.linalg.norm(pixels - truth, axis=1)
+    assert np.median(error) < 5, np.median(error)
+
+
+def test_cli_on_data_from_another_simulator(tmp_path, capsys):
+    folders = [write_other_recording(tmp_path / f"other-{i}", neurons=23 + 5 * i, seed=i) for i in range(2)]
+    args = ["--data", *map(str, folders), "--quiet"]
+    assert twin(["train", *args, "--out", str(tmp_path / "run"), "--preset", "tiny", "--steps", "20"]) == 0
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert set(metrics["other-0"]) == {"train", "oracle"}  # final_test responses are withheld
+    assert {"single_trial_correlation", "cc_norm", "fev_e"} <= set(metrics["other-0"]["oracle"])
+    assert "ceiling_single_trial_correlation" not in metrics["other-0"]["oracle"]
+    assert twin(["evaluate", "--run", str(tmp_path / "run"), *args, "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    assert "other-1" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert twin(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "recording folder missing" in capsys.readouterr().err
+    assert twin(["evaluate", "--run", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "config.json: missing" in capsys.readouterr().err
