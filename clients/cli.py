@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args) or 0
+        return args.handler(args) or 0
     except ModuleNotFoundError as error:
         print(f"twin {args.command}: needs {error.name!r}; install the extra: pip install 'twinserve[train]'",
               file=sys.stderr)

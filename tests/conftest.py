@@ -2,7 +2,19 @@
 
 import pytest
 
+from clients.cli import main as twin
+
 from training.virtual_mouse import synthesize
+
+
+@pytest.fixture(scope="session")
+def default_mouse(tmp_path_factory):
+    """The issue's command: `twin data synth --recordings 2 --neurons 300 --train-minutes 6 --seed 0`."""
+    out = tmp_path_factory.mktemp("default_mouse")
+    args = ["data", "synth", "--out", str(out), "--recordings", "2", "--neurons", "300", "--train-minutes", "6",
+            "--seed", "0", "--quiet"]
+    assert twin(args) == 0
+    return sorted(out.iterdir())
 
 
 @pytest.fixture(scope="session")

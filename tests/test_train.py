@@ -19,13 +19,13 @@ METRICS = {"single_trial_correlation", "correlation_to_average", "fev_e", "cc_no
 
 
 @pytest.fixture(scope="module")
-def tiny_run(small_mouse, tmp_path_factory):
+def tiny_run(default_mouse, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    results = train(small_mouse, out, preset="tiny", progress=False, steps=120, eval_every=30)
+    results = train(default_mouse, out, preset="tiny", progress=False, steps=120, eval_every=30)
     return out, results
 
 
-def test_tiny_train_improves_validation_and_writes_the_run(tiny_run, small_mouse):
+def test_tiny_train_improves_validation_and_writes_the_run(tiny_run, default_mouse):
     out, results = tiny_run
     for name in ("config.json", "model.safetensors", "metrics.json", "training_curve.png", "metrics_per_neuron.npz"):
         assert (out / name).is_file(), name
@@ -35,19 +35,19 @@ def test_tiny_train_improves_validation_and_writes_the_run(tiny_run, small_mouse
     assert state["best_score"] > untrained["validation"] + 0.05, state["history"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == results
-    for recording in small_mouse:
+    for recording in default_mouse:
         assert set(metrics[recording.name]) == TIERS
         oracle = metrics[recording.name]["oracle"]
         assert METRICS <= set(oracle)
-        assert 0.3 < oracle["ceiling_single_trial_correlation"] < 0.7
+        assert 0.35 < oracle["ceiling_single_trial_correlation"] < 0.55
         assert oracle["single_trial_correlation"] > 0.05
 
 
-def test_run_reloads_without_pickle_and_predicts_the_same(tiny_run, small_mouse):
+def test_run_reloads_without_pickle_and_predicts_the_same(tiny_run, default_mouse):
     out, _ = tiny_run
     model, config = load_run(out)
     assert config["receptive_field"] == model.receptive_field
-    recording = Recording(small_mouse[0])
+    recording = Recording(default_mouse[0])
     trial = recording.trial(recording.trials_in("oracle")[0])
     tensors = [torch.from_numpy(a)[None] for a in (trial.video, trial.behavior, trial.pupil_center)]
     again, _ = load_run(out)
@@ -59,22 +59,21 @@ def test_run_reloads_without_pickle_and_predicts_the_same(tiny_run, small_mouse)
 def test_training_resumes_from_its_checkpoint(small_mouse, tmp_path):
     train(small_mouse, tmp_path, preset="tiny", progress=False, steps=40, eval_every=20)
     first = json.loads((tmp_path / "checkpoint/state.json").read_text())
-    config = json.loads((tmp_path / "config.json").read_text())
-    config["train"]["steps"] = 60  # a longer budget for the same run: the resumed run must continue
-    (tmp_path / "config.json").write_text(json.dumps(config))
     train(small_mouse, tmp_path, preset="tiny", progress=False, steps=60, eval_every=20)
     second = json.loads((tmp_path / "checkpoint/state.json").read_text())
     assert first["step"] == 40 and second["step"] == 60
     assert second["history"][: len(first["history"])] == first["history"]
+    with pytest.raises(ValueError, match="different twin"):
+        train(small_mouse, tmp_path, preset="tiny", progress=False, steps=80, eval_every=20, lr=1e-3)
 
 
-def test_initial_readout_positions_find_the_receptive_fields(small_mouse):
-    recording = Recording(small_mouse[0])
+def test_initial_readout_positions_find_the_receptive_fields(default_mouse):
+    recording = Recording(default_mouse[0])
     positions = readout_positions(recording.load("train"), recording.coordinates)
     pixels = (positions + 1) / 2 * np.array([64, 36]) - 0.5
-    truth = np.load(small_mouse[0] / "truth/neurons/rf_center.npy")
+    truth = np.load(default_mouse[0] / "truth/neurons/rf_center.npy")
     error = np.linalg.norm(pixels - truth, axis=1)
-    assert np.median(error) < 5, np.median(error)
+    assert np.median(error) < 3, np.median(error)  # random positions would be ~20 pixels off
 
 
 def test_cli_on_data_from_another_simulator(tmp_path, capsys):

@@ -18,9 +18,8 @@ SKIP = 50
 
 
 @pytest.fixture(scope="module")
-def recordings(tmp_path_factory):
-    return synthesize(tmp_path_factory.mktemp("virtual"), recordings=2, neurons=300, train_minutes=6, seed=0,
-                      progress=False)
+def recordings(default_mouse):
+    return default_mouse
 
 
 def load(path):

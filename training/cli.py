@@ -35,6 +35,12 @@ def _evaluate(args) -> None:
     print_metrics(results)
 
 
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes)
+
+
 def print_metrics(results: dict) -> None:
     """One line per recording and tier with the summary metrics."""
     names = ["single_trial_correlation", "correlation_to_average", "fev_e", "cc_norm",
@@ -56,7 +62,7 @@ def register(commands) -> None:
     synth.add_argument("--train-minutes", type=float, default=6.0, help="minutes of training movies per recording")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--quiet", action="store_true")
-    synth.set_defaults(run=_synth)
+    synth.set_defaults(handler=_synth)
 
     train = commands.add_parser("train", help="train a twin on recordings")
     train.add_argument("--data", nargs="+", required=True, help="recording folders")
@@ -66,11 +72,16 @@ def register(commands) -> None:
     train.add_argument("--steps", type=int, help="optimizer-step budget (default: the preset's)")
     train.add_argument("--seed", type=int)
     train.add_argument("--quiet", action="store_true")
-    train.set_defaults(run=_train)
+    train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained twin per recording and tier")
     evaluate.add_argument("--run", required=True)
     evaluate.add_argument("--data", nargs="+", required=True, help="recording folders")
     evaluate.add_argument("--out", help="write the metrics as JSON here")
     evaluate.add_argument("--quiet", action="store_true")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+    demo = commands.add_parser("demo", help="the main job end to end: virtual mouse → train → evaluate → figures")
+    demo.add_argument("--out", default="demo", help="folder for data, run and figures (stages already done are reused)")
+    demo.add_argument("--minutes", type=float, help="training budget (default: the small preset's)")
+    demo.set_defaults(handler=_demo)

@@ -23,3 +23,24 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_traces(recorded, predicted, expected, neurons, path: Path, title: str = "") -> None:
+    """Recorded, predicted and (if known) true expected responses over one trial for a few neurons.
+
+    recorded, predicted, expected: (T, N) arrays (expected may be None); neurons: column indices.
+    """
+    figure, axes = plt.subplots(len(neurons), 1, figsize=(9, 1.6 * len(neurons)), sharex=True, squeeze=False)
+    seconds = [t / 30 for t in range(len(recorded))]
+    for axis, neuron in zip(axes[:, 0], neurons):
+        axis.plot(seconds, recorded[:, neuron], color="0.6", lw=0.8, label="recorded")
+        if expected is not None:
+            axis.plot(seconds, expected[:, neuron], color="tab:green", lw=1, label="true expected")
+        axis.plot(seconds, predicted[:, neuron], color="tab:blue", lw=1.2, label="twin")
+        axis.set_ylabel(f"neuron {neuron}", fontsize=8)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
+    axes[0, 0].set_title(title, fontsize=9)
+    axes[-1, 0].set_xlabel("time (s)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

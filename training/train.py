@@ -114,6 +114,19 @@ def build_model(preset: str, recordings: list[Recording], train_trials: dict[str
     return model
 
 
+def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
+    """A checkpoint resumes only the same twin and settings; the budget (minutes, steps) may change."""
+    def comparable(config):
+        config = json.loads(json.dumps(config))
+        for budget in ("minutes", "steps"):
+            config["train"].pop(budget)
+        return config
+
+    if comparable(saved) != comparable(wanted):
+        raise ValueError(f"{out} holds a checkpoint of a different twin, data or training settings; "
+                         f"choose another --out or delete {out / 'checkpoint'}")
+
+
 def train(data: list[str | Path], out: str | Path, preset: str = "small", progress: bool = True,
           **overrides) -> dict:
     """Train a twin on the recordings `data` into run directory `out`; returns the metrics.
@@ -143,7 +156,8 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = {"step": 0, "elapsed": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
     state_path = out / "checkpoint" / "state.json"
-    if state_path.is_file() and json.loads((out / "config.json").read_text()) == run_config:
+    if state_path.is_file():
+        _check_resumable(json.loads((out / "config.json").read_text()), run_config, out)
         model.load_state_dict(load_file(str(out / "checkpoint" / "last.safetensors")))
         checkpoint.load_optimizer(optimizer, out / "checkpoint" / "optimizer.safetensors")
         state = json.loads(state_path.read_text())

@@ -1,0 +1,53 @@
+"""`twin demo`: the main job end to end on the embedded default.
+
+virtual mouse → train the `small` twin → evaluate every tier → figures, all under one folder.
+Each stage is skipped or resumed when its output is already there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_run
+from .data import Recording
+from .evaluate import load_expected, predict
+from .plots import plot_traces
+
+
+def run_demo(out: str | Path, neurons: int = 300, train_minutes: float = 6.0, minutes: float | None = None,
+             seed: int = 0) -> dict:
+    from .train import train
+    from .virtual_mouse import synthesize
+
+    out = Path(out)
+    data = out / "data"
+    folders = sorted(p for p in data.glob("virtual-mouse-*") if (p / "meta/trials/tiers.npy").is_file())
+    if not folders:
+        print(f"[1/3] writing the virtual mouse to {data}")
+        folders = synthesize(data, recordings=2, neurons=neurons, train_minutes=train_minutes, seed=seed)
+    run = out / "run"
+    if (run / "metrics.json").is_file():
+        print(f"[2/3] using the trained twin in {run}")
+        results = json.loads((run / "metrics.json").read_text())
+    else:
+        print(f"[2/3] training the small twin into {run}")
+        results = train(folders, run, preset="small", **({"minutes": minutes} if minutes else {}))
+    print("[3/3] figures")
+    recording = Recording(folders[0])
+    trial = recording.load("oracle")[0]
+    model, _ = load_run(run)
+    predicted = predict(model, recording.name, [trial])[0]
+    expected = load_expected(recording, [trial])
+    best = np.argsort(-np.load(run / "metrics_per_neuron.npz")[f"{recording.name}/oracle/single_trial_correlation"])
+    plot_traces(trial.responses, predicted, expected[0] if expected else None, best[:4].tolist(),
+                run / "traces.png", f"{recording.name}, oracle trial {trial.index}: best-predicted neurons")
+    for name, tiers in results.items():
+        oracle = tiers["oracle"]
+        print(f"{name}: oracle single-trial correlation {oracle['single_trial_correlation']:.3f}"
+              + (f" = {oracle['fraction_of_ceiling']:.2f} of the ceiling {oracle['ceiling_single_trial_correlation']:.3f}"
+                 if "fraction_of_ceiling" in oracle else ""))
+    print(f"figures: {run / 'training_curve.png'}, {run / 'traces.png'}")
+    return results
