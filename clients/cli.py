@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"twin {args.command}: needs {error.name!r}; install the extra: pip install 'twinserve[train]'",
               file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         print(f"twin {args.command}: error: {error}", file=sys.stderr)
         return 2
 

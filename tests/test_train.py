@@ -94,3 +94,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "recording folder missing" in capsys.readouterr().err
     assert twin(["evaluate", "--run", str(tmp_path), "--data", str(tmp_path)]) == 2
     assert "config.json: missing" in capsys.readouterr().err
+    (tmp_path / "virtual-mouse-0").mkdir()
+    assert twin(["data", "synth", "--out", str(tmp_path), "--recordings", "1", "--quiet"]) == 2
+    assert "virtual-mouse-0: already exists" in capsys.readouterr().err
+    assert not list((tmp_path / "virtual-mouse-0").iterdir())

@@ -41,6 +41,16 @@ def _demo(args) -> None:
     run_demo(args.out, minutes=args.minutes)
 
 
+def _bench(args) -> None:
+    from .bench import run_bench
+
+    results = run_bench(args.out, repeats=args.repeats)
+    for preset, r in results["presets"].items():
+        print(f"{preset:<6} train {r['train_output_frames_per_s']:8.0f} output frames/s  "
+              f"inference {r['inference_output_frames_per_s']:8.0f} output frames/s  ({r['parameters']} parameters)")
+    print(f"wrote {args.out}")
+
+
 def print_metrics(results: dict) -> None:
     """One line per recording and tier with the summary metrics."""
     names = ["single_trial_correlation", "correlation_to_average", "fev_e", "cc_norm",
@@ -85,3 +95,10 @@ def register(commands) -> None:
     demo.add_argument("--out", default="demo", help="folder for data, run and figures (stages already done are reused)")
     demo.add_argument("--minutes", type=float, help="training budget (default: the small preset's)")
     demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks → benchmarks/results/*.json")
+    which = bench.add_subparsers(dest="bench_command", required=True)
+    train_bench = which.add_parser("train", help="training and inference throughput of the presets")
+    train_bench.add_argument("--out", default="benchmarks/results/train.json")
+    train_bench.add_argument("--repeats", type=int, default=3)
+    train_bench.set_defaults(handler=_bench)

@@ -13,6 +13,7 @@ Time is the last axis on disk; short trials are NaN-padded at the end. Internall
 time-first and transposed once, here.
 """
 import pathlib
+import shutil
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -146,6 +147,9 @@ def synthesize(out, recordings=2, neurons=300, train_minutes=6.0, seed=0, trial_
     out = pathlib.Path(out)
     train_trials = int(train_minutes * 60 * 30 / trial_frames)
     n_trials = train_trials + (oracle_clips + 4 * test_clips) * repeats + 2
+    existing = [p for p in (out / f"virtual-mouse-{i}" for i in range(recordings)) if p.exists()]
+    if existing:
+        raise FileExistsError(f"{existing[0]}: already exists; choose another --out or remove it")
     paths = []
     with tqdm(total=2 * recordings * n_trials, desc="virtual mouse", unit="trial-step",  # simulate + write
               disable=not progress) as bar:
@@ -158,10 +162,12 @@ def synthesize(out, recordings=2, neurons=300, train_minutes=6.0, seed=0, trial_
             n_neurons = int(round(neurons * (1 + 0.15 * index)))
             bar.set_description(f"{name}: simulating")
             rec = simulate_recording(name, seed, index, n_neurons, clips, trials, trial_frames, bar)
-            root = out / name
+            root, partial = out / name, out / f".{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
             bar.set_description(f"{name}: writing")
-            write_data(root, rec, bar)
-            write_meta(root, rec, trial_frames)
-            truth.write_truth(root / "truth", rec)
+            write_data(partial, rec, bar)
+            write_meta(partial, rec, trial_frames)
+            truth.write_truth(partial / "truth", rec)
+            partial.rename(root)  # a crash never leaves a half-written recording under its real name
             paths.append(root)
     return paths
