@@ -165,6 +165,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
 
     samplers = {name: WindowSampler(trials, config.frames, np.random.default_rng(config.seed + state["step"]))
                 for name, trials in train_trials.items()}
+
     def validate() -> bool:
         """Score the validation trials, keep the best weights, write a resumable checkpoint."""
         score = validation_score(model, validation)
