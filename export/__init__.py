@@ -1,1 +1,1 @@
-"""twinserve export package (filled in by later work)."""
+"""Export trained twins as ONNX graphs with a checksummed manifest."""

@@ -22,3 +22,13 @@ def small_mouse(tmp_path_factory):
     """Two small recordings (40 and 46 neurons), 1.5 training minutes, 4 repeats per clip."""
     return synthesize(tmp_path_factory.mktemp("small_mouse"), recordings=2, neurons=40, train_minutes=1.5,
                       seed=1, repeats=4, oracle_clips=2, test_clips=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(default_mouse, tmp_path_factory):
+    """A `tiny` twin trained briefly on the default virtual mouse → (run directory, metrics)."""
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    results = train(default_mouse, out, preset="tiny", progress=False, steps=120, eval_every=30)
+    return out, results

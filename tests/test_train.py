@@ -18,13 +18,6 @@ TIERS = {"oracle", "live_test_main", "final_test_main", "live_test_bonus", "fina
 METRICS = {"single_trial_correlation", "correlation_to_average", "fev_e", "cc_norm", "ceiling_single_trial_correlation"}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(default_mouse, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    results = train(default_mouse, out, preset="tiny", progress=False, steps=120, eval_every=30)
-    return out, results
-
-
 def test_tiny_train_improves_validation_and_writes_the_run(tiny_run, default_mouse):
     out, results = tiny_run
     for name in ("config.json", "model.safetensors", "metrics.json", "training_curve.png", "metrics_per_neuron.npz"):

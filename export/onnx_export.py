@@ -1,0 +1,111 @@
+"""`twin export`: a trained run → ONNX graphs per recording + `manifest.json`, parity-checked.
+
+    ART/<recording>/clip.onnx   video (B, T, 36, 64), behavior (B, T, 2), pupil_center (B, T, 2)
+                                → responses (B, T - R + 1, N); dynamic B and T (T ≥ R)
+    ART/manifest.json           tensor names/shapes/dtypes, neuron ids, receptive field, op counts,
+                                sha256 of every file, parity errors, opset and tool versions
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from training.checkpoint import load_run, write_json
+from training.model import Twin
+
+from .graphs import ClipGraph
+from .manifest import MANIFEST, sha256
+
+OPSET = 23
+PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| / max |PyTorch|
+INPUTS = ("video", "behavior", "pupil_center")
+
+
+def random_inputs(batch: int, frames: int, seed: int = 0) -> list[np.ndarray]:
+    """Raw-valued random inputs: pixels 0–255, behaviour and pupil position around typical values."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0, 255, (batch, frames, 36, 64)).astype(np.float32),
+            np.abs(rng.normal(5, 3, (batch, frames, 2))).astype(np.float32),
+            rng.normal(0, 5, (batch, frames, 2)).astype(np.float32)]
+
+
+def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(actual - reference).max() / max(np.abs(reference).max(), 1e-12))
+
+
+def export_clip(twin: Twin, recording: str, path: Path) -> None:
+    """Write the clip graph of one recording (BatchNorm folded into the convolutions by the exporter)."""
+    graph = ClipGraph(twin, recording).eval()
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=twin.receptive_field)
+    example = [torch.from_numpy(a) for a in random_inputs(2, twin.receptive_field + 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, tuple(example), str(path), dynamo=True, opset_version=OPSET, verbose=False,
+                          input_names=list(INPUTS), output_names=["responses"],
+                          dynamic_shapes={name: {0: batch, 1: time} for name in INPUTS})
+
+
+def clip_parity(twin: Twin, recording: str, path: Path, cases=((1, 40), (4, 64))) -> dict[str, float]:
+    """Relative error of ONNX Runtime vs PyTorch on random inputs, per (batch, frames) case."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    errors = {}
+    for batch, frames in cases:
+        inputs = random_inputs(batch, frames, seed=batch * 1000 + frames)
+        with torch.no_grad():
+            reference = twin(recording, *map(torch.from_numpy, inputs)).numpy()
+        actual = session.run(None, dict(zip(INPUTS, inputs)))[0]
+        errors[f"batch{batch}_frames{frames}"] = relative_error(actual, reference)
+    return errors
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    """ONNX operator types and how often each occurs in the graph."""
+    return dict(sorted(Counter(node.op_type for node in onnx.load(str(path)).graph.node).items()))
+
+
+def tensor_specs(path: Path) -> dict[str, list[dict]]:
+    """Names, dtypes and shapes (symbolic dims by name) of the graph's inputs and outputs."""
+    model = onnx.load(str(path))
+
+    def spec(value):
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                "shape": dims}
+
+    return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
+
+
+def export_run(run: str | Path, out: str | Path) -> dict:
+    """Export every recording of a run; fails if a graph misses the parity tolerance."""
+    twin, config = load_run(run)
+    out = Path(out)
+    manifest = {"format": 1, "opset": OPSET, "receptive_field": twin.receptive_field, "preset": config["preset"],
+                "parity_tolerance": PARITY_TOLERANCE,
+                "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
+                "recordings": {}}
+    for recording, info in config["recordings"].items():
+        folder = out / recording
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "clip.onnx"
+        export_clip(twin, recording, path)
+        parity = clip_parity(twin, recording, path)
+        worst = max(parity.values())
+        if worst > PARITY_TOLERANCE:
+            raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (relative), "
+                               f"above the tolerance {PARITY_TOLERANCE:.0e}")
+        manifest["recordings"][recording] = {
+            "neurons": info["neurons"], "unit_ids": info["unit_ids"],
+            "graphs": {"clip": {"file": f"{recording}/clip.onnx", "sha256": sha256(path), **tensor_specs(path),
+                                "op_counts": op_counts(path), "parity": parity}}}
+    write_json(out / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,93 @@
+"""ONNX export: parity with PyTorch, BatchNorm folded, manifest checksums."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from clients.cli import main as twin
+from export.manifest import ArtifactError, verified_path, verify_all
+from export.onnx_export import PARITY_TOLERANCE, clip_parity, export_clip, export_run, op_counts, relative_error
+from training.data import Recording
+from training.model import PRESETS, Twin
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifacts")
+    return out, export_run(tiny_run[0], out)
+
+
+def test_manifest_describes_every_graph(artifacts, default_mouse):
+    out, manifest = artifacts
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert set(manifest["recordings"]) == {r.name for r in default_mouse}
+    for recording in default_mouse:
+        entry = manifest["recordings"][recording.name]
+        assert entry["unit_ids"] == Recording(recording).unit_ids.tolist()
+        clip = entry["graphs"]["clip"]
+        assert [i["name"] for i in clip["inputs"]] == ["video", "behavior", "pupil_center"]
+        assert clip["outputs"][0]["name"] == "responses" and clip["outputs"][0]["shape"][2] == entry["neurons"]
+        assert clip["op_counts"].get("BatchNormalization", 0) == 0 and clip["op_counts"]["Conv"] == 4
+        assert max(clip["parity"].values()) < PARITY_TOLERANCE
+    assert manifest["receptive_field"] == 5 and manifest["opset"] == 23
+
+
+@pytest.mark.parametrize("batch, frames", [(1, 300), (4, 300), (1, 60), (4, 60)])
+def test_clip_graph_matches_pytorch_on_virtual_mouse_trials(artifacts, tiny_run, default_mouse, batch, frames):
+    from training.checkpoint import load_run
+
+    out, _ = artifacts
+    model, _ = load_run(tiny_run[0])
+    recording = Recording(default_mouse[1])
+    trials = [t for t in recording.load("oracle") if t.frames >= frames][:batch]
+    inputs = [np.stack([getattr(t, k)[:frames] for t in trials]) for k in ("video", "behavior", "pupil_center")]
+    session = onnxruntime.InferenceSession(str(verified_path(out, recording.name, "clip")))
+    actual = session.run(None, dict(zip(["video", "behavior", "pupil_center"], inputs)))[0]
+    with torch.no_grad():
+        reference = model(recording.name, *map(torch.from_numpy, inputs)).numpy()
+    assert actual.shape == (batch, frames - 4, recording.neurons)
+    assert relative_error(actual, reference) < PARITY_TOLERANCE
+
+
+def test_base_preset_exports_with_batchnorm_folded(tmp_path):
+    torch.manual_seed(0)
+    model = Twin(PRESETS["base"], {"m": 64}).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to fold
+        for layer in model.core.layers:
+            layer.norm.running_mean.normal_(0, 0.5)
+            layer.norm.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "clip.onnx"
+    export_clip(model, "m", path)
+    assert "BatchNormalization" not in op_counts(path)
+    assert max(clip_parity(model, "m", path, cases=((1, 30), (4, 20))).values()) < PARITY_TOLERANCE
+
+
+def test_tampered_or_missing_artifacts_are_refused(artifacts, tmp_path):
+    out, manifest = artifacts
+    verify_all(out)
+    name = next(iter(manifest["recordings"]))
+    copy = tmp_path / "copy"
+    (copy / name).mkdir(parents=True)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    data = bytearray((out / name / "clip.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / name / "clip.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{name}/clip.onnx: sha256 .* does not match"):
+        verify_all(copy)
+    (copy / name / "clip.onnx").unlink()
+    with pytest.raises(ArtifactError, match="clip.onnx: missing"):
+        verified_path(copy, name, "clip")
+    with pytest.raises(ArtifactError, match="no 'clip' graph for recording 'nobody'"):
+        verified_path(out, "nobody", "clip")
+    with pytest.raises(ArtifactError, match="manifest.json: missing"):
+        verify_all(tmp_path)
+
+
+def test_export_cli(tiny_run, tmp_path, capsys):
+    assert twin(["export", "--run", str(tiny_run[0]), "--out", str(tmp_path / "a")]) == 0
+    assert "BatchNormalization: 0" in capsys.readouterr().out
+    verify_all(tmp_path / "a")
+    assert twin(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 2
