@@ -2,6 +2,9 @@
 
     ART/<recording>/clip.onnx   video (B, T, 36, 64), behavior (B, T, 2), pupil_center (B, T, 2)
                                 → responses (B, T - R + 1, N); dynamic B and T (T ≥ R)
+    ART/<recording>/step.onnx   frame (B, 36, 64), behavior (B, 2), pupil_center (B, 2), state_l (B, ...)
+                                → responses (B, N), state_l_next; the first R - 1 outputs of a stream
+                                are warm-up, later ones equal the clip graph's
     ART/manifest.json           tensor names/shapes/dtypes, neuron ids, receptive field, op counts,
                                 sha256 of every file, parity errors, opset and tool versions
 """
@@ -21,7 +24,7 @@ import torch
 from training.checkpoint import load_run, write_json
 from training.model import Twin
 
-from .graphs import ClipGraph
+from .graphs import ClipGraph, StepGraph
 from .manifest import MANIFEST, sha256
 
 OPSET = 23
@@ -66,6 +69,56 @@ def clip_parity(twin: Twin, recording: str, path: Path, cases=((1, 40), (4, 64))
     return errors
 
 
+def state_names(layers: int) -> tuple[list[str], list[str]]:
+    """State input and output names; both lists sort in the same (layer) order, as Triton pairs them."""
+    return [f"state_{i}" for i in range(layers)], [f"state_{i}_next" for i in range(layers)]
+
+
+def export_step(twin: Twin, recording: str, path: Path) -> StepGraph:
+    """Write the step graph of one recording; dynamic batch (one row per stream)."""
+    graph = StepGraph(twin, recording).eval()
+    inputs_in, outputs_out = state_names(len(graph.state_shapes()))
+    example = [torch.from_numpy(a[:, 0]) for a in random_inputs(2, 1)]
+    example += [torch.zeros(2, *shape) for shape in graph.state_shapes()]
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, tuple(example), str(path), dynamo=True, opset_version=OPSET, verbose=False,
+                          input_names=["frame", "behavior", "pupil_center", *inputs_in],
+                          output_names=["responses", *outputs_out],
+                          dynamic_shapes={"frame": {0: batch}, "behavior": {0: batch}, "pupil_center": {0: batch},
+                                          "states": tuple({0: batch} for _ in inputs_in)})
+    return graph
+
+
+def stream(session: onnxruntime.InferenceSession, video, behavior, pupil_center, state_shapes) -> np.ndarray:
+    """Run a clip (B, T, ...) frame by frame through a step-graph session → responses (B, T, N)."""
+    inputs_in, outputs_out = state_names(len(state_shapes))
+    batch = len(video)
+    states = {name: np.zeros((batch, *shape), np.float32) for name, shape in zip(inputs_in, state_shapes)}
+    outputs = []
+    for t in range(video.shape[1]):
+        results = session.run(None, {"frame": video[:, t], "behavior": behavior[:, t],
+                                     "pupil_center": pupil_center[:, t], **states})
+        outputs.append(results[0])
+        states = dict(zip(inputs_in, results[1:]))
+    return np.stack(outputs, 1)
+
+
+def step_parity(clip_path: Path, step_path: Path, state_shapes, receptive_field: int,
+                cases=((1, 300), (4, 60))) -> dict[str, float]:
+    """Relative error of the step graph streamed frame by frame vs the clip graph, from frame R - 1 on."""
+    clip = onnxruntime.InferenceSession(str(clip_path), providers=["CPUExecutionProvider"])
+    step = onnxruntime.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
+    errors = {}
+    for batch, frames in cases:
+        inputs = random_inputs(batch, frames, seed=7 * batch + frames)
+        reference = clip.run(None, dict(zip(INPUTS, inputs)))[0]
+        streamed = stream(step, *inputs, state_shapes)[:, receptive_field - 1:]
+        errors[f"batch{batch}_frames{frames}"] = relative_error(streamed, reference)
+    return errors
+
+
 def op_counts(path: Path) -> dict[str, int]:
     """ONNX operator types and how often each occurs in the graph."""
     return dict(sorted(Counter(node.op_type for node in onnx.load(str(path)).graph.node).items()))
@@ -103,9 +156,20 @@ def export_run(run: str | Path, out: str | Path) -> dict:
         if worst > PARITY_TOLERANCE:
             raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (relative), "
                                f"above the tolerance {PARITY_TOLERANCE:.0e}")
+        step_path = folder / "step.onnx"
+        shapes = export_step(twin, recording, step_path).state_shapes()
+        step_errors = step_parity(path, step_path, shapes, twin.receptive_field)
+        if max(step_errors.values()) > PARITY_TOLERANCE:
+            raise RuntimeError(f"{step_path}: streamed outputs differ from the clip graph by "
+                               f"{max(step_errors.values()):.2e} (relative), above {PARITY_TOLERANCE:.0e}")
         manifest["recordings"][recording] = {
             "neurons": info["neurons"], "unit_ids": info["unit_ids"],
             "graphs": {"clip": {"file": f"{recording}/clip.onnx", "sha256": sha256(path), **tensor_specs(path),
-                                "op_counts": op_counts(path), "parity": parity}}}
+                                "op_counts": op_counts(path), "parity": parity, "parity_against": "PyTorch"},
+                       "step": {"file": f"{recording}/step.onnx", "sha256": sha256(step_path),
+                                **tensor_specs(step_path), "op_counts": op_counts(step_path),
+                                "state_bytes_per_stream": int(sum(4 * np.prod(s) for s in shapes)),
+                                "warmup_frames": twin.receptive_field - 1,
+                                "parity": step_errors, "parity_against": "clip graph, streamed frame by frame"}}}
     write_json(out / MANIFEST, manifest)
     return manifest

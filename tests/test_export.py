@@ -9,7 +9,8 @@ import torch
 
 from clients.cli import main as twin
 from export.manifest import ArtifactError, verified_path, verify_all
-from export.onnx_export import PARITY_TOLERANCE, clip_parity, export_clip, export_run, op_counts, relative_error
+from export.onnx_export import (PARITY_TOLERANCE, clip_parity, export_clip, export_run, export_step, op_counts,
+                                relative_error, state_names, step_parity, stream)
 from training.data import Recording
 from training.model import PRESETS, Twin
 
@@ -91,3 +92,39 @@ def test_export_cli(tiny_run, tmp_path, capsys):
     assert "BatchNormalization: 0" in capsys.readouterr().out
     verify_all(tmp_path / "a")
     assert twin(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 2
+
+
+def test_step_graph_streamed_over_a_virtual_mouse_trial_equals_the_clip_graph(artifacts, default_mouse):
+    out, manifest = artifacts
+    recording = Recording(default_mouse[0])
+    step = manifest["recordings"][recording.name]["graphs"]["step"]
+    state_inputs = [i for i in step["inputs"] if i["name"].startswith("state_")]
+    state_outputs = [o for o in step["outputs"] if o["name"].startswith("state_")]
+    assert [i["name"] for i in sorted(state_inputs, key=lambda i: i["name"])] == [i["name"] for i in state_inputs]
+    assert [o["name"] for o in sorted(state_outputs, key=lambda o: o["name"])] == [o["name"] for o in state_outputs]
+    assert [i["shape"][1:] for i in state_inputs] == [o["shape"][1:] for o in state_outputs]
+    assert step["op_counts"].get("BatchNormalization", 0) == 0 and step["op_counts"]["MatMul"] >= 2
+    assert max(step["parity"].values()) < PARITY_TOLERANCE and step["warmup_frames"] == 4
+    trials = [t for t in recording.load("oracle") if t.frames == 300][:4]
+    inputs = [np.stack([getattr(t, k) for t in trials]) for k in ("video", "behavior", "pupil_center")]
+    clip = onnxruntime.InferenceSession(str(verified_path(out, recording.name, "clip")))
+    reference = clip.run(None, dict(zip(["video", "behavior", "pupil_center"], inputs)))[0]
+    session = onnxruntime.InferenceSession(str(verified_path(out, recording.name, "step")))
+    streamed = stream(session, *inputs, [tuple(i["shape"][1:]) for i in state_inputs])
+    assert streamed.shape == (4, 300, recording.neurons)
+    assert relative_error(streamed[:, 4:], reference) < PARITY_TOLERANCE
+
+
+def test_base_step_graph_streams_like_its_clip_graph(tmp_path):
+    torch.manual_seed(1)
+    model = Twin(PRESETS["base"], {"m": 32}).eval()
+    with torch.no_grad():
+        for layer in model.core.layers:
+            layer.norm.running_mean.normal_(0, 0.5)
+            layer.norm.running_var.uniform_(0.5, 2.0)
+    export_clip(model, "m", tmp_path / "clip.onnx")
+    graph = export_step(model, "m", tmp_path / "step.onnx")
+    assert state_names(3) == (["state_0", "state_1", "state_2"], ["state_0_next", "state_1_next", "state_2_next"])
+    errors = step_parity(tmp_path / "clip.onnx", tmp_path / "step.onnx", graph.state_shapes(), model.receptive_field,
+                         cases=((1, 40), (4, 25)))
+    assert max(errors.values()) < PARITY_TOLERANCE
