@@ -13,8 +13,10 @@ COMMAND_MODULES = ("training.cli", "export.cli")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twin", description="Train, export and serve digital twins of visual cortex.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = commands.add_parser("bench", help="benchmarks → benchmarks/results/*.json")
+    benchmarks = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(commands)
+        importlib.import_module(name).register(commands, benchmarks)
     return parser
 
 
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except ModuleNotFoundError as error:
-        print(f"twin {args.command}: needs {error.name!r}; install the extra: pip install 'twinserve[train]'",
+        print(f"twin {args.command}: needs {error.name!r}; install the extras: pip install 'twinserve[train,export]'",
               file=sys.stderr)
         return 2
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:

@@ -15,8 +15,26 @@ def _export(args) -> None:
     print(f"wrote {args.out}/manifest.json")
 
 
-def register(commands) -> None:
+def _bench(args) -> None:
+    from .bench import run_bench
+
+    results = run_bench(args.out, preset=args.preset, neurons=args.neurons)
+    for name, path in results["paths"].items():
+        print(f"{name:<28}{path['output_frames_per_s']:9.1f} output frames/s  {path['gflops']:6.1f} GFLOP/s "
+              f"({100 * path['fraction_of_matmul_rate']:.0f}% of matmul)")
+    for name, value in results["ratios"].items():
+        print(f"{name:<40}{value:6.2f}")
+    print(f"wrote {args.out}")
+
+
+def register(commands, benchmarks) -> None:
     export = commands.add_parser("export", help="export a trained twin as ONNX graphs with a manifest")
     export.add_argument("--run", required=True, help="run directory written by `twin train`")
     export.add_argument("--out", required=True, help="artifacts folder")
     export.set_defaults(handler=_export)
+
+    bench = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")
+    bench.add_argument("--out", default="benchmarks/results/export.json")
+    bench.add_argument("--preset", default="base", choices=["tiny", "small", "base"])
+    bench.add_argument("--neurons", type=int, default=8000)
+    bench.set_defaults(handler=_bench)

@@ -128,3 +128,16 @@ def test_base_step_graph_streams_like_its_clip_graph(tmp_path):
     errors = step_parity(tmp_path / "clip.onnx", tmp_path / "step.onnx", graph.state_shapes(), model.receptive_field,
                          cases=((1, 40), (4, 25)))
     assert max(errors.values()) < PARITY_TOLERANCE
+
+
+def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
+    from export.bench import clip_flops, run_bench, step_flops
+
+    model = Twin(PRESETS["base"], {"m": 8000})
+    # The count for base: 19 frames through layer 1, 9 through layer 2, 5 through layer 3.
+    assert 5.0 < clip_flops(model, model.receptive_field) / step_flops(model) < 6.0
+    results = run_bench(tmp_path / "export.json", preset="tiny", neurons=50, seconds=0.2, window_outputs=3)
+    assert set(results["paths"]) == {"pytorch_eager_clip", "onnxruntime_clip", "onnxruntime_step_stream",
+                                     "onnxruntime_window_rerun", "pytorch_eager_window_rerun"}
+    assert all(p["output_frames_per_s"] > 0 for p in results["paths"].values())
+    assert json.loads((tmp_path / "export.json").read_text())["ratios"] == results["ratios"]

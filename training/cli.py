@@ -63,7 +63,7 @@ def print_metrics(results: dict) -> None:
             print(f"{recording:<22}{tier:<18}{values}")
 
 
-def register(commands) -> None:
+def register(commands, benchmarks) -> None:
     data = commands.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write virtual-mouse recordings in the SENSORIUM 2023 layout")
     synth.add_argument("--out", required=True, help="folder to write one sub-folder per recording into")
@@ -96,9 +96,7 @@ def register(commands) -> None:
     demo.add_argument("--minutes", type=float, help="training budget (default: the small preset's)")
     demo.set_defaults(handler=_demo)
 
-    bench = commands.add_parser("bench", help="benchmarks → benchmarks/results/*.json")
-    which = bench.add_subparsers(dest="bench_command", required=True)
-    train_bench = which.add_parser("train", help="training and inference throughput of the presets")
+    train_bench = benchmarks.add_parser("train", help="training and inference throughput of the presets")
     train_bench.add_argument("--out", default="benchmarks/results/train.json")
     train_bench.add_argument("--repeats", type=int, default=3)
     train_bench.set_defaults(handler=_bench)

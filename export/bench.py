@@ -1,0 +1,153 @@
+"""`twin bench export`: ways of producing predictions, side by side in one run on this machine.
+
+For a twin of the given preset and neuron count (random weights: speed does not depend on them):
+- PyTorch eager and ONNX Runtime on whole trials (the clip graph), batch 1;
+- ONNX Runtime streaming the step graph, one frame per call;
+- the anchors' live prediction: re-running the minimal receptive-field window for every new frame,
+  in ONNX Runtime and in PyTorch eager.
+Each as output frames per second and achieved GFLOP/s, as a fraction of this machine's measured
+fp32 matrix-product rate → benchmarks/results/export.json.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+
+from training.checkpoint import write_json
+from training.model import PRESETS, Twin
+
+from .onnx_export import INPUTS, export_clip, export_step, random_inputs, state_names
+
+
+def layer_costs(twin: Twin, height: int = 36, width: int = 64) -> tuple[list[tuple[float, float, int]], float]:
+    """FLOPs (2 × multiply-adds) per layer: (spatial conv per input frame, temporal conv per output
+    frame, kt), and the readout's per output frame."""
+    costs, x = [], torch.zeros(1, 3, 1, height, width)
+    with torch.no_grad():
+        for layer in twin.core.layers:
+            x = layer.spatial(x)
+            c_in, k = layer.spatial.in_channels, layer.spatial.kernel_size[-1]
+            c_out, kt = x.shape[1], layer.temporal.kernel_size[0]
+            positions = x.shape[-2] * x.shape[-1]
+            costs.append((2 * positions * c_out * c_in * k * k, 2 * positions * c_out * c_out * kt, kt))
+    neurons = sum(h.readout.weight.shape[1] for h in twin.heads.values())
+    return costs, 2 * neurons * twin.core.out_channels
+
+
+def clip_flops(twin: Twin, frames: int) -> float:
+    """FLOPs of a clip of `frames` input frames (valid in time: layer l sees fewer frames)."""
+    costs, readout = layer_costs(twin)
+    total = 0.0
+    for spatial, temporal, kt in costs:
+        total += spatial * frames
+        frames -= kt - 1
+        total += temporal * frames
+    return total + readout * frames
+
+
+def step_flops(twin: Twin) -> float:
+    """FLOPs of one streamed frame: every layer's spatial conv on one frame and one temporal output."""
+    costs, readout = layer_costs(twin)
+    return sum(spatial + temporal for spatial, temporal, _ in costs) + readout
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-product rate, GFLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def _rate(function, outputs: int, minimum_seconds: float = 2.0) -> float:
+    """Output frames per second of `function` (which produces `outputs` frames per call)."""
+    function()
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < minimum_seconds:
+        function()
+        calls += 1
+    return outputs * calls / (time.perf_counter() - started)
+
+
+def run_bench(out: str | Path = "benchmarks/results/export.json", preset: str = "base", neurons: int = 8000,
+              frames: int = 300, window_outputs: int = 20, seconds: float = 3.0) -> dict:
+    torch.manual_seed(0)
+    twin = Twin(PRESETS[preset], {"m": neurons}).eval()
+    receptive_field = twin.receptive_field
+    video, behavior, pupil = random_inputs(1, frames)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as folder:
+        export_clip(twin, "m", Path(folder) / "clip.onnx")
+        shapes = export_step(twin, "m", Path(folder) / "step.onnx").state_shapes()
+        clip = onnxruntime.InferenceSession(str(Path(folder) / "clip.onnx"), options, providers=["CPUExecutionProvider"])
+        step = onnxruntime.InferenceSession(str(Path(folder) / "step.onnx"), options, providers=["CPUExecutionProvider"])
+    tensors = [torch.from_numpy(a) for a in (video, behavior, pupil)]
+    whole = frames - receptive_field + 1
+    state_in, _ = state_names(len(shapes))
+    states = {name: np.zeros((1, *shape), np.float32) for name, shape in zip(state_in, shapes)}
+    position = {"t": 0}
+
+    def torch_clip():
+        with torch.inference_mode():
+            twin("m", *tensors)
+
+    def onnx_clip():
+        clip.run(None, dict(zip(INPUTS, (video, behavior, pupil))))
+
+    def onnx_step():
+        t = position["t"] = (position["t"] + 1) % frames
+        results = step.run(None, {"frame": video[:, t], "behavior": behavior[:, t], "pupil_center": pupil[:, t],
+                                  **states})
+        states.update(zip(state_in, results[1:]))
+
+    def windows(run):
+        def rerun():
+            for end in range(receptive_field, receptive_field + window_outputs):
+                run(*(a[:, end - receptive_field:end] for a in (video, behavior, pupil)))
+        return rerun
+
+    def torch_window(*arrays):
+        with torch.inference_mode():
+            twin("m", *map(torch.from_numpy, arrays))
+
+    paths = {
+        "pytorch_eager_clip": (torch_clip, whole, clip_flops(twin, frames) / whole),
+        "onnxruntime_clip": (onnx_clip, whole, clip_flops(twin, frames) / whole),
+        "onnxruntime_step_stream": (onnx_step, 1, step_flops(twin)),
+        "onnxruntime_window_rerun": (windows(lambda *a: clip.run(None, dict(zip(INPUTS, a)))), window_outputs,
+                                     clip_flops(twin, receptive_field)),
+        "pytorch_eager_window_rerun": (windows(torch_window), window_outputs, clip_flops(twin, receptive_field)),
+    }
+    peak = matmul_gflops()
+    results = {"preset": preset, "neurons": neurons, "receptive_field": receptive_field,
+               "note": "GFLOP/s counts direct-convolution arithmetic; convolution libraries using fast algorithms "
+                       "(e.g. Winograd) can exceed the measured matrix-product rate",
+               "machine": {"torch_threads": torch.get_num_threads(), "processor": platform.machine(),
+                           "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                           "matmul_fp32_gflops": peak},
+               "paths": {}}
+    for name, (function, outputs, flops_per_output) in paths.items():
+        rate = _rate(function, outputs, seconds)
+        results["paths"][name] = {"output_frames_per_s": rate, "gflop_per_output_frame": flops_per_output / 1e9,
+                                  "gflops": rate * flops_per_output / 1e9,
+                                  "fraction_of_matmul_rate": rate * flops_per_output / 1e9 / peak}
+    rates = {name: r["output_frames_per_s"] for name, r in results["paths"].items()}
+    results["ratios"] = {
+        "step_over_onnxruntime_window_rerun": rates["onnxruntime_step_stream"] / rates["onnxruntime_window_rerun"],
+        "step_over_pytorch_window_rerun": rates["onnxruntime_step_stream"] / rates["pytorch_eager_window_rerun"],
+        "onnxruntime_clip_over_pytorch_clip": rates["onnxruntime_clip"] / rates["pytorch_eager_clip"],
+        "window_rerun_over_step_arithmetic": clip_flops(twin, receptive_field) / step_flops(twin),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(out), results)
+    return results
