@@ -82,7 +82,7 @@ class GaussianReadout(nn.Module):
             position = position + torch.randn_like(position) * self.log_sigma.exp()
         grid = (position[None] + shift.reshape(batch * frames, 1, 2)).clamp(-1, 1)  # (B·T, N, 2)
         flat = features.transpose(1, 2).reshape(batch * frames, channels, height, width)
-        sampled = F.grid_sample(flat, grid[:, None], align_corners=False, padding_mode="border")[:, :, 0]  # (B·T, C, N)
+        sampled = F.grid_sample(flat, grid[:, None], align_corners=False, padding_mode="border").squeeze(2)  # (B·T, C, N)
         # Multiply and sum rather than einsum: ONNX Runtime's Einsum is ~2.5× slower here.
         out = (sampled * self.weight).sum(1) + self.bias
         return out.reshape(batch, frames, -1)
