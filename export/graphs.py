@@ -54,9 +54,8 @@ class StepGraph(torch.nn.Module):
 
     def forward(self, frame: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor, *states: torch.Tensor):
         head = self.twin.heads[self.recording]
-        video, behavior, pupil_center = head.normalize(frame[:, None], behavior[:, None], pupil_center[:, None])
-        height, width = video.shape[-2:]
-        x = torch.cat([video[:, None], behavior.transpose(1, 2)[..., None, None].expand(-1, -1, -1, height, width)], 1)
+        x, behavior, pupil_center = self.twin.core_input(self.recording, frame[:, None], behavior[:, None],
+                                                         pupil_center[:, None])
         next_states = []
         for index, (layer, state) in enumerate(zip(self.twin.core.layers, states)):
             window = torch.cat([state, layer.spatial(x)], dim=2)  # (B, C, kt, H', W')

@@ -137,6 +137,14 @@ def tensor_specs(path: Path) -> dict[str, list[dict]]:
     return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
 
 
+def _within_tolerance(errors: dict[str, float], path: Path, reference: str) -> dict[str, float]:
+    worst = max(errors.values())
+    if worst > PARITY_TOLERANCE:
+        raise RuntimeError(f"{path}: differs from {reference} by {worst:.2e} (relative), "
+                           f"above the tolerance {PARITY_TOLERANCE:.0e}")
+    return errors
+
+
 def export_run(run: str | Path, out: str | Path) -> dict:
     """Export every recording of a run; fails if a graph misses the parity tolerance."""
     twin, config = load_run(run)
@@ -151,17 +159,11 @@ def export_run(run: str | Path, out: str | Path) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "clip.onnx"
         export_clip(twin, recording, path)
-        parity = clip_parity(twin, recording, path)
-        worst = max(parity.values())
-        if worst > PARITY_TOLERANCE:
-            raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {worst:.2e} (relative), "
-                               f"above the tolerance {PARITY_TOLERANCE:.0e}")
+        parity = _within_tolerance(clip_parity(twin, recording, path), path, "PyTorch")
         step_path = folder / "step.onnx"
         shapes = export_step(twin, recording, step_path).state_shapes()
-        step_errors = step_parity(path, step_path, shapes, twin.receptive_field)
-        if max(step_errors.values()) > PARITY_TOLERANCE:
-            raise RuntimeError(f"{step_path}: streamed outputs differ from the clip graph by "
-                               f"{max(step_errors.values()):.2e} (relative), above {PARITY_TOLERANCE:.0e}")
+        step_errors = _within_tolerance(step_parity(path, step_path, shapes, twin.receptive_field), step_path,
+                                        "the clip graph")
         manifest["recordings"][recording] = {
             "neurons": info["neurons"], "unit_ids": info["unit_ids"],
             "graphs": {"clip": {"file": f"{recording}/clip.onnx", "sha256": sha256(path), **tensor_specs(path),

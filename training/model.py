@@ -167,13 +167,18 @@ class Twin(nn.Module):
             raise KeyError(f"unknown recording {recording!r}; this twin knows {sorted(self.heads)}")
         if video.shape[1] < self.receptive_field:
             raise ValueError(f"need at least {self.receptive_field} frames, got {video.shape[1]}")
-        head = self.heads[recording]
-        video, behavior, pupil_center = head.normalize(video, behavior, pupil_center)
+        core_input, behavior, pupil_center = self.core_input(recording, video, behavior, pupil_center)
+        features = self.core(core_input)
+        start = self.receptive_field - 1
+        return self.heads[recording](features, behavior[:, start:], pupil_center[:, start:])
+
+    def core_input(self, recording: str, video: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor):
+        """Raw inputs as in `rates` → (core input (B, 3, T, H, W): normalised video and behaviour maps,
+        normalised behavior (B, T, 2), normalised pupil_center (B, T, 2))."""
+        video, behavior, pupil_center = self.heads[recording].normalize(video, behavior, pupil_center)
         height, width = video.shape[-2:]
         behavior_maps = behavior.transpose(1, 2)[..., None, None].expand(-1, -1, -1, height, width)
-        features = self.core(torch.cat([video[:, None], behavior_maps], dim=1))
-        start = self.receptive_field - 1
-        return head(features, behavior[:, start:], pupil_center[:, start:])
+        return torch.cat([video[:, None], behavior_maps], dim=1), behavior, pupil_center
 
     def forward(self, recording: str, video: torch.Tensor, behavior: torch.Tensor,
                 pupil_center: torch.Tensor) -> torch.Tensor:
