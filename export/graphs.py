@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.model import Twin
+from training.model import FactorizedLayer, Twin
 
 
 class ClipGraph(torch.nn.Module):
@@ -20,6 +20,29 @@ class ClipGraph(torch.nn.Module):
         return self.twin(self.recording, video, behavior, pupil_center)
 
 
+class StepLayer(torch.nn.Module):
+    """One factorized layer for streaming: the spatial conv on the new frame, then the temporal conv
+    over [buffer, new frame] as one matrix product with the layer's BatchNorm folded in.
+
+    x (B, C_in, 1, H, W), state (B, C, kt - 1, H', W') → (B, C, 1, H', W'), next state (same shape)
+    """
+
+    def __init__(self, layer: FactorizedLayer):
+        super().__init__()
+        self.spatial = layer.spatial
+        self.taps = layer.temporal.kernel_size[0]
+        scale = layer.norm.weight / torch.sqrt(layer.norm.running_var + layer.norm.eps)
+        weight = layer.temporal.weight[..., 0, 0] * scale[:, None, None]  # (C_out, C_in, kt)
+        self.register_buffer("weight", weight.flatten(1).detach().clone())
+        self.register_buffer("bias", (layer.norm.bias - layer.norm.running_mean * scale).detach().clone())
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        window = torch.cat([state, self.spatial(x)], dim=2)  # (B, C, kt, H', W')
+        batch, channels, taps, rows, cols = window.shape
+        mixed = self.weight @ window.reshape(batch, channels * taps, rows * cols)
+        return F.elu(mixed + self.bias[:, None]).reshape(batch, -1, 1, rows, cols), window[:, :, 1:]
+
+
 class StepGraph(torch.nn.Module):
     """One frame in, one frame of responses out; the memory of every temporal convolution is an
     explicit state tensor: the layer's last kt - 1 spatial outputs.
@@ -29,27 +52,20 @@ class StepGraph(torch.nn.Module):
 
     A stream starts from zero states; its first R - 1 outputs are warm-up (the clip graph has no
     output for those frames); from frame R - 1 on, the outputs equal the clip graph's.
-    The temporal convolution over the buffer is one matrix product, with BatchNorm folded into it.
     """
 
     def __init__(self, twin: Twin, recording: str):
         super().__init__()
         self.twin, self.recording = twin, recording
-        for index, layer in enumerate(twin.core.layers):
-            weight = layer.temporal.weight[..., 0, 0]  # (C_out, C_in, kt)
-            scale = layer.norm.weight / torch.sqrt(layer.norm.running_var + layer.norm.eps)
-            self.register_buffer(f"weight_{index}", (weight * scale[:, None, None]).flatten(1).detach().clone())
-            self.register_buffer(f"bias_{index}", (layer.norm.bias - layer.norm.running_mean * scale).detach().clone())
+        self.layers = torch.nn.ModuleList(StepLayer(layer) for layer in twin.core.layers)
 
     def state_shapes(self, height: int = 36, width: int = 64) -> list[tuple[int, ...]]:
         """Per layer (C, kt - 1, H', W') of the state tensor (batch dimension left out)."""
         with torch.no_grad():
-            x = torch.zeros(1, 3, 1, height, width)
-            shapes = []
-            for layer in self.twin.core.layers:
-                spatial = layer.spatial(x)
-                shapes.append((spatial.shape[1], layer.temporal.kernel_size[0] - 1, *spatial.shape[-2:]))
-                x = spatial
+            x, shapes = torch.zeros(1, 3, 1, height, width), []
+            for layer in self.layers:
+                x = layer.spatial(x)
+                shapes.append((x.shape[1], layer.taps - 1, *x.shape[-2:]))
             return shapes
 
     def forward(self, frame: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor, *states: torch.Tensor):
@@ -57,11 +73,8 @@ class StepGraph(torch.nn.Module):
         x, behavior, pupil_center = self.twin.core_input(self.recording, frame[:, None], behavior[:, None],
                                                          pupil_center[:, None])
         next_states = []
-        for index, (layer, state) in enumerate(zip(self.twin.core.layers, states)):
-            window = torch.cat([state, layer.spatial(x)], dim=2)  # (B, C, kt, H', W')
-            batch, channels, taps, rows, cols = window.shape
-            mixed = getattr(self, f"weight_{index}") @ window.reshape(batch, channels * taps, rows * cols)
-            x = F.elu(mixed + getattr(self, f"bias_{index}")[:, None]).reshape(batch, -1, 1, rows, cols)
-            next_states.append(window[:, :, 1:])
+        for layer, state in zip(self.layers, states):
+            x, state = layer(x, state)
+            next_states.append(state)
         responses = head(x, behavior, pupil_center)[:, 0] * head.response_scale
         return (responses, *next_states)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -124,6 +125,19 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in onnx.load(str(path)).graph.node).items()))
 
 
+def op_counts_per_layer(path: Path) -> dict[str, dict[str, int]]:
+    """Operator counts grouped by the model part each node was traced from: `layer<i>` for the
+    core's layers, `head` for the recording's shifter, readout and modulator, `other` for the rest
+    (input normalisation, behaviour maps, output scaling)."""
+    groups: dict[str, Counter] = {}
+    for node in onnx.load(str(path)).graph.node:
+        scope = {p.key: p.value for p in node.metadata_props}.get("namespace", "")
+        layer = re.search(r"layers\.(\d+)", scope)
+        group = f"layer{layer.group(1)}" if layer else "head" if "heads." in scope else "other"
+        groups.setdefault(group, Counter())[node.op_type] += 1
+    return {group: dict(sorted(counts.items())) for group, counts in sorted(groups.items())}
+
+
 def tensor_specs(path: Path) -> dict[str, list[dict]]:
     """Names, dtypes and shapes (symbolic dims by name) of the graph's inputs and outputs."""
     model = onnx.load(str(path))
@@ -167,9 +181,11 @@ def export_run(run: str | Path, out: str | Path) -> dict:
         manifest["recordings"][recording] = {
             "neurons": info["neurons"], "unit_ids": info["unit_ids"],
             "graphs": {"clip": {"file": f"{recording}/clip.onnx", "sha256": sha256(path), **tensor_specs(path),
-                                "op_counts": op_counts(path), "parity": parity, "parity_against": "PyTorch"},
+                                "op_counts": op_counts(path), "op_counts_per_layer": op_counts_per_layer(path),
+                                "parity": parity, "parity_against": "PyTorch"},
                        "step": {"file": f"{recording}/step.onnx", "sha256": sha256(step_path),
                                 **tensor_specs(step_path), "op_counts": op_counts(step_path),
+                                "op_counts_per_layer": op_counts_per_layer(step_path),
                                 "state_bytes_per_stream": int(sum(4 * np.prod(s) for s in shapes)),
                                 "warmup_frames": twin.receptive_field - 1,
                                 "parity": step_errors, "parity_against": "clip graph, streamed frame by frame"}}}

@@ -33,6 +33,8 @@ def test_manifest_describes_every_graph(artifacts, default_mouse):
         assert clip["outputs"][0]["name"] == "responses" and clip["outputs"][0]["shape"][2] == entry["neurons"]
         assert clip["op_counts"].get("BatchNormalization", 0) == 0 and clip["op_counts"]["Conv"] == 4
         assert max(clip["parity"].values()) < PARITY_TOLERANCE
+        layers = {k: v for k, v in clip["op_counts_per_layer"].items() if k.startswith("layer")}
+        assert layers == {"layer0": {"Conv": 2, "Elu": 1}, "layer1": {"Conv": 2, "Elu": 1}}
     assert manifest["receptive_field"] == 5 and manifest["opset"] == 23
 
 
@@ -103,7 +105,10 @@ def test_step_graph_streamed_over_a_virtual_mouse_trial_equals_the_clip_graph(ar
     assert [i["name"] for i in sorted(state_inputs, key=lambda i: i["name"])] == [i["name"] for i in state_inputs]
     assert [o["name"] for o in sorted(state_outputs, key=lambda o: o["name"])] == [o["name"] for o in state_outputs]
     assert [i["shape"][1:] for i in state_inputs] == [o["shape"][1:] for o in state_outputs]
-    assert step["op_counts"].get("BatchNormalization", 0) == 0 and step["op_counts"]["MatMul"] >= 2
+    assert step["op_counts"].get("BatchNormalization", 0) == 0
+    for layer in ("layer0", "layer1"):  # spatial conv on the new frame, temporal conv as one MatMul
+        counts = step["op_counts_per_layer"][layer]
+        assert counts["Conv"] == 1 and counts["MatMul"] == 1 and "BatchNormalization" not in counts
     assert max(step["parity"].values()) < PARITY_TOLERANCE and step["warmup_frames"] == 4
     trials = [t for t in recording.load("oracle") if t.frames == 300][:4]
     inputs = [np.stack([getattr(t, k) for t in trials]) for k in ("video", "behavior", "pupil_center")]
