@@ -11,6 +11,7 @@ fp32 matrix-product rate → benchmarks/results/export.json.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import tempfile
 import time
@@ -91,21 +92,20 @@ def run_bench(out: str | Path = "benchmarks/results/export.json", preset: str = 
         shapes = export_step(twin, "m", Path(folder) / "step.onnx").state_shapes()
         clip = onnxruntime.InferenceSession(str(Path(folder) / "clip.onnx"), options, providers=["CPUExecutionProvider"])
         step = onnxruntime.InferenceSession(str(Path(folder) / "step.onnx"), options, providers=["CPUExecutionProvider"])
-    tensors = [torch.from_numpy(a) for a in (video, behavior, pupil)]
     whole = frames - receptive_field + 1
     state_in, _ = state_names(len(shapes))
     states = {name: np.zeros((1, *shape), np.float32) for name, shape in zip(state_in, shapes)}
-    position = {"t": 0}
+    frame_index = itertools.cycle(range(frames))
 
-    def torch_clip():
+    def torch_run(*arrays):
         with torch.inference_mode():
-            twin("m", *tensors)
+            twin("m", *map(torch.from_numpy, arrays))
 
-    def onnx_clip():
-        clip.run(None, dict(zip(INPUTS, (video, behavior, pupil))))
+    def onnx_run(*arrays):
+        clip.run(None, dict(zip(INPUTS, arrays)))
 
     def onnx_step():
-        t = position["t"] = (position["t"] + 1) % frames
+        t = next(frame_index)
         results = step.run(None, {"frame": video[:, t], "behavior": behavior[:, t], "pupil_center": pupil[:, t],
                                   **states})
         states.update(zip(state_in, results[1:]))
@@ -116,17 +116,12 @@ def run_bench(out: str | Path = "benchmarks/results/export.json", preset: str = 
                 run(*(a[:, end - receptive_field:end] for a in (video, behavior, pupil)))
         return rerun
 
-    def torch_window(*arrays):
-        with torch.inference_mode():
-            twin("m", *map(torch.from_numpy, arrays))
-
     paths = {
-        "pytorch_eager_clip": (torch_clip, whole, clip_flops(twin, frames) / whole),
-        "onnxruntime_clip": (onnx_clip, whole, clip_flops(twin, frames) / whole),
+        "pytorch_eager_clip": (lambda: torch_run(video, behavior, pupil), whole, clip_flops(twin, frames) / whole),
+        "onnxruntime_clip": (lambda: onnx_run(video, behavior, pupil), whole, clip_flops(twin, frames) / whole),
         "onnxruntime_step_stream": (onnx_step, 1, step_flops(twin)),
-        "onnxruntime_window_rerun": (windows(lambda *a: clip.run(None, dict(zip(INPUTS, a)))), window_outputs,
-                                     clip_flops(twin, receptive_field)),
-        "pytorch_eager_window_rerun": (windows(torch_window), window_outputs, clip_flops(twin, receptive_field)),
+        "onnxruntime_window_rerun": (windows(onnx_run), window_outputs, clip_flops(twin, receptive_field)),
+        "pytorch_eager_window_rerun": (windows(torch_run), window_outputs, clip_flops(twin, receptive_field)),
     }
     peak = matmul_gflops()
     results = {"preset": preset, "neurons": neurons, "receptive_field": receptive_field,

@@ -151,12 +151,15 @@ def tensor_specs(path: Path) -> dict[str, list[dict]]:
     return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
 
 
-def _within_tolerance(errors: dict[str, float], path: Path, reference: str) -> dict[str, float]:
-    worst = max(errors.values())
+def _graph_entry(out: Path, path: Path, parity: dict[str, float], reference: str, **extra) -> dict:
+    """Manifest entry of one graph file; refuses it if its parity errors exceed the tolerance."""
+    worst = max(parity.values())
     if worst > PARITY_TOLERANCE:
         raise RuntimeError(f"{path}: differs from {reference} by {worst:.2e} (relative), "
                            f"above the tolerance {PARITY_TOLERANCE:.0e}")
-    return errors
+    return {"file": path.relative_to(out).as_posix(), "sha256": sha256(path), **tensor_specs(path),
+            "op_counts": op_counts(path), "op_counts_per_layer": op_counts_per_layer(path),
+            "parity": parity, "parity_against": reference, **extra}
 
 
 def export_run(run: str | Path, out: str | Path) -> dict:
@@ -171,23 +174,16 @@ def export_run(run: str | Path, out: str | Path) -> dict:
     for recording, info in config["recordings"].items():
         folder = out / recording
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "clip.onnx"
+        path, step_path = folder / "clip.onnx", folder / "step.onnx"
         export_clip(twin, recording, path)
-        parity = _within_tolerance(clip_parity(twin, recording, path), path, "PyTorch")
-        step_path = folder / "step.onnx"
         shapes = export_step(twin, recording, step_path).state_shapes()
-        step_errors = _within_tolerance(step_parity(path, step_path, shapes, twin.receptive_field), step_path,
-                                        "the clip graph")
         manifest["recordings"][recording] = {
             "neurons": info["neurons"], "unit_ids": info["unit_ids"],
-            "graphs": {"clip": {"file": f"{recording}/clip.onnx", "sha256": sha256(path), **tensor_specs(path),
-                                "op_counts": op_counts(path), "op_counts_per_layer": op_counts_per_layer(path),
-                                "parity": parity, "parity_against": "PyTorch"},
-                       "step": {"file": f"{recording}/step.onnx", "sha256": sha256(step_path),
-                                **tensor_specs(step_path), "op_counts": op_counts(step_path),
-                                "op_counts_per_layer": op_counts_per_layer(step_path),
-                                "state_bytes_per_stream": int(sum(4 * np.prod(s) for s in shapes)),
-                                "warmup_frames": twin.receptive_field - 1,
-                                "parity": step_errors, "parity_against": "clip graph, streamed frame by frame"}}}
+            "graphs": {
+                "clip": _graph_entry(out, path, clip_parity(twin, recording, path), "PyTorch"),
+                "step": _graph_entry(out, step_path, step_parity(path, step_path, shapes, twin.receptive_field),
+                                     "clip graph, streamed frame by frame",
+                                     state_bytes_per_stream=int(sum(4 * np.prod(s) for s in shapes)),
+                                     warmup_frames=twin.receptive_field - 1)}}
     write_json(out / MANIFEST, manifest)
     return manifest
