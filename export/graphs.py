@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 from training.model import FactorizedLayer, Twin
 
+from .readout import deployable
+
 
 class ClipGraph(torch.nn.Module):
     """video (B, T, H, W) raw pixels, behavior (B, T, 2), pupil_center (B, T, 2) raw
@@ -14,22 +16,26 @@ class ClipGraph(torch.nn.Module):
 
     def __init__(self, twin: Twin, recording: str):
         super().__init__()
-        self.twin, self.recording = twin, recording
+        self.twin, self.recording = deployable(twin), recording
 
     def forward(self, video: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor) -> torch.Tensor:
         return self.twin(self.recording, video, behavior, pupil_center)
 
 
 class StepLayer(torch.nn.Module):
-    """One factorized layer for streaming: the spatial conv on the new frame, then the temporal conv
-    over [buffer, new frame] as one matrix product with the layer's BatchNorm folded in.
+    """One factorized layer for streaming: the spatial conv on the new frame (a 2D conv, which ONNX
+    Runtime runs in its blocked-channel layout), then the temporal conv over [buffer, new frame] as
+    one matrix product with the layer's BatchNorm folded in.
 
-    x (B, C_in, 1, H, W), state (B, C, kt - 1, H', W') → (B, C, 1, H', W'), next state (same shape)
+    x (B, C_in, H, W), state (B, C, kt - 1, H', W') → (B, C, H', W'), next state (same shape as state)
     """
 
     def __init__(self, layer: FactorizedLayer):
         super().__init__()
-        self.spatial = layer.spatial
+        conv = layer.spatial
+        self.spatial = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[1:],
+                                       stride=conv.stride[1:], padding=conv.padding[1:], bias=False)
+        self.spatial.weight.data.copy_(conv.weight[:, :, 0])
         self.taps = layer.temporal.kernel_size[0]
         scale = layer.norm.weight / torch.sqrt(layer.norm.running_var + layer.norm.eps)
         weight = layer.temporal.weight[..., 0, 0] * scale[:, None, None]  # (C_out, C_in, kt)
@@ -37,10 +43,10 @@ class StepLayer(torch.nn.Module):
         self.register_buffer("bias", (layer.norm.bias - layer.norm.running_mean * scale).detach().clone())
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        window = torch.cat([state, self.spatial(x)], dim=2)  # (B, C, kt, H', W')
+        window = torch.cat([state, self.spatial(x)[:, :, None]], dim=2)  # (B, C, kt, H', W')
         batch, channels, taps, rows, cols = window.shape
         mixed = self.weight @ window.reshape(batch, channels * taps, rows * cols)
-        return F.elu(mixed + self.bias[:, None]).reshape(batch, -1, 1, rows, cols), window[:, :, 1:]
+        return F.elu(mixed + self.bias[:, None]).reshape(batch, -1, rows, cols), window[:, :, 1:]
 
 
 class StepGraph(torch.nn.Module):
@@ -56,13 +62,13 @@ class StepGraph(torch.nn.Module):
 
     def __init__(self, twin: Twin, recording: str):
         super().__init__()
-        self.twin, self.recording = twin, recording
-        self.layers = torch.nn.ModuleList(StepLayer(layer) for layer in twin.core.layers)
+        self.twin, self.recording = deployable(twin), recording
+        self.layers = torch.nn.ModuleList(StepLayer(layer) for layer in self.twin.core.layers)
 
     def state_shapes(self, height: int = 36, width: int = 64) -> list[tuple[int, ...]]:
         """Per layer (C, kt - 1, H', W') of the state tensor (batch dimension left out)."""
         with torch.no_grad():
-            x, shapes = torch.zeros(1, 3, 1, height, width), []
+            x, shapes = torch.zeros(1, 3, height, width), []
             for layer in self.layers:
                 x = layer.spatial(x)
                 shapes.append((x.shape[1], layer.taps - 1, *x.shape[-2:]))
@@ -72,9 +78,10 @@ class StepGraph(torch.nn.Module):
         head = self.twin.heads[self.recording]
         x, behavior, pupil_center = self.twin.core_input(self.recording, frame[:, None], behavior[:, None],
                                                          pupil_center[:, None])
+        x = x[:, :, 0]
         next_states = []
         for layer, state in zip(self.layers, states):
             x, state = layer(x, state)
             next_states.append(state)
-        responses = head(x, behavior, pupil_center)[:, 0] * head.response_scale
+        responses = head(x[:, :, None], behavior, pupil_center)[:, 0] * head.response_scale
         return (responses, *next_states)

@@ -146,3 +146,22 @@ def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
                                      "onnxruntime_window_rerun", "pytorch_eager_window_rerun"}
     assert all(p["output_frames_per_s"] > 0 for p in results["paths"].values())
     assert json.loads((tmp_path / "export.json").read_text())["ratios"] == results["ratios"]
+
+
+def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map():
+    from export.readout import GatherReadout
+    from training.model import GaussianReadout
+
+    torch.manual_seed(2)
+    readout = GaussianReadout(channels=6, neurons=203).eval()
+    with torch.no_grad():
+        readout.weight.normal_()
+        readout.bias.normal_()
+        readout.position.uniform_(-1.2, 1.2)  # beyond the map: border padding
+        readout.position[:4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [1.0, -1.0], [0.0, 0.0]])  # corners, centre
+    features, shift = torch.randn(3, 6, 5, 9, 16), torch.randn(3, 5, 2) * 0.3
+    gathered = GatherReadout(readout, chunk=50)  # several chunks, the last one partial
+    with torch.no_grad():
+        expected, actual = readout(features, shift), gathered(features, shift)
+    assert actual.shape == (3, 5, 203)
+    assert relative_error(actual.numpy(), expected.numpy()) < 1e-5
