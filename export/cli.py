@@ -1,18 +1,33 @@
-"""`twin export`: ONNX graphs + manifest from a trained run (imports torch only when run)."""
+"""`twin export`: ONNX graphs (and TensorRT engines) + manifest from a trained run (imports torch only when run)."""
 
 from __future__ import annotations
 
+import sys
 
-def _export(args) -> None:
+EXIT_UNAVAILABLE = 3  # the requested runtime (TensorRT, a GPU) is not on this machine
+
+
+def _export(args) -> int:
     from .onnx_export import export_run
+    from .tensorrt import TensorRTUnavailable, export_engines, require_tensorrt
 
-    manifest = export_run(args.run, args.out)
+    try:
+        if args.format == "tensorrt":
+            require_tensorrt()  # before writing anything
+        manifest = export_run(args.run, args.out)
+        if args.format == "tensorrt":
+            manifest = export_engines(args.out, args.precision)
+    except TensorRTUnavailable as error:
+        print(f"twin export: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     for recording, entry in manifest["recordings"].items():
         for graph, spec in entry["graphs"].items():
-            print(f"{args.out}/{spec['file']}: parity {max(spec['parity'].values()):.1e}, "
-                  f"{sum(spec['op_counts'].values())} nodes, BatchNormalization: "
-                  f"{spec['op_counts'].get('BatchNormalization', 0)}")
+            counts = spec.get("op_counts")
+            nodes = f", {sum(counts.values())} nodes, BatchNormalization: {counts.get('BatchNormalization', 0)}" \
+                if counts else ""
+            print(f"{args.out}/{spec['file']}: parity {max(spec['parity'].values()):.1e}{nodes}")
     print(f"wrote {args.out}/manifest.json")
+    return 0
 
 
 def _bench(args) -> None:
@@ -31,6 +46,10 @@ def register(commands, benchmarks) -> None:
     export = commands.add_parser("export", help="export a trained twin as ONNX graphs with a manifest")
     export.add_argument("--run", required=True, help="run directory written by `twin train`")
     export.add_argument("--out", required=True, help="artifacts folder")
+    export.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
+                        help="tensorrt: also build TensorRT engines from the ONNX graphs (needs TensorRT and a GPU)")
+    export.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16",
+                        help="TensorRT engine precision (default fp16)")
     export.set_defaults(handler=_export)
 
     bench = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")

@@ -59,7 +59,7 @@ def export_clip(twin: Twin, recording: str, path: Path) -> None:
 
 def clip_parity(twin: Twin, recording: str, path: Path, cases=((1, 40), (4, 64))) -> dict[str, float]:
     """Relative error of ONNX Runtime vs PyTorch on random inputs, per (batch, frames) case."""
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     errors = {}
     for batch, frames in cases:
         inputs = random_inputs(batch, frames, seed=batch * 1000 + frames)
@@ -92,7 +92,7 @@ def export_step(twin: Twin, recording: str, path: Path) -> StepGraph:
     return graph
 
 
-def stream(session: onnxruntime.InferenceSession, video, behavior, pupil_center, state_shapes) -> np.ndarray:
+def stream(session, video, behavior, pupil_center, state_shapes) -> np.ndarray:
     """Run a clip (B, T, ...) frame by frame through a step-graph session → responses (B, T, N)."""
     inputs_in, outputs_out = state_names(len(state_shapes))
     batch = len(video)
@@ -106,11 +106,15 @@ def stream(session: onnxruntime.InferenceSession, video, behavior, pupil_center,
     return np.stack(outputs, 1)
 
 
-def step_parity(clip_path: Path, step_path: Path, state_shapes, receptive_field: int,
-                cases=((1, 300), (4, 60))) -> dict[str, float]:
-    """Relative error of the step graph streamed frame by frame vs the clip graph, from frame R - 1 on."""
-    clip = onnxruntime.InferenceSession(str(clip_path), providers=["CPUExecutionProvider"])
-    step = onnxruntime.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
+def cpu_session(path: Path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def step_parity(clip, step, state_shapes, receptive_field: int, cases=((1, 300), (4, 60))) -> dict[str, float]:
+    """Relative error of a step graph streamed frame by frame vs a clip graph, from frame R - 1 on.
+
+    clip, step: sessions with ONNX Runtime's `run(None, feeds)` (an engine can stand in for either).
+    """
     errors = {}
     for batch, frames in cases:
         inputs = random_inputs(batch, frames, seed=7 * batch + frames)
@@ -181,7 +185,8 @@ def export_run(run: str | Path, out: str | Path) -> dict:
             "neurons": info["neurons"], "unit_ids": info["unit_ids"],
             "graphs": {
                 "clip": _graph_entry(out, path, clip_parity(twin, recording, path), "PyTorch"),
-                "step": _graph_entry(out, step_path, step_parity(path, step_path, shapes, twin.receptive_field),
+                "step": _graph_entry(out, step_path, step_parity(cpu_session(path), cpu_session(step_path), shapes,
+                                                                 twin.receptive_field),
                                      "clip graph, streamed frame by frame",
                                      state_bytes_per_stream=int(sum(4 * np.prod(s) for s in shapes)),
                                      warmup_frames=twin.receptive_field - 1)}}

@@ -9,7 +9,7 @@ import torch
 
 from clients.cli import main as twin
 from export.manifest import ArtifactError, verified_path, verify_all
-from export.onnx_export import (PARITY_TOLERANCE, clip_parity, export_clip, export_run, export_step, op_counts,
+from export.onnx_export import (PARITY_TOLERANCE, clip_parity, cpu_session, export_clip, export_run, export_step, op_counts,
                                 relative_error, state_names, step_parity, stream)
 from training.data import Recording
 from training.model import PRESETS, Twin
@@ -130,7 +130,8 @@ def test_base_step_graph_streams_like_its_clip_graph(tmp_path):
     export_clip(model, "m", tmp_path / "clip.onnx")
     graph = export_step(model, "m", tmp_path / "step.onnx")
     assert state_names(3) == (["state_0", "state_1", "state_2"], ["state_0_next", "state_1_next", "state_2_next"])
-    errors = step_parity(tmp_path / "clip.onnx", tmp_path / "step.onnx", graph.state_shapes(), model.receptive_field,
+    errors = step_parity(cpu_session(tmp_path / "clip.onnx"), cpu_session(tmp_path / "step.onnx"), graph.state_shapes(),
+                         model.receptive_field,
                          cases=((1, 40), (4, 25)))
     assert max(errors.values()) < PARITY_TOLERANCE
 
@@ -165,3 +166,33 @@ def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map():
         expected, actual = readout(features, shift), gathered(features, shift)
     assert actual.shape == (3, 5, 203)
     assert relative_error(actual.numpy(), expected.numpy()) < 1e-5
+
+
+def test_tensorrt_export_stops_cleanly_where_tensorrt_or_a_gpu_is_missing(tiny_run, tmp_path, capsys):
+    from export.tensorrt import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable:
+        code = twin(["export", "--run", str(tiny_run[0]), "--out", str(tmp_path / "a"), "--format", "tensorrt"])
+        assert code == 3 and "TensorRT" in capsys.readouterr().err
+        assert not (tmp_path / "a").exists()  # nothing written
+    else:
+        pytest.skip("TensorRT and a GPU are here: test_tensorrt_engines_match_the_onnx_graphs covers it")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engines_match_the_onnx_graphs(tiny_run, tmp_path, precision):
+    from export.tensorrt import TOLERANCES, TensorRTUnavailable, export_engines, require_tensorrt
+
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable as error:
+        pytest.skip(str(error))
+    export_run(tiny_run[0], tmp_path)
+    manifest = export_engines(tmp_path, precision)
+    for entry in manifest["recordings"].values():
+        for kind in ("clip", "step"):
+            engine = entry["graphs"][f"{kind}_tensorrt_{precision}"]
+            assert max(engine["parity"].values()) < TOLERANCES[precision]
+    verify_all(tmp_path)
