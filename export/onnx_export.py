@@ -183,6 +183,9 @@ def export_run(run: str | Path, out: str | Path) -> dict:
         shapes = export_step(twin, recording, step_path).state_shapes()
         manifest["recordings"][recording] = {
             "neurons": info["neurons"], "unit_ids": info["unit_ids"],
+            # Raw-unit means: what a client may send when it has no behaviour to send.
+            "behavior_mean": twin.heads[recording].behavior_mean.tolist(),
+            "pupil_center_mean": twin.heads[recording].pupil_mean.tolist(),
             "graphs": {
                 "clip": _graph_entry(out, path, clip_parity(twin, recording, path), "PyTorch"),
                 "step": _graph_entry(out, step_path, step_parity(cpu_session(path), cpu_session(step_path), shapes,

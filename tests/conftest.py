@@ -32,3 +32,24 @@ def tiny_run(default_mouse, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     results = train(default_mouse, out, preset="tiny", progress=False, steps=120, eval_every=30)
     return out, results
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_run, tmp_path_factory):
+    """The tiny twin exported: (artifacts folder, manifest)."""
+    from export.onnx_export import export_run
+
+    out = tmp_path_factory.mktemp("artifacts")
+    return out, export_run(tiny_run[0], out)
+
+
+def free_ports(count: int = 3) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

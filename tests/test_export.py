@@ -16,9 +16,8 @@ from training.model import PRESETS, Twin
 
 
 @pytest.fixture(scope="module")
-def artifacts(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("artifacts")
-    return out, export_run(tiny_run[0], out)
+def artifacts(tiny_artifacts):
+    return tiny_artifacts
 
 
 def test_manifest_describes_every_graph(artifacts, default_mouse):

@@ -1,0 +1,239 @@
+"""Stream frames to a twin's stream model over gRPC and get per-neuron responses per frame.
+
+    with StreamClient("localhost:8001", "mouse-0_stream") as stream:
+        for responses in stream.run(video, behavior, pupil_center):   # video (T, 36, 64)
+            ...                                                         # responses (N,)
+        print(stream.latency_summary())
+
+One stream is one Triton sequence. The first R - 1 responses of a stream are warm-up (R: the
+twin's receptive field, read from the model's config). The client keeps the last R - 1 frames it
+got answers for; if the server goes away mid-stream it waits for it to come back, opens a new
+sequence, replays those frames and carries on, so the outputs equal an uninterrupted run.
+A frame the server rejects (bad shape or dtype, NaN) raises `StreamError` and leaves the stream
+as it was: the next valid frame continues it. uint8 frames travel as UINT8, others as FP32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import random
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+import tritonclient.grpc as grpc
+from tritonclient.utils import InferenceServerException
+
+# gRPC statuses that mean the connection or the server is gone, not that the request was bad.
+CONNECTION_LOST = ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED")
+
+
+class StreamError(RuntimeError):
+    """The server refused a frame or the stream; the message says why."""
+
+
+class ServerGone(ConnectionError):
+    """The server did not come back within the reconnect timeout."""
+
+
+def _lost(error: Exception) -> bool:
+    status = getattr(error, "status", lambda: None)()
+    text = str(error)
+    return status in CONNECTION_LOST or any(s in text for s in ("UNAVAILABLE", "Socket closed", "Connection reset",
+                                                                   "failed to connect", "Broken pipe",
+                                                                   "no longer in valid state"))
+
+
+class StreamClient:
+    """A stream of frames to `model` (a `<recording>_stream` model) at `url` (host:grpc-port)."""
+
+    def __init__(self, url: str, model: str, reconnect_timeout: float = 60.0, response_timeout: float = 30.0):
+        self.url, self.model = url, model
+        self.reconnect_timeout, self.response_timeout = reconnect_timeout, response_timeout
+        self.latencies: list[float] = []  # seconds, one per answered frame
+        self.reconnects = 0
+        self._client, self._sequence, self._started = None, 0, False
+        self._results: queue.Queue = queue.Queue()
+        self._connect(wait=False)
+        self.receptive_field = int(self._parameters()["receptive_field"])
+        self.history: deque = deque(maxlen=self.receptive_field - 1)  # answered (frame, behavior, pupil)
+
+    # --- public API -------------------------------------------------------------------------
+    def send(self, frame: np.ndarray, behavior, pupil_center) -> np.ndarray:
+        """One frame (H, W) raw pixels, behavior (2,), pupil_center (2,) → responses (N,)."""
+        return next(self.run(frame[None], np.asarray(behavior)[None], np.asarray(pupil_center)[None]))
+
+    def run(self, video: np.ndarray, behavior: np.ndarray, pupil_center: np.ndarray,
+            in_flight: int = 1) -> Iterator[np.ndarray]:
+        """Frames (T, H, W), behavior (T, 2), pupil_center (T, 2) → yields responses (N,) per frame, in
+        order. in_flight > 1 keeps that many frames on the wire (more throughput, same outputs)."""
+        if not (len(video) == len(behavior) == len(pupil_center)):
+            raise ValueError(f"video, behavior and pupil_center differ in length: "
+                             f"{len(video)}, {len(behavior)}, {len(pupil_center)}")
+        frames = list(zip(video, behavior, pupil_center))
+        sent: deque = deque()  # [frame tuple, send time] awaiting an answer
+        position = 0
+        while position < len(frames) or sent:
+            try:
+                while position < len(frames) and len(sent) < in_flight:
+                    sent.append([frames[position], None])  # counted as unanswered even if sending fails
+                    position += 1
+                    sent[-1][1] = self._send(sent[-1][0])
+                result = self._receive()
+            except (ConnectionError, InferenceServerException) as error:
+                if not _lost(error):
+                    raise
+                self._recover([f for f, _ in sent])
+                sent = deque([f, time.perf_counter()] for f, _ in sent)
+                continue
+            frame, started = sent.popleft()
+            if isinstance(result, StreamError):
+                raise result
+            self.latencies.append(time.perf_counter() - started)
+            self.history.append(frame)
+            yield result
+
+    def close(self) -> None:
+        """End the sequence (frees its state on the server) and the connection."""
+        if self._started and self.history:
+            try:  # END travels with a request: repeat the last frame and drop its answer
+                self._send(self.history[-1], end=True)
+                self._receive()
+            except (StreamError, ConnectionError, InferenceServerException):
+                pass
+        self._started = False
+        self._disconnect()
+
+    def latency_summary(self) -> dict[str, float]:
+        """Per-frame round-trip latency in milliseconds: p50, p90, p99, mean, max, and the frame count."""
+        if not self.latencies:
+            return {"frames": 0}
+        ms = np.asarray(self.latencies) * 1e3
+        return {"frames": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+                "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "max_ms": float(ms.max())}
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- internals --------------------------------------------------------------------------
+    def _connect(self, wait: bool) -> None:
+        deadline = time.monotonic() + (self.reconnect_timeout if wait else 0)
+        while True:
+            try:
+                client = grpc.InferenceServerClient(self.url)
+                if client.is_server_live() and client.is_model_ready(self.model):
+                    break
+                if not client.is_model_ready(self.model):
+                    known = [m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])]
+                    if not wait:
+                        raise StreamError(f"model {self.model!r} is not served at {self.url}; models: {known}")
+            except InferenceServerException as error:
+                if time.monotonic() >= deadline:
+                    raise ServerGone(f"no Triton server at {self.url}: {error}") from None
+            if time.monotonic() >= deadline:
+                raise ServerGone(f"the server at {self.url} did not come back within {self.reconnect_timeout:.0f} s")
+            time.sleep(0.5)
+        self._client, self._results = client, queue.Queue()
+        self._client.start_stream(callback=lambda result, error: self._results.put((result, error)))
+        self._sequence, self._started = random.getrandbits(62) + 1, False
+
+    def _disconnect(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.stop_stream(cancel_requests=True)
+                self._client.close()
+            except Exception:  # the connection may already be gone
+                pass
+            self._client = None
+
+    def _parameters(self) -> dict[str, str]:
+        config = self._client.get_model_config(self.model, as_json=True)["config"]
+        return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+    @property
+    def default_behavior(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recording's mean behavior (2,) and pupil_center (2,), for streams without them."""
+        params = self._parameters()
+        return tuple(np.array(params[k].split(","), np.float32) for k in ("behavior_mean", "pupil_center_mean"))
+
+    def _send(self, frame: tuple, end: bool = False) -> float:
+        pixels, behavior, pupil = frame
+        pixels = np.asarray(pixels)
+        if pixels.dtype != np.uint8 and not np.issubdtype(pixels.dtype, np.floating):
+            raise StreamError(f"frames must be uint8 or floating point raw pixel values, got {pixels.dtype}")
+        name, dtype = ("frame_uint8", "UINT8") if pixels.dtype == np.uint8 else ("frame", "FP32")
+        arrays = [(name, pixels if dtype == "UINT8" else pixels.astype(np.float32, copy=False), dtype),
+                  ("behavior", np.asarray(behavior, np.float32), "FP32"),
+                  ("pupil_center", np.asarray(pupil, np.float32), "FP32")]
+        inputs = []
+        for input_name, array, input_dtype in arrays:
+            tensor = grpc.InferInput(input_name, [1, *array.shape], input_dtype)
+            tensor.set_data_from_numpy(array[None])
+            inputs.append(tensor)
+        self._client.async_stream_infer(self.model, inputs, sequence_id=self._sequence,
+                                        sequence_start=not self._started, sequence_end=end)
+        self._started = True
+        return time.perf_counter()
+
+    def _receive(self):
+        """The next answer: responses (N,), or a StreamError for a refused frame."""
+        try:
+            result, error = self._results.get(timeout=self.response_timeout)
+        except queue.Empty:
+            raise ConnectionError(f"UNAVAILABLE: no answer from {self.url} within {self.response_timeout:.0f} s")
+        if error is not None:
+            if _lost(error):
+                raise error
+            return StreamError(f"{self.model}: {error.message() if hasattr(error, 'message') else error}")
+        return result.as_numpy("responses")[0]
+
+    def _recover(self, unanswered: list) -> None:
+        """Reconnect, replay the kept frames into a new sequence, resend the unanswered ones."""
+        self._disconnect()
+        self._connect(wait=True)
+        self.reconnects += 1
+        for frame in self.history:
+            self._send(frame)
+        for _ in self.history:
+            answer = self._receive()
+            if isinstance(answer, StreamError):
+                raise answer
+        for frame in unanswered:
+            self._send(frame)
+
+
+class AsyncStreamClient:
+    """`StreamClient` for asyncio code: each call runs the blocking round trip in a worker thread,
+    so an event loop can drive many streams at once."""
+
+    def __init__(self, client: StreamClient):
+        self._client = client
+
+    @classmethod
+    async def open(cls, url: str, model: str, **options) -> AsyncStreamClient:
+        return cls(await asyncio.to_thread(StreamClient, url, model, **options))
+
+    @property
+    def client(self) -> StreamClient:
+        return self._client
+
+    async def send(self, frame: np.ndarray, behavior, pupil_center) -> np.ndarray:
+        return await asyncio.to_thread(self._client.send, frame, behavior, pupil_center)
+
+    async def run(self, video, behavior, pupil_center):
+        for t in range(len(video)):
+            yield await self.send(video[t], behavior[t], pupil_center[t])
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._client.close)
+
+    async def __aenter__(self) -> AsyncStreamClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,168 @@
+"""The models Triton runs (Python backend): ONNX Runtime sessions on the exported graphs.
+
+`StreamModel` keeps every stream's state (the step graph's `state_*` tensors) keyed by its sequence
+id, runs the frames of all streams in one execution as one batched step-graph call, and frees a
+stream's state on END or after the sequence batcher's idle timeout. `ClipModel` concatenates clips of
+equal length into one clip-graph call. A bad request (NaN/Inf, a stream that was never started, an
+inconsistent clip) gets an error response and changes nothing else: the stream's state is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import onnxruntime
+import triton_python_backend_utils as pb_utils
+
+from export.manifest import read_manifest, verified_path
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _configure(args) -> tuple[dict, dict]:
+    config = json.loads(args["model_config"])
+    return config, {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def _session(params: dict, graph: str) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    if int(params["threads"]):
+        options.intra_op_num_threads = int(params["threads"])
+    path = verified_path(params["artifacts"], params["recording"], graph)  # refuses a tampered file
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _input(request, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _pixels(request, name: str) -> np.ndarray:
+    """The FP32 or the UINT8 variant of a video input, as float32."""
+    as_float, as_bytes = _input(request, name), _input(request, f"{name}_uint8")
+    if (as_float is None) == (as_bytes is None):
+        raise BadRequest(f"send exactly one of {name!r} (FP32) and '{name}_uint8' (UINT8)")
+    return as_bytes.astype(np.float32) if as_float is None else as_float
+
+
+def _checked(request, names: tuple[str, ...], pixels: str) -> list[np.ndarray]:
+    arrays = [_pixels(request, pixels)] + [_input(request, n) for n in names]
+    for name, array in zip((pixels, *names), arrays):
+        if not np.isfinite(array).all():
+            raise BadRequest(f"{name} contains NaN or Inf")
+    return arrays
+
+
+def _error(message: str):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def _responses(values: np.ndarray):
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("responses", values.astype(np.float32))])
+
+
+class StreamModel:
+    def initialize(self, args) -> None:
+        config, params = _configure(args)
+        self.idle_timeout = int(config["sequence_batching"]["max_sequence_idle_microseconds"]) / 1e6
+        step = read_manifest(params["artifacts"])["recordings"][params["recording"]]["graphs"]["step"]
+        self.session = _session(params, "step")
+        specs = [s for s in step["inputs"] if s["name"].startswith("state_")]
+        self.state_names = [s["name"] for s in specs]
+        self.state_shapes = [tuple(s["shape"][1:]) for s in specs]
+        self.states: dict[int, list[np.ndarray]] = {}  # sequence id → state tensors (1, ...)
+        self.last_seen: dict[int, float] = {}
+
+    def execute(self, requests):
+        self._forget_idle()
+        responses = [None] * len(requests)
+        pending = list(range(len(requests)))
+        while pending:  # rounds of at most one frame per stream, in arrival order
+            batch, later, streams = [], [], set()
+            for i in pending:
+                sequence = int(_input(requests[i], "CORRID").flat[0])
+                (later if sequence in streams else batch).append(i)
+                streams.add(sequence)
+            self._step(requests, batch, responses)
+            pending = later
+        return responses
+
+    def _step(self, requests, indices: list[int], responses: list) -> None:
+        frames, sequences, ends = [], [], []
+        for i in indices:
+            request = requests[i]
+            sequence = int(_input(request, "CORRID").flat[0])
+            if _input(request, "START").flat[0]:
+                self.states[sequence] = [np.zeros((1, *s), np.float32) for s in self.state_shapes]
+            self.last_seen[sequence] = time.monotonic()
+            try:
+                if sequence not in self.states:
+                    raise BadRequest(f"sequence {sequence} was never started, or it ended or idled out; "
+                                     "open it with sequence_start=True")
+                frames.append(_checked(request, ("behavior", "pupil_center"), "frame"))
+            except BadRequest as error:
+                responses[i] = _error(str(error))
+                continue
+            sequences.append((i, sequence))
+            ends.append(bool(_input(request, "END").flat[0]))
+        if not sequences:
+            return
+        feeds = {name: np.concatenate(parts) for name, parts in
+                 zip(("frame", "behavior", "pupil_center"), zip(*frames))}
+        for layer, name in enumerate(self.state_names):
+            feeds[name] = np.concatenate([self.states[s][layer] for _, s in sequences])
+        results = self.session.run(None, feeds)
+        for row, ((i, sequence), end) in enumerate(zip(sequences, ends)):
+            responses[i] = _responses(results[0][row:row + 1])
+            if end:
+                self._forget(sequence)
+            else:
+                self.states[sequence] = [r[row:row + 1] for r in results[1:]]
+
+    def _forget(self, sequence: int) -> None:
+        self.states.pop(sequence, None)
+        self.last_seen.pop(sequence, None)
+
+    def _forget_idle(self) -> None:
+        now = time.monotonic()
+        for sequence in [s for s, seen in self.last_seen.items() if now - seen > self.idle_timeout]:
+            self._forget(sequence)
+
+    def finalize(self) -> None:
+        self.states.clear()
+
+
+class ClipModel:
+    def initialize(self, args) -> None:
+        _, params = _configure(args)
+        self.session = _session(params, "clip")
+        self.receptive_field = int(params["receptive_field"])
+
+    def execute(self, requests):
+        responses, groups = [None] * len(requests), {}
+        for i, request in enumerate(requests):
+            try:
+                video, behavior, pupil = _checked(request, ("behavior", "pupil_center"), "video")
+                frames = video.shape[1]
+                if behavior.shape[1] != frames or pupil.shape[1] != frames:
+                    raise BadRequest(f"video has {frames} frames but behavior {behavior.shape[1]} and "
+                                     f"pupil_center {pupil.shape[1]}")
+                if frames < self.receptive_field:
+                    raise BadRequest(f"a clip needs at least {self.receptive_field} frames, got {frames}")
+            except BadRequest as error:
+                responses[i] = _error(str(error))
+                continue
+            groups.setdefault(frames, []).append((i, (video, behavior, pupil)))
+        for members in groups.values():
+            feeds = {name: np.concatenate(parts) for name, parts in
+                     zip(("video", "behavior", "pupil_center"), zip(*(arrays for _, arrays in members)))}
+            output = self.session.run(None, feeds)[0]
+            start = 0
+            for i, (video, _, _) in members:
+                responses[i] = _responses(output[start:start + len(video)])
+                start += len(video)
+        return responses

@@ -1,0 +1,210 @@
+"""Serving against the real Triton server over gRPC: parity, batching across streams, bad input,
+recovery after a server crash, bounded shutdown."""
+
+import json
+import os
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpc
+from conftest import free_ports
+
+from clients.stream import StreamClient, StreamError
+from export.manifest import verified_path
+from export.onnx_export import cpu_session, relative_error, stream
+from serving.repository import model_names, write_repository
+from serving.server import Ports, TritonServer
+from training.data import Recording
+
+IDLE_TIMEOUT_S = 3.0
+
+
+def _trials(recording_path, count):
+    trials = [t for t in Recording(recording_path).load("oracle") if t.frames == 300][:count]
+    return [(t.video, t.behavior, t.pupil_center) for t in trials]
+
+
+def _local_stream(artifacts, manifest, recording, trial):
+    """The step graph streamed locally (ONNX Runtime) over one trial → (T, N)."""
+    step = manifest["recordings"][recording]["graphs"]["step"]
+    shapes = [tuple(s["shape"][1:]) for s in step["inputs"] if s["name"].startswith("state_")]
+    session = cpu_session(verified_path(artifacts, recording, "step"))
+    return stream(session, *(a[None] for a in trial), shapes)[0]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_artifacts, tmp_path_factory):
+    artifacts, manifest = tiny_artifacts
+    repository = tmp_path_factory.mktemp("repository")
+    write_repository(artifacts, repository, idle_timeout_s=IDLE_TIMEOUT_S)
+    http, grpc_port, metrics = free_ports()
+    with TritonServer(repository, Ports(http, grpc_port, metrics)) as server:
+        yield server, artifacts, manifest
+    with pytest.raises(ProcessLookupError):  # no orphan: the whole process group is gone
+        os.killpg(server.process.pid, 0)
+
+
+def test_streamed_trial_equals_local_step_and_clip_graphs(served, default_mouse):
+    server, artifacts, manifest = served
+    recording = default_mouse[0].name
+    trial = _trials(default_mouse[0], 1)[0]
+    with StreamClient(server.url, model_names(recording)["stream"]) as client:
+        streamed = np.stack(list(client.run(*trial)))
+        as_bytes = np.stack(list(client.run(trial[0].astype(np.uint8), *trial[1:])))  # UINT8 on the wire
+        assert client.latency_summary()["frames"] == 600
+    local = _local_stream(artifacts, manifest, recording, trial)
+    assert streamed.shape == (300, manifest["recordings"][recording]["neurons"])
+    assert relative_error(streamed, local) < 1e-5
+    clip = cpu_session(verified_path(artifacts, recording, "clip")).run(
+        None, dict(zip(["video", "behavior", "pupil_center"], (a[None] for a in trial))))[0][0]
+    warmup = manifest["receptive_field"] - 1
+    assert relative_error(streamed[warmup:], clip) < 1e-4
+    # The second pass continued the same sequence: after its own warm-up it equals the first.
+    assert relative_error(as_bytes[warmup:], streamed[warmup:]) < 1e-5
+
+
+def test_clip_model_scores_a_batch_of_clips(served, default_mouse):
+    server, artifacts, _ = served
+    recording = default_mouse[1].name
+    trials = _trials(default_mouse[1], 3)
+    inputs = [np.stack(parts)[:, :100] for parts in zip(*trials)]
+    client = grpc.InferenceServerClient(server.url)
+    tensors = []
+    for name, array in zip(["video", "behavior", "pupil_center"], inputs):
+        tensors.append(grpc.InferInput(name, list(array.shape), "FP32"))
+        tensors[-1].set_data_from_numpy(array)
+    served_out = client.infer(model_names(recording)["clip"], tensors).as_numpy("responses")
+    local = cpu_session(verified_path(artifacts, recording, "clip")).run(
+        None, dict(zip(["video", "behavior", "pupil_center"], inputs)))[0]
+    assert served_out.shape == local.shape and relative_error(served_out, local) < 1e-5
+
+
+def test_sixteen_concurrent_streams_are_batched_and_kept_apart(served, default_mouse):
+    server, artifacts, manifest = served
+    recording = default_mouse[0].name
+    model = model_names(recording)["stream"]
+    trials = _trials(default_mouse[0], 6)
+    # 16 streams over 6 distinct trials, each shifted by its own offset so no two streams are alike.
+    inputs = [tuple(np.roll(a, 7 * i, axis=0) for a in trials[i % len(trials)]) for i in range(16)]
+    stats_before = _stats(server, model)
+    results, errors = [None] * 16, []
+
+    def run(i):
+        try:
+            with StreamClient(server.url, model) as client:
+                results[i] = np.stack(list(client.run(*inputs[i])))
+        except Exception as error:  # noqa: BLE001 — reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    for i in range(16):
+        assert results[i].shape[0] == 300
+        assert relative_error(results[i], _local_stream(artifacts, manifest, recording, inputs[i])) < 1e-5
+    stats = _stats(server, model)
+    inferences = stats["inference_count"] - stats_before["inference_count"]
+    executions = stats["execution_count"] - stats_before["execution_count"]
+    assert inferences >= 16 * 300 and executions < inferences  # frames of several streams ran together
+
+
+def _stats(server, model):
+    url = f"http://localhost:{server.ports.http}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.loads(reply.read())["model_stats"][0]
+
+
+def test_bad_input_gets_a_clear_error_and_the_stream_goes_on(served, default_mouse):
+    server, artifacts, manifest = served
+    recording = default_mouse[0].name
+    model = model_names(recording)["stream"]
+    video, behavior, pupil = _trials(default_mouse[0], 1)[0]
+    local = _local_stream(artifacts, manifest, recording, (video[:60], behavior[:60], pupil[:60]))
+    with StreamClient(server.url, model) as client:
+        first = np.stack(list(client.run(video[:30], behavior[:30], pupil[:30])))
+        bad_frames = {
+            "unexpected shape": (video[0, :30], behavior[0], pupil[0]),
+            "uint8 or floating point": (video[0].astype(np.int16), behavior[0], pupil[0]),
+            "NaN or Inf": (np.where(np.arange(64) == 3, np.nan, video[0]), behavior[0], pupil[0]),
+            "pupil_center contains NaN or Inf": (video[0], behavior[0], np.array([np.inf, 0.0])),
+        }
+        for message, frame in bad_frames.items():
+            with pytest.raises(StreamError, match=message):
+                client.send(*frame)
+        rest = np.stack(list(client.run(video[30:60], behavior[30:60], pupil[30:60])))
+    assert relative_error(np.concatenate([first, rest]), local) < 1e-5
+    assert grpc.InferenceServerClient(server.url).is_server_live()
+
+
+def test_unknown_model_unstarted_and_idle_streams_are_refused(served, default_mouse):
+    server, _, _ = served
+    model = model_names(default_mouse[0].name)["stream"]
+    with pytest.raises(StreamError, match="not served"):
+        StreamClient(server.url, "no-such-model")
+    video, behavior, pupil = _trials(default_mouse[0], 1)[0]
+    client = grpc.InferenceServerClient(server.url)
+    answers = []
+    client.start_stream(callback=lambda result, error: answers.append(error))
+    tensors = []
+    for name, array in [("frame", video[:1]), ("behavior", behavior[:1]), ("pupil_center", pupil[:1])]:
+        tensors.append(grpc.InferInput(name, list(array.shape), "FP32"))
+        tensors[-1].set_data_from_numpy(array)
+    client.async_stream_infer(model, tensors, sequence_id=987654, sequence_start=False)
+    wrong_dtype = grpc.InferInput("frame", [1, 36, 64], "FP64")
+    wrong_dtype.set_data_from_numpy(video[:1].astype(np.float64))
+    client.async_stream_infer(model, [wrong_dtype, *tensors[1:]], sequence_id=987655, sequence_start=True)
+    deadline = time.monotonic() + 10
+    while len(answers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.stop_stream()
+    assert len(answers) == 2 and "START" in str(answers[0]) and "FP64" in str(answers[1])
+    with StreamClient(server.url, model) as idle:
+        idle.send(video[0], behavior[0], pupil[0])
+        time.sleep(IDLE_TIMEOUT_S * 2)
+        with pytest.raises(StreamError, match="START"):
+            idle.send(video[1], behavior[1], pupil[1])
+    assert client.is_server_live()
+
+
+def test_a_stream_survives_a_server_crash_and_restart(tiny_artifacts, default_mouse, tmp_path):
+    artifacts, manifest = tiny_artifacts
+    recording = default_mouse[0].name
+    repository = tmp_path / "repository"
+    write_repository(artifacts, repository)
+    ports = Ports(*free_ports())
+    trial = _trials(default_mouse[0], 1)[0]
+    servers = [TritonServer(repository, ports)]
+    try:
+        with StreamClient(servers[0].url, model_names(recording)["stream"], reconnect_timeout=120) as client:
+            outputs = []
+            for t, responses in enumerate(client.run(*trial)):
+                outputs.append(responses)
+                if t == 100:
+                    servers[0].kill()
+                    threading.Timer(1.0, lambda: servers.append(TritonServer(repository, ports))).start()
+            assert client.reconnects == 1
+    finally:
+        deadline = time.monotonic() + 60
+        while len(servers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for server in servers:
+            server.stop()
+    assert relative_error(np.stack(outputs), _local_stream(artifacts, manifest, recording, trial)) < 1e-5
+
+
+def test_tampered_artifacts_are_refused_before_serving(tiny_artifacts, tmp_path):
+    import shutil
+
+    artifacts, manifest = tiny_artifacts
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    step = next(iter(manifest["recordings"].values()))["graphs"]["step"]["file"]
+    (copy / step).write_bytes((copy / step).read_bytes()[:-10])
+    with pytest.raises(ValueError, match="step.onnx: sha256"):
+        write_repository(copy, tmp_path / "repository")
