@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("training.cli", "export.cli", "serving.cli", "clients.stream_cli")
+COMMAND_MODULES = ("training.cli", "export.cli", "serving.cli", "clients.stream_cli", "clients.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import re
 import warnings
@@ -27,6 +28,9 @@ from training.model import Twin
 
 from .graphs import ClipGraph, StepGraph
 from .manifest import MANIFEST, sha256
+
+# The exporter warns once per torchvision operator when torchvision is absent; we export none of them.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 OPSET = 23
 PARITY_TOLERANCE = 1e-4  # max |ONNX − PyTorch| / max |PyTorch|
@@ -169,13 +173,18 @@ def _graph_entry(out: Path, path: Path, parity: dict[str, float], reference: str
 def export_run(run: str | Path, out: str | Path) -> dict:
     """Export every recording of a run; fails if a graph misses the parity tolerance."""
     twin, config = load_run(run)
+    return export_twin(twin, config["preset"], config["recordings"], out)
+
+
+def export_twin(twin: Twin, preset: str, recordings: dict[str, dict], out: str | Path) -> dict:
+    """Export a twin: recordings maps each recording name → {"neurons", "unit_ids"}; → the manifest."""
     out = Path(out)
-    manifest = {"format": 1, "opset": OPSET, "receptive_field": twin.receptive_field, "preset": config["preset"],
+    manifest = {"format": 1, "opset": OPSET, "receptive_field": twin.receptive_field, "preset": preset,
                 "parity_tolerance": PARITY_TOLERANCE,
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                              "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
                 "recordings": {}}
-    for recording, info in config["recordings"].items():
+    for recording, info in recordings.items():
         folder = out / recording
         folder.mkdir(parents=True, exist_ok=True)
         path, step_path = folder / "clip.onnx", folder / "step.onnx"

@@ -33,6 +33,20 @@ def _serve(args) -> int:
     return 0
 
 
+def _bench(args) -> None:
+    from .bench import run_bench
+
+    results = run_bench(args.out, presets=args.presets, neurons=args.neurons, frames=args.frames)
+    for preset, result in results["presets"].items():
+        for source in ("client", "perf_analyzer"):
+            for row in result[source]:
+                text = row.get("error", "")[:100] or (f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
+                                                      f"{row['frames_per_s']:7.1f} frames/s")
+                print(f"{preset:<6}{source:<14}{row['streams']:>3} streams  {text}")
+        print(f"{preset:<6}30 fps streams with p99 < 33 ms: {result['realtime']['max_streams_at_30fps']}")
+    print(f"wrote {args.out}")
+
+
 def register(commands, benchmarks) -> None:
     serve = commands.add_parser("serve", help="serve an artifacts folder with the Triton Inference Server")
     serve.add_argument("--artifacts", required=True, help="artifacts folder written by `twin export`")
@@ -45,3 +59,10 @@ def register(commands, benchmarks) -> None:
     serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per model (0: one per core)")
     serve.add_argument("--log", help="server log file (default: in a temporary folder)")
     serve.set_defaults(handler=_serve)
+
+    bench = benchmarks.add_parser("stream", help="streaming latency through Triton: own client and perf_analyzer")
+    bench.add_argument("--out", default="benchmarks/results/stream.json")
+    bench.add_argument("--presets", nargs="+", default=["small", "base"], choices=["tiny", "small", "base"])
+    bench.add_argument("--neurons", type=int, default=8000)
+    bench.add_argument("--frames", type=int, default=150, help="frames per stream in the closed-loop runs")
+    bench.set_defaults(handler=_bench)

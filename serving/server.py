@@ -12,6 +12,7 @@ import atexit
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,17 @@ class Ports:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Three ports nothing listens on right now."""
+        sockets = [socket.socket() for _ in range(3)]
+        for s in sockets:
+            s.bind(("localhost", 0))
+        ports = cls(*(s.getsockname()[1] for s in sockets))
+        for s in sockets:
+            s.close()
+        return ports
 
 
 def _bundled() -> tuple[Path, Path, dict[str, Path]]:

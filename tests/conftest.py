@@ -42,14 +42,3 @@ def tiny_artifacts(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
     return out, export_run(tiny_run[0], out)
 
-
-def free_ports(count: int = 3) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports

@@ -10,7 +10,6 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpc
-from conftest import free_ports
 
 from clients.stream import StreamClient, StreamError
 from export.manifest import verified_path
@@ -40,8 +39,7 @@ def served(tiny_artifacts, tmp_path_factory):
     artifacts, manifest = tiny_artifacts
     repository = tmp_path_factory.mktemp("repository")
     write_repository(artifacts, repository, idle_timeout_s=IDLE_TIMEOUT_S)
-    http, grpc_port, metrics = free_ports()
-    with TritonServer(repository, Ports(http, grpc_port, metrics)) as server:
+    with TritonServer(repository, Ports.free()) as server:
         yield server, artifacts, manifest
     with pytest.raises(ProcessLookupError):  # no orphan: the whole process group is gone
         os.killpg(server.process.pid, 0)
@@ -177,7 +175,7 @@ def test_a_stream_survives_a_server_crash_and_restart(tiny_artifacts, default_mo
     recording = default_mouse[0].name
     repository = tmp_path / "repository"
     write_repository(artifacts, repository)
-    ports = Ports(*free_ports())
+    ports = Ports.free()
     trial = _trials(default_mouse[0], 1)[0]
     servers = [TritonServer(repository, ports)]
     try:
@@ -208,3 +206,16 @@ def test_tampered_artifacts_are_refused_before_serving(tiny_artifacts, tmp_path)
     (copy / step).write_bytes((copy / step).read_bytes()[:-10])
     with pytest.raises(ValueError, match="step.onnx: sha256"):
         write_repository(copy, tmp_path / "repository")
+
+
+def test_stream_benchmark_measures_both_clients_and_realtime_capacity(tmp_path):
+    from serving.bench import run_bench
+
+    results = run_bench(tmp_path / "stream.json", presets=("tiny",), neurons=50, frames=20, realtime_limit=2,
+                        realtime_frames=15)
+    tiny = results["presets"]["tiny"]
+    for source in ("client", "perf_analyzer"):
+        assert [row["streams"] for row in tiny[source]] == [1, 4, 16]
+        assert all("error" not in row and 0 < row["p50_ms"] <= row["p99_ms"] for row in tiny[source]), tiny[source]
+    assert 0 <= tiny["realtime"]["max_streams_at_30fps"] <= 2
+    assert json.loads((tmp_path / "stream.json").read_text()) == results

@@ -35,12 +35,6 @@ def _evaluate(args) -> None:
     print_metrics(results)
 
 
-def _demo(args) -> None:
-    from .demo import run_demo
-
-    run_demo(args.out, minutes=args.minutes)
-
-
 def _bench(args) -> None:
     from .bench import run_bench
 
@@ -91,10 +85,6 @@ def register(commands, benchmarks) -> None:
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 
-    demo = commands.add_parser("demo", help="the main job end to end: virtual mouse → train → evaluate → figures")
-    demo.add_argument("--out", default="demo", help="folder for data, run and figures (stages already done are reused)")
-    demo.add_argument("--minutes", type=float, help="training budget (default: the small preset's)")
-    demo.set_defaults(handler=_demo)
 
     train_bench = benchmarks.add_parser("train", help="training and inference throughput of the presets")
     train_bench.add_argument("--out", default="benchmarks/results/train.json")

@@ -1,4 +1,4 @@
-"""`twin demo`: the main job end to end on the embedded default.
+"""The training half of `twin demo` (`clients/demo.py` runs the whole job).
 
 virtual mouse → train the `small` twin → evaluate every tier → figures, all under one folder.
 Each stage is skipped or resumed when its output is already there.
@@ -17,8 +17,9 @@ from .evaluate import load_expected, predict
 from .plots import plot_traces
 
 
-def run_demo(out: str | Path, neurons: int = 300, train_minutes: float = 6.0, minutes: float | None = None,
-             seed: int = 0) -> dict:
+def run_training_demo(out: str | Path, neurons: int = 300, train_minutes: float = 6.0, minutes: float | None = None,
+             seed: int = 0, stages: int = 3) -> dict:
+    """Stages 1–3 of `stages` (the numbering in the printed progress)."""
     from .train import train
     from .virtual_mouse import synthesize
 
@@ -26,16 +27,16 @@ def run_demo(out: str | Path, neurons: int = 300, train_minutes: float = 6.0, mi
     data = out / "data"
     folders = sorted(p for p in data.glob("virtual-mouse-*") if (p / "meta/trials/tiers.npy").is_file())
     if not folders:
-        print(f"[1/3] writing the virtual mouse to {data}")
+        print(f"[1/{stages}] writing the virtual mouse to {data}")
         folders = synthesize(data, recordings=2, neurons=neurons, train_minutes=train_minutes, seed=seed)
     run = out / "run"
     if (run / "metrics.json").is_file():
-        print(f"[2/3] using the trained twin in {run}")
+        print(f"[2/{stages}] using the trained twin in {run}")
         results = json.loads((run / "metrics.json").read_text())
     else:
-        print(f"[2/3] training the small twin into {run}")
+        print(f"[2/{stages}] training the small twin into {run}")
         results = train(folders, run, preset="small", **({"minutes": minutes} if minutes else {}))
-    print("[3/3] figures")
+    print(f"[3/{stages}] figures")
     recording = Recording(folders[0])
     trial = recording.load("oracle")[0]
     model, _ = load_run(run)
