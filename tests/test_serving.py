@@ -219,3 +219,23 @@ def test_stream_benchmark_measures_both_clients_and_realtime_capacity(tmp_path):
         assert all("error" not in row and 0 < row["p50_ms"] <= row["p99_ms"] for row in tiny[source]), tiny[source]
     assert 0 <= tiny["realtime"]["max_streams_at_30fps"] <= 2
     assert json.loads((tmp_path / "stream.json").read_text()) == results
+
+
+def test_async_client_streams_like_the_sync_one(served, default_mouse):
+    import asyncio
+
+    from clients.stream import AsyncStreamClient
+
+    server, artifacts, manifest = served
+    recording = default_mouse[0].name
+    video, behavior, pupil = (a[:40] for a in _trials(default_mouse[0], 1)[0])
+
+    async def two_streams():
+        async def one():
+            async with await AsyncStreamClient.open(server.url, model_names(recording)["stream"]) as client:
+                return np.stack([r async for r in client.run(video, behavior, pupil)])
+        return await asyncio.gather(one(), one())
+
+    local = _local_stream(artifacts, manifest, recording, (video, behavior, pupil))
+    for outputs in asyncio.run(two_streams()):
+        assert relative_error(outputs, local) < 1e-5
