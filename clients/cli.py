@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"twin {args.command}: needs {error.name!r}; install the extras: pip install 'twinserve[train,export]'",
               file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, ConnectionError) as error:
         print(f"twin {args.command}: error: {error}", file=sys.stderr)
         return 2
 

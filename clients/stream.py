@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 CONNECTION_LOST = ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED")
 
 
-class StreamError(RuntimeError):
+class StreamError(ValueError):
     """The server refused a frame or the stream; the message says why."""
 
 
@@ -122,21 +122,23 @@ class StreamClient:
 
     # --- internals --------------------------------------------------------------------------
     def _connect(self, wait: bool) -> None:
+        """Open a client and a gRPC stream; with `wait`, retry until the server is back or the timeout."""
         deadline = time.monotonic() + (self.reconnect_timeout if wait else 0)
         while True:
+            client = grpc.InferenceServerClient(self.url)
             try:
-                client = grpc.InferenceServerClient(self.url)
                 if client.is_server_live() and client.is_model_ready(self.model):
                     break
-                if not client.is_model_ready(self.model):
+                if not wait:
                     known = [m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])]
-                    if not wait:
-                        raise StreamError(f"model {self.model!r} is not served at {self.url}; models: {known}")
+                    raise StreamError(f"model {self.model!r} is not served at {self.url}; models: {known}")
+                problem = f"model {self.model!r} not ready"
             except InferenceServerException as error:
-                if time.monotonic() >= deadline:
-                    raise ServerGone(f"no Triton server at {self.url}: {error}") from None
+                problem = str(error)
+            client.close()
             if time.monotonic() >= deadline:
-                raise ServerGone(f"the server at {self.url} did not come back within {self.reconnect_timeout:.0f} s")
+                raise ServerGone(f"no Triton server ready at {self.url}"
+                                 f"{f' within {self.reconnect_timeout:.0f} s' if wait else ''}: {problem}")
             time.sleep(0.5)
         self._client, self._results = client, queue.Queue()
         self._client.start_stream(callback=lambda result, error: self._results.put((result, error)))

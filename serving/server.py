@@ -145,7 +145,8 @@ class TritonServer:
                 self.process.wait(5)
         self._signal(signal.SIGKILL)  # stubs left in the group, if any
         self._log.close()
-        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        keep_log = self.log_path.parent == self._workdir
+        shutil.rmtree(self._workdir / "backends" if keep_log else self._workdir, ignore_errors=True)
         atexit.unregister(self.stop)
         return self.process.returncode
 

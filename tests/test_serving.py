@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpc
 
-from clients.stream import StreamClient, StreamError
+from clients.stream import ServerGone, StreamClient, StreamError
 from export.manifest import verified_path
 from export.onnx_export import cpu_session, relative_error, stream
 from serving.repository import model_names, write_repository
@@ -145,6 +145,8 @@ def test_unknown_model_unstarted_and_idle_streams_are_refused(served, default_mo
     model = model_names(default_mouse[0].name)["stream"]
     with pytest.raises(StreamError, match="not served"):
         StreamClient(server.url, "no-such-model")
+    with pytest.raises(ServerGone, match="no Triton server ready"):
+        StreamClient(f"localhost:{Ports.free().grpc}", model)
     video, behavior, pupil = _trials(default_mouse[0], 1)[0]
     client = grpc.InferenceServerClient(server.url)
     answers = []
@@ -239,3 +241,19 @@ def test_async_client_streams_like_the_sync_one(served, default_mouse):
     local = _local_stream(artifacts, manifest, recording, (video, behavior, pupil))
     for outputs in asyncio.run(two_streams()):
         assert relative_error(outputs, local) < 1e-5
+
+
+def test_stream_cli_saves_responses_and_prints_latency(served, default_mouse, tmp_path, capsys):
+    from clients.cli import main as twin
+
+    server, artifacts, manifest = served
+    recording = default_mouse[0].name
+    video = _trials(default_mouse[0], 1)[0][0][:50]
+    np.save(tmp_path / "video.npy", np.moveaxis(video, 0, -1))  # SENSORIUM's (H, W, T) layout is read too
+    out = tmp_path / "responses.npy"
+    assert twin(["stream", "--url", server.url, "--model", model_names(recording)["stream"], "--video",
+                 str(tmp_path / "video.npy"), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    assert summary["frames"] == 50 and summary["latency"]["p99_ms"] > 0
+    assert np.load(out).shape == (50, manifest["recordings"][recording]["neurons"])
+    assert twin(["stream", "--url", server.url, "--model", "nope", "--video", str(tmp_path / "video.npy")]) == 2
