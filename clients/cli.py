@@ -7,7 +7,8 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("training.cli", "export.cli", "serving.cli", "clients.stream_cli", "clients.demo")
+COMMAND_MODULES = ("training.cli", "export.cli", "serving.cli", "clients.stream_cli", "clients.score_cli",
+                   "clients.experiments.cli", "clients.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

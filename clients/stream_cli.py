@@ -3,37 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
 
-def read_video(path: str | Path, height: int = 36, width: int = 64) -> np.ndarray:
-    """Frames (T, height, width) raw pixel values from `.npy` ((T, H, W), or SENSORIUM's (H, W, T))
-    or a video file (any format imageio's ffmpeg plugin reads; converted to grey and resized)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such video")
-    if path.suffix == ".npy":
-        video = np.load(path, allow_pickle=False)
-        if video.ndim == 3 and video.shape[:2] == (height, width) and video.shape[2] != width:
-            video = np.moveaxis(video, -1, 0)
-        if video.ndim != 3 or video.shape[1:] != (height, width):
-            raise ValueError(f"{path}: expected frames (T, {height}, {width}), got {video.shape}")
-        return video
-    import imageio.v3 as iio
-    from PIL import Image
-
-    frames = []
-    for frame in iio.imiter(path):
-        grey = Image.fromarray(np.asarray(frame)).convert("L").resize((width, height), Image.BILINEAR)
-        frames.append(np.asarray(grey))
-    if not frames:
-        raise ValueError(f"{path}: no frames")
-    return np.stack(frames)
-
-
 def _stream(args) -> int:
+    from .library import read_video
     from .stream import StreamClient
 
     with StreamClient(args.url, args.model) as client:

@@ -88,7 +88,8 @@ def write_repository(artifacts: str | Path, out: str | Path, max_streams: int = 
         parameters = {"artifacts": artifacts.as_posix(), "recording": recording,
                       "receptive_field": manifest["receptive_field"], "threads": threads,
                       "behavior_mean": ",".join(map(str, entry["behavior_mean"])),
-                      "pupil_center_mean": ",".join(map(str, entry["pupil_center_mean"]))}
+                      "pupil_center_mean": ",".join(map(str, entry["pupil_center_mean"])),
+                      "unit_ids": ",".join(map(str, entry["unit_ids"]))}
         if sys.prefix != sys.base_prefix:  # a virtual environment: the backend stub runs inside it
             parameters["EXECUTION_ENV_PATH"] = Path(sys.prefix).as_posix()
         names = model_names(recording)

@@ -42,3 +42,23 @@ def tiny_artifacts(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
     return out, export_run(tiny_run[0], out)
 
+
+
+IDLE_TIMEOUT_S = 3.0
+
+
+@pytest.fixture(scope="session")
+def served(tiny_artifacts, tmp_path_factory):
+    """The tiny twin served by a real Triton server → (server, artifacts folder, manifest)."""
+    import os
+
+    from serving.repository import write_repository
+    from serving.server import Ports, TritonServer
+
+    artifacts, manifest = tiny_artifacts
+    repository = tmp_path_factory.mktemp("repository")
+    write_repository(artifacts, repository, idle_timeout_s=IDLE_TIMEOUT_S)
+    with TritonServer(repository, Ports.free()) as server:
+        yield server, artifacts, manifest
+    with pytest.raises(ProcessLookupError):  # no orphan: the whole process group is gone
+        os.killpg(server.process.pid, 0)

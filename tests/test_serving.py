@@ -18,7 +18,7 @@ from serving.repository import model_names, write_repository
 from serving.server import Ports, TritonServer
 from training.data import Recording
 
-IDLE_TIMEOUT_S = 3.0
+from conftest import IDLE_TIMEOUT_S
 
 
 def _trials(recording_path, count):
@@ -32,17 +32,6 @@ def _local_stream(artifacts, manifest, recording, trial):
     shapes = [tuple(s["shape"][1:]) for s in step["inputs"] if s["name"].startswith("state_")]
     session = cpu_session(verified_path(artifacts, recording, "step"))
     return stream(session, *(a[None] for a in trial), shapes)[0]
-
-
-@pytest.fixture(scope="module")
-def served(tiny_artifacts, tmp_path_factory):
-    artifacts, manifest = tiny_artifacts
-    repository = tmp_path_factory.mktemp("repository")
-    write_repository(artifacts, repository, idle_timeout_s=IDLE_TIMEOUT_S)
-    with TritonServer(repository, Ports.free()) as server:
-        yield server, artifacts, manifest
-    with pytest.raises(ProcessLookupError):  # no orphan: the whole process group is gone
-        os.killpg(server.process.pid, 0)
 
 
 def test_streamed_trial_equals_local_step_and_clip_graphs(served, default_mouse):

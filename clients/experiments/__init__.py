@@ -1,0 +1,1 @@
+"""In-silico experiments on a served twin: parametric tuning, receptive-field mapping."""

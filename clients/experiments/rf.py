@@ -1,0 +1,165 @@
+"""`twin experiment rf`: receptive fields from flashing Gaussian dots.
+
+On and off dots are flashed one at a time on a grid covering the screen (after R - 1 grey frames, so
+output frame j is movie frame j). A neuron's response to a dot is its mean predicted response in a
+window of the dot's length, `lag` frames after onset, minus its mean over dots; the lag (responses
+trail the dots) is the one whose RF maps peak most sharply. From those:
+- the spike-triggered average STA (H, W) = Σ_dots r · (dot image − grey) / Σ |r|: on subfields
+  positive, off subfields negative;
+- the RF map = Σ_dots max(r, 0) · |dot image|: where any dot excites the neuron;
+- the spatial selectivity index SSI = −log det of the covariance of the |STA|-weighted pixel
+  positions (high for a compact RF);
+- the RF centre (x = column, y = row) and width from a 2D Gaussian fit to the RF map; a neuron has
+  a clear RF when that fit explains at least half of the map's variance.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..score import model_parameters
+from ..stimuli import GREY, HEIGHT, WIDTH, flashing_dots
+from .common import load_truth, responses_to
+
+CLEAR_RF_R2 = 0.5
+
+
+def gaussian_2d(coords, amplitude, x0, y0, sigma, offset):
+    x, y = coords
+    return amplitude * np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2)) + offset
+
+
+def fit_centre(rf_map: np.ndarray) -> tuple[float, float, float, float]:
+    """2D Gaussian fit to a map (H, W) → (x, y, sigma, R²); NaNs where the fit fails."""
+    from scipy.optimize import curve_fit
+
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    y0, x0 = np.unravel_index(np.argmax(rf_map), rf_map.shape)
+    start = [rf_map.max() - rf_map.min(), x0, y0, 4.0, rf_map.min()]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parameters, _ = curve_fit(gaussian_2d, (cols.ravel(), rows.ravel()), rf_map.ravel(), p0=start,
+                                      bounds=([0, -10, -10, 0.5, -np.inf], [np.inf, WIDTH + 10, HEIGHT + 10, 40, np.inf]),
+                                      maxfev=4000)
+    except (RuntimeError, ValueError):
+        return np.nan, np.nan, np.nan, np.nan
+    residual = rf_map.ravel() - gaussian_2d((cols.ravel(), rows.ravel()), *parameters)
+    r2 = 1 - residual.var() / max(rf_map.var(), 1e-12)
+    return float(parameters[1]), float(parameters[2]), float(parameters[3]), float(r2)
+
+
+def spatial_selectivity(sta: np.ndarray) -> float:
+    """−log det of the covariance of pixel positions weighted by |STA| (H, W)."""
+    weight = np.abs(sta).ravel()
+    if weight.sum() <= 0:
+        return float("nan")
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    positions = np.stack([cols.ravel(), rows.ravel()])
+    covariance = np.cov(positions, aweights=weight)
+    return float(-np.log(max(np.linalg.det(covariance), 1e-12)))
+
+
+def dot_responses(responses: np.ndarray, dots: list[dict], lag: int) -> np.ndarray:
+    """Per dot the mean response (N,) over its window `lag` frames after onset, minus the mean over dots."""
+    per_dot = np.stack([np.nanmean(responses[d["start"] + lag:d["start"] + lag + d["frames"]], 0) for d in dots])
+    return per_dot - per_dot.mean(0)
+
+
+def rf_maps(per_dot: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """RF maps (N, H, W) = Σ_dots max(r, 0) · |dot image| from responses (dots, N), images (dots, H, W)."""
+    return np.einsum("dn,dhw->nhw", np.maximum(per_dot, 0), np.abs(images))
+
+
+def peak_contrast(maps: np.ndarray) -> float:
+    """Mean over neurons of (peak − mean) / std of their RF maps: how sharply the maps point somewhere."""
+    flat = maps.reshape(len(maps), -1)
+    return float(np.mean((flat.max(1) - flat.mean(1)) / np.maximum(flat.std(1), 1e-12)))
+
+
+def run_rf(url: str, model: str, out: str | Path, grid=(9, 16), sigma_px: float = 2.0, dot_frames: int = 9,
+           repeats: int = 2, max_lag: int = 15, truth: str | Path | None = None, progress: bool = True) -> dict:
+    """Run the experiment → summary; writes rf.npz, rf.json and figures under `out`."""
+    import tritonclient.grpc as grpc
+
+    out = Path(out)
+    receptive_field = int(model_parameters(grpc.InferenceServerClient(url), model)["receptive_field"])
+    stimuli, parameters, all_dots = {}, {}, {}
+    lead_in = np.full((receptive_field - 1, HEIGHT, WIDTH), GREY, np.float32)
+    tail = np.full((max_lag, HEIGHT, WIDTH), GREY, np.float32)  # so the last dot's late window exists
+    for seed in range(repeats):
+        movie, dots = flashing_dots(grid, sigma_px, dot_frames, seed=seed)
+        name = f"dots_seed{seed}"
+        stimuli[name], all_dots[name] = np.concatenate([lead_in, movie, tail]), dots
+        parameters[name] = {"kind": "flashing_dots", "grid": list(grid), "sigma_px": sigma_px, "dots": dots}
+    names, responses = responses_to(url, model, stimuli, parameters, out, progress)
+    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    images = np.stack([d["polarity"] * np.exp(-((cols - d["x"]) ** 2 + (rows - d["y"]) ** 2) / (2 * sigma_px**2))
+                       for name in names for d in all_dots[name]])  # (dots, H, W), signed
+
+    def per_dot(lag):
+        return np.concatenate([dot_responses(responses[i], all_dots[name], lag) for i, name in enumerate(names)])
+
+    # Responses lag the dots (calcium, temporal filtering): take the lag whose maps are sharpest.
+    lag = max(range(max_lag + 1), key=lambda k: peak_contrast(rf_maps(per_dot(k), images)))
+    r = per_dot(lag)  # (dots, N)
+    sta = np.einsum("dn,dhw->nhw", r, images) / np.maximum(np.abs(r).sum(0), 1e-12)[:, None, None]
+    rf_map = rf_maps(r, images)
+    fits = np.array([fit_centre(m) for m in rf_map])  # (N, 4): x, y, sigma, R²
+    result = {"sta": sta.astype(np.float32), "rf_map": rf_map.astype(np.float32), "rf_center": fits[:, :2],
+              "rf_sigma": fits[:, 2], "fit_r2": fits[:, 3], "ssi": np.array([spatial_selectivity(s) for s in sta]),
+              "clear_rf": fits[:, 3] >= CLEAR_RF_R2}
+    np.savez(out / "rf.npz", **result)
+    summary = {"model": model, "neurons": len(sta), "dots": len(r), "queries": len(stimuli), "lag_frames": lag,
+               "clear_rf_neurons": int(result["clear_rf"].sum()), "median_ssi": float(np.nanmedian(result["ssi"]))}
+    if truth is not None:
+        summary["validation"] = validate(result, load_truth(truth), out)
+    (out / "rf.json").write_text(json.dumps(summary, indent=2))
+    plot_gallery(result, out / "rf_gallery.png")
+    return summary
+
+
+def validate(result: dict, truth: dict, out: Path) -> dict:
+    """Distance between the twin's and the true RF centre for neurons with a clear RF; scatter plots."""
+    clear = result["clear_rf"]
+    distance = np.linalg.norm(result["rf_center"] - truth["rf_center"], axis=1)
+    summary = {"clear_rf_neurons": int(clear.sum()), "clear_rf_r2": CLEAR_RF_R2,
+               "median_center_distance_px": float(np.median(distance[clear])) if clear.any() else None}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    for axis, k, label, size in zip(axes, (0, 1), ("x (column)", "y (row)"), (WIDTH, HEIGHT)):
+        axis.scatter(truth["rf_center"][clear, k], result["rf_center"][clear, k], s=8)
+        axis.plot([0, size], [0, size], color="0.5", lw=0.8)
+        axis.set(xlabel=f"true RF centre {label} (px)", ylabel=f"twin RF centre {label} (px)")
+    figure.suptitle(f"{summary['clear_rf_neurons']} neurons with a clear RF: median distance "
+                    f"{summary['median_center_distance_px'] or float('nan'):.2f} px")
+    figure.savefig(out / "rf_vs_truth.png", dpi=120)
+    plt.close(figure)
+    return summary
+
+
+def plot_gallery(result: dict, path: Path, count: int = 24) -> None:
+    """STAs of the neurons with the most selective clear RFs, fitted centres marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-np.where(result["clear_rf"], result["ssi"], -np.inf))[:count]
+    figure, axes = plt.subplots(4, 6, figsize=(14, 5.5), constrained_layout=True)
+    for axis, neuron in zip(axes.ravel(), order):
+        limit = np.abs(result["sta"][neuron]).max() or 1
+        axis.imshow(result["sta"][neuron], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        axis.plot(*result["rf_center"][neuron], "k+", ms=8)
+        axis.set_title(f"{neuron}: SSI {result['ssi'][neuron]:.1f}", fontsize=8)
+        axis.axis("off")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

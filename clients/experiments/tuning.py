@@ -1,0 +1,149 @@
+"""`twin experiment tuning`: orientation and direction tuning of every neuron, from drifting gratings.
+
+Gratings drift in 16 directions at several spatial periods, each after R - 1 grey frames so the
+first output frame is the first grating frame. A neuron's response to a grating is its mean predicted
+response after `settle` frames; its tuning curve is the one at its best spatial period.
+OSI = |Σ r e^{2iθ}| / Σ r and DSI = |Σ r e^{iθ}| / Σ r (vector sums), with r the tuning curve minus its
+minimum (the twin predicts fluorescence-like responses with an offset that would dilute both indices);
+the preferred direction comes from a two-peak von Mises fit (paper 003, "Parametric tuning"),
+the preferred orientation is that mod 180°.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..score import model_parameters
+from ..stimuli import directions, grating_set
+from .common import load_truth, responses_to
+
+TRUE_OSI_THRESHOLD = 0.3
+
+
+def vector_indices(curves: np.ndarray, directions_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(OSI, DSI), each (N,), of tuning curves (N, D) sampled at directions (D,) in degrees."""
+    theta = np.deg2rad(directions_deg)
+    total = curves.sum(1)
+    return np.abs(curves @ np.exp(2j * theta)) / total, np.abs(curves @ np.exp(1j * theta)) / total
+
+
+def two_peak_von_mises(theta, baseline, first, second, kappa, mu):
+    """Responses at directions theta (radians): peaks at mu and mu + π with a shared width."""
+    return (baseline + first * np.exp(kappa * (np.cos(theta - mu) - 1))
+            + second * np.exp(kappa * (np.cos(theta - mu - np.pi) - 1)))
+
+
+def preferred_direction(curve: np.ndarray, directions_deg: np.ndarray) -> float:
+    """Preferred direction (degrees, [0, 360)) of one tuning curve (D,) from the two-peak fit;
+    the peak of the curve where the fit fails."""
+    from scipy.optimize import curve_fit
+
+    theta = np.deg2rad(directions_deg)
+    peak = int(np.argmax(curve))
+    opposite = int(np.argmin(np.abs(((directions_deg - directions_deg[peak] - 180) + 180) % 360 - 180)))
+    low = float(curve.min())
+    start = [low, curve[peak] - low, max(curve[opposite] - low, 0.0), 2.0, theta[peak]]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (_, first, second, _, mu), _ = curve_fit(
+                two_peak_von_mises, theta, curve, p0=start, maxfev=5000,
+                bounds=([-np.inf, 0, 0, 0.05, -4 * np.pi], [np.inf, np.inf, np.inf, 50, 4 * np.pi]))
+    except (RuntimeError, ValueError):
+        return float(directions_deg[peak])
+    return float(np.rad2deg(mu if first >= second else mu + np.pi) % 360)
+
+
+def orientation_error(a_deg: np.ndarray, b_deg: np.ndarray) -> np.ndarray:
+    """Absolute difference of orientations (mod 180°), in [0, 90]."""
+    return np.abs((np.asarray(a_deg) - np.asarray(b_deg) + 90) % 180 - 90)
+
+
+def run_tuning(url: str, model: str, out: str | Path, count: int = 16, periods=(8.0, 12.0, 16.0, 24.0),
+               tf_hz: float = 2.0, frames: int = 45, settle: int = 10, truth: str | Path | None = None,
+               progress: bool = True) -> dict:
+    """Run the experiment → summary; writes tuning.npz, tuning.json and figures under `out`."""
+    import tritonclient.grpc as grpc
+
+    out = Path(out)
+    receptive_field = int(model_parameters(grpc.InferenceServerClient(url), model)["receptive_field"])
+    stimuli, parameters = {}, {}
+    for period in periods:
+        movies, params = grating_set(count, period, tf_hz, frames, lead_in=receptive_field - 1)
+        for name, movie in movies.items():
+            stimuli[f"p{period:04.1f}_{name}"] = movie
+            parameters[f"p{period:04.1f}_{name}"] = params[name]
+    names, responses = responses_to(url, model, stimuli, parameters, out, progress)
+    mean = np.nanmean(responses[:, settle:], axis=1)  # (S, N)
+    angles = directions(count)
+    table = np.stack([[mean[names.index(f"p{p:04.1f}_grating_{d:05.1f}")] for d in angles] for p in periods])  # (P, D, N)
+    best = table.mean(1).argmax(0)  # (N,)
+    curves = table[best, :, np.arange(table.shape[2])]  # (N, D)
+    osi, dsi = vector_indices(curves - curves.min(1, keepdims=True) + 1e-9, angles)
+    preferred = np.array([preferred_direction(c, angles) for c in curves])
+    result = {"tuning_curve": curves, "directions_deg": angles, "best_period_px": np.asarray(periods)[best],
+              "osi": osi, "dsi": dsi, "preferred_direction_deg": preferred, "preferred_orientation_deg": preferred % 180}
+    np.savez(out / "tuning.npz", **result)
+    summary = {"model": model, "neurons": len(curves), "directions": count, "periods_px": list(periods),
+               "tf_hz": tf_hz, "queries": len(stimuli), "median_osi": float(np.median(osi)),
+               "median_dsi": float(np.median(dsi))}
+    if truth is not None:
+        summary["validation"] = validate(result, load_truth(truth), out)
+    (out / "tuning.json").write_text(json.dumps(summary, indent=2))
+    plot_tuning(result, out / "tuning_curves.png")
+    return summary
+
+
+def validate(result: dict, truth: dict, out: Path) -> dict:
+    """Twin vs ground truth: orientation error for neurons with true OSI > 0.3, OSI correlation;
+    scatter plots in `tuning_vs_truth.png`."""
+    tuned = truth["osi"] > TRUE_OSI_THRESHOLD
+    error = orientation_error(result["preferred_orientation_deg"], truth["orientation_deg"])
+    summary = {"tuned_neurons": int(tuned.sum()), "true_osi_threshold": TRUE_OSI_THRESHOLD,
+               "median_orientation_error_deg": float(np.median(error[tuned])) if tuned.any() else None,
+               "osi_correlation": float(np.corrcoef(result["osi"], truth["osi"])[0, 1]),
+               "dsi_correlation": float(np.corrcoef(result["dsi"], truth["dsi"])[0, 1])}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    axes[0].scatter(truth["orientation_deg"][tuned] % 180, result["preferred_orientation_deg"][tuned], s=8)
+    axes[0].plot([0, 180], [0, 180], color="0.5", lw=0.8)
+    axes[0].set(xlabel="true orientation (°)", ylabel="twin's preferred orientation (°)",
+                title=f"true OSI > {TRUE_OSI_THRESHOLD}: median error {summary['median_orientation_error_deg']:.1f}°")
+    for axis, key in zip(axes[1:], ("osi", "dsi")):
+        axis.scatter(truth[key], result[key], s=8)
+        axis.set(xlabel=f"true {key.upper()}", ylabel=f"twin {key.upper()}",
+                 title=f"r = {summary[f'{key}_correlation']:.2f}")
+    figure.savefig(out / "tuning_vs_truth.png", dpi=120)
+    plt.close(figure)
+    return summary
+
+
+def plot_tuning(result: dict, path: Path, count: int = 12) -> None:
+    """Tuning curves of the most orientation-selective neurons, and the OSI/DSI scatter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = np.argsort(-result["osi"])[:count]
+    figure = plt.figure(figsize=(14, 6), constrained_layout=True)
+    grid = figure.add_gridspec(3, 6)
+    for k, neuron in enumerate(best):
+        axis = figure.add_subplot(grid[k // 4, k % 4])
+        axis.plot(result["directions_deg"], result["tuning_curve"][neuron], "o-", ms=3)
+        axis.axvline(result["preferred_direction_deg"][neuron], color="C3", lw=0.8)
+        axis.set_title(f"neuron {neuron}: OSI {result['osi'][neuron]:.2f}", fontsize=8)
+        axis.set_xticks([0, 90, 180, 270])
+    scatter = figure.add_subplot(grid[:, 4:])
+    scatter.scatter(result["osi"], result["dsi"], s=6)
+    scatter.set(xlabel="OSI", ylabel="DSI", title="all neurons")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

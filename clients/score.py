@@ -1,0 +1,176 @@
+"""`twin score`: every stimulus of a library through a served clip model, into a Zarr store.
+
+    STORE/responses    (stimuli, T', N) float32, one chunk per stimulus; NaN past a stimulus's end
+    STORE/frames       (stimuli,) output frames of each stimulus (T - R + 1), 0 where not scored
+    STORE/neuron_ids   (N,) the recording's unit ids
+    STORE attributes   model, library, stimuli (names, in row order), receptive_field
+    STORE/scored.txt   names whose rows are complete, appended after each row is written
+    STORE/failed.txt   names that could not be scored, with the reason
+
+Output frame j of a stimulus predicts its input frame j + R - 1. Many requests are kept in flight so
+the server's dynamic batcher fills. A stimulus is listed in `scored.txt` only after its row is
+written, so a killed run, started again, skips what is done and redoes at most the rows in flight.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpc
+from tritonclient.utils import InferenceServerException
+
+from .library import Library, StimulusError
+
+DONE, FAILED = "scored.txt", "failed.txt"
+
+
+def model_parameters(client: grpc.InferenceServerClient, model: str) -> dict[str, str]:
+    """The served model's config parameters (receptive field, unit ids, behaviour means)."""
+    try:
+        config = client.get_model_config(model, as_json=True)["config"]
+    except InferenceServerException as error:
+        raise ValueError(f"model {model!r}: {error.message()}") from None
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+class ScoreStore:
+    """The Zarr store of one scoring run; reopening it for the same model and library resumes it."""
+
+    def __init__(self, path: str | Path, model: str, library: Library, lengths: dict[str, int], params: dict):
+        import zarr
+
+        self.path, self.names = Path(path), library.names
+        receptive_field = int(params["receptive_field"])
+        unit_ids = np.array(params["unit_ids"].split(","), dtype=np.int64)
+        identity = {"model": model, "library": str(library.path.resolve()), "stimuli": self.names,
+                    "receptive_field": receptive_field}
+        if (self.path / "zarr.json").is_file():
+            self.group = zarr.open_group(self.path, mode="r+")
+            found = {k: self.group.attrs.get(k) for k in identity}
+            if found != identity:
+                changed = [k for k in identity if found[k] != identity[k]]
+                raise ValueError(f"{self.path}: holds scores of a different run ({', '.join(changed)} differ); "
+                                 "choose another --out")
+        else:
+            longest = max([n - receptive_field + 1 for n in lengths.values()] + [1])
+            self.group = zarr.open_group(self.path, mode="w-")
+            self.group.create_array("responses", shape=(len(self.names), longest, len(unit_ids)),
+                                    chunks=(1, longest, len(unit_ids)), dtype="float32", fill_value=np.nan)
+            self.group.create_array("frames", shape=(len(self.names),), dtype="int32", fill_value=0)
+            self.group.create_array("neuron_ids", data=unit_ids)
+            self.group.attrs.update(identity)
+        self.done = set(self._lines(DONE))
+
+    def _lines(self, name: str) -> list[str]:
+        path = self.path / name
+        if not path.is_file():
+            return []
+        lines = path.read_text().split("\n")
+        return [line for line in lines[:-1] if line]  # a torn last line (no newline yet) does not count
+
+    def _append(self, name: str, line: str) -> None:
+        with open(self.path / name, "a") as file:
+            file.write(line + "\n")
+            file.flush()
+
+    def write(self, name: str, responses: np.ndarray) -> None:
+        """Responses (T', N) of one stimulus; committed once `scored.txt` lists it."""
+        row = self.names.index(name)
+        self.group["responses"][row, :len(responses)] = responses
+        self.group["frames"][row] = len(responses)
+        self._append(DONE, name)
+        self.done.add(name)
+
+    def fail(self, name: str, reason: str) -> None:
+        self._append(FAILED, f"{name}\t{reason}")
+
+
+def _inputs(stimulus, params: dict) -> list[grpc.InferInput]:
+    video = stimulus.video
+    frames = len(video)
+    defaults = {k: np.array(params[f"{k}_mean"].split(","), np.float32) for k in ("behavior", "pupil_center")}
+    arrays = [("video_uint8", video, "UINT8") if video.dtype == np.uint8 else ("video", video.astype(np.float32), "FP32")]
+    for key in ("behavior", "pupil_center"):
+        value = getattr(stimulus, key)
+        arrays.append((key, np.tile(defaults[key], (frames, 1)) if value is None else value.astype(np.float32), "FP32"))
+    tensors = []
+    for name, array, dtype in arrays:
+        tensors.append(grpc.InferInput(name, [1, *array.shape], dtype))
+        tensors[-1].set_data_from_numpy(np.ascontiguousarray(array[None]))
+    return tensors
+
+
+def score(url: str, model: str, library: str | Path, out: str | Path, in_flight: int = 8, on_error: str = "skip",
+          progress: bool = True, timeout: float = 600.0) -> dict:
+    """Score every stimulus not yet in the store → summary {scored, skipped, failed: {name: reason}, ...}.
+
+    on_error: "skip" records an unreadable or refused stimulus in failed.txt and goes on; "stop"
+    finishes the requests in flight, writes them, then raises `StimulusError`.
+    """
+    from tqdm import tqdm
+
+    if on_error not in ("skip", "stop"):
+        raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
+    library = Library(library)
+    client = grpc.InferenceServerClient(url)
+    params = model_parameters(client, model)
+    receptive_field = int(params["receptive_field"])
+    failed: dict[str, str] = {}
+    lengths = {}
+    for name in library.names:  # lengths first: the store's time axis fits the longest stimulus
+        try:
+            lengths[name] = library.frames(name)
+            if lengths[name] < receptive_field:
+                raise StimulusError(f"{name}: {lengths[name]} frames, fewer than the receptive field {receptive_field}")
+        except StimulusError as error:
+            failed[name] = str(error)
+    store = ScoreStore(out, model, library, lengths, params)
+    todo = [n for n in library.names if n not in store.done and n not in failed]
+    skipped = len(library.names) - len(todo) - len(failed)
+    for name, reason in failed.items():
+        store.fail(name, reason)
+    if failed and on_error == "stop":
+        raise StimulusError(f"stopping before scoring: {'; '.join(failed.values())}")
+    results: queue.Queue = queue.Queue()
+    bar = tqdm(total=len(todo), unit="stimulus", disable=not progress, desc=f"scoring with {model}")
+    pending, frames, started, stop = 0, 0, time.perf_counter(), None
+    remaining = iter(todo)
+    while True:
+        while pending < in_flight and stop is None and (name := next(remaining, None)) is not None:
+            try:
+                stimulus = library.load(name)
+            except StimulusError as error:
+                failed[name] = str(error)
+                store.fail(name, failed[name])
+                stop = failed[name] if on_error == "stop" else None
+                bar.update()
+                continue
+            client.async_infer(model, _inputs(stimulus, params), client_timeout=timeout,
+                               callback=functools.partial(lambda n, result, error: results.put((n, result, error)), name))
+            pending += 1
+        if pending == 0:
+            break
+        name, result, error = results.get()
+        pending -= 1
+        if error is not None:
+            failed[name] = f"{name}: refused by the server: {error.message()}"
+            store.fail(name, failed[name])
+            stop = stop or (failed[name] if on_error == "stop" else None)
+        else:
+            responses = result.as_numpy("responses")[0]
+            store.write(name, responses)
+            frames += lengths[name]
+        bar.update()
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(frames_per_s=f"{frames / elapsed:.0f}", refresh=False)
+    bar.close()
+    if stop:
+        raise StimulusError(f"stopped: {stop} (rows written so far are kept; run again to resume)")
+    elapsed = time.perf_counter() - started
+    return {"store": str(out), "scored": len(todo) - sum(n in failed for n in todo), "skipped_done": skipped,
+            "failed": failed, "input_frames": frames, "seconds": elapsed,
+            "frames_per_s": frames / elapsed if elapsed else 0.0}

@@ -1,0 +1,56 @@
+"""Stimulus generators: shapes, ranges, seeds, and motion in the stated direction."""
+
+import numpy as np
+import pytest
+
+from clients.library import Library, save_library
+from clients.stimuli import (directional_pink_noise, drifting_gabor, drifting_grating, flashing_dots, grating_set,
+                             random_dot_kinematogram)
+
+
+def test_every_generator_gives_display_frames_and_is_seeded():
+    movies = [drifting_grating(30), drifting_gabor(30), directional_pink_noise(30, seed=3), flashing_dots()[0],
+              random_dot_kinematogram(0.5, "rotation", seed=3)]
+    for movie in movies:
+        assert movie.dtype == np.float32 and movie.shape[1:] == (36, 64)
+        assert movie.min() >= 0 and movie.max() <= 255 and movie.std() > 5
+    np.testing.assert_array_equal(directional_pink_noise(30, seed=3), movies[2])
+    assert not np.array_equal(directional_pink_noise(30, seed=4), movies[2])
+    np.testing.assert_array_equal(random_dot_kinematogram(0.5, "rotation", seed=3), movies[4])
+
+
+@pytest.mark.parametrize("direction, step", [(0, (0, 1)), (90, (-1, 0)), (180, (0, -1)), (270, (1, 0))])
+def test_motion_goes_the_stated_way(direction, step):
+    # 30 px/s = 1 px per frame; 0° rightward, 90° upward (toward row 0).
+    rows, cols = step
+    noise = directional_pink_noise(direction, frames=4, speed_px_per_s=30.0)
+    np.testing.assert_allclose(noise[3], np.roll(noise[0], (3 * rows, 3 * cols), axis=(0, 1)), atol=1e-3)
+    grating = drifting_grating(direction, period_px=16, tf_hz=30 / 16, frames=2)
+    inner = (slice(1, -1), slice(1, -1))
+    np.testing.assert_allclose(grating[1][inner], np.roll(grating[0], (rows, cols), axis=(0, 1))[inner], atol=1e-3)
+    if direction == 0:
+        dots = random_dot_kinematogram(1.0, "translation", direction, speed_px_per_s=30.0, frames=2)
+        np.testing.assert_array_equal(dots[1][:, 4:60], dots[0][:, 3:59])
+
+
+def test_pink_noise_bars_lie_across_the_motion():
+    movie = directional_pink_noise(0, frames=1, seed=1)[0] - 128  # rightward: vertical bars
+    assert np.abs(np.diff(movie, axis=1)).mean() > 2 * np.abs(np.diff(movie, axis=0)).mean()
+
+
+def test_flashing_dots_are_where_the_parameters_say():
+    movie, dots = flashing_dots(grid=(3, 4), dot_frames=5)
+    assert len(dots) == 3 * 4 * 2 and movie.shape[0] == 24 * 5
+    for dot in dots:
+        frame = movie[dot["start"]] - 128
+        row, col = np.unravel_index(np.argmax(dot["polarity"] * frame), frame.shape)
+        assert abs(row - dot["y"]) <= 0.5 and abs(col - dot["x"]) <= 0.5
+
+
+def test_a_generated_set_saves_as_a_library(tmp_path):
+    stimuli, parameters = grating_set(count=4, frames=20, lead_in=5)
+    library = Library(save_library(tmp_path / "gratings", stimuli, parameters))
+    assert library.names == sorted(stimuli)
+    loaded = library.load(library.names[1])
+    assert loaded.video.shape == (25, 36, 64) and library.frames(library.names[1]) == 25
+    np.testing.assert_allclose(loaded.video, stimuli[library.names[1]], atol=0.5)
