@@ -89,7 +89,7 @@ class ScoreStore:
         self._append(FAILED, f"{name}\t{reason}")
 
 
-def _inputs(stimulus, params: dict) -> list[grpc.InferInput]:
+def clip_inputs(stimulus, params: dict) -> list[grpc.InferInput]:
     video = stimulus.video
     frames = len(video)
     defaults = {k: np.array(params[f"{k}_mean"].split(","), np.float32) for k in ("behavior", "pupil_center")}
@@ -149,7 +149,7 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
                 stop = failed[name] if on_error == "stop" else None
                 bar.update()
                 continue
-            client.async_infer(model, _inputs(stimulus, params), client_timeout=timeout,
+            client.async_infer(model, clip_inputs(stimulus, params), client_timeout=timeout,
                                callback=functools.partial(lambda n, result, error: results.put((n, result, error)), name))
             pending += 1
         if pending == 0:

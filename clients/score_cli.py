@@ -14,6 +14,17 @@ def _score(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .score_bench import run_bench
+
+    results = run_bench(args.out, preset=args.preset, neurons=args.neurons, stimuli=args.stimuli)
+    print(f"local ONNX Runtime {results['local_onnxruntime']['frames_per_s']:.0f} frames/s, twin score via Triton "
+          f"{results['twin_score_via_triton']['frames_per_s']:.0f} frames/s: {results['server_over_local']:.2f} "
+          f"(target ≥ {results['target']})")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def register(commands, benchmarks) -> None:
     score = commands.add_parser("score", help="score a stimulus library through a served twin (resumable)")
     score.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
@@ -25,3 +36,10 @@ def register(commands, benchmarks) -> None:
                        help="an unreadable or refused stimulus: record it and go on, or stop")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=_score)
+
+    bench = benchmarks.add_parser("score", help="twin score through Triton vs the clip graph run locally")
+    bench.add_argument("--out", default="benchmarks/results/score.json")
+    bench.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    bench.add_argument("--neurons", type=int, default=8000)
+    bench.add_argument("--stimuli", type=int, default=24)
+    bench.set_defaults(handler=_bench)

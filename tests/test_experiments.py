@@ -54,3 +54,31 @@ def test_tuning_and_rf_experiments_run_through_the_server(served, default_mouse,
     assert saved["sta"].shape == (neurons, 36, 64) and rf["dots"] == 24
     assert json.loads((tmp_path / "rf" / "rf.json").read_text()) == rf
     assert (tmp_path / "rf" / "rf_gallery.png").is_file()
+
+
+def test_optimize_searches_within_its_budget(served, default_mouse, tmp_path):
+    from clients.experiments.optimize import decode, run_optimize
+
+    assert decode(np.zeros(6))["period_px"] == 4.0 and decode(np.ones(6))["sigma_px"] == 30.0
+    server, _, _ = served
+    model = model_names(default_mouse[0].name)["clip"]
+    summary = run_optimize(server.url, model, [3], tmp_path, budget=50, population=8, frames=12, settle=2,
+                           contrast=0.5, progress=False)
+    log = json.loads((tmp_path / "optimize_log.json").read_text())
+    assert summary["queries"] == 48 and len(log) == 6
+    best_so_far = [entry["best_so_far"] for entry in log]
+    assert best_so_far == sorted(best_so_far) and summary["best"]["response"] == best_so_far[-1]
+    assert summary["best_reference"]["response"] > 0
+    stimulus = np.load(tmp_path / "best_stimulus.npy")
+    assert np.abs(stimulus - 128).max() <= 0.5 * 127 + 1  # the contrast budget holds
+    assert (tmp_path / "optimize.png").is_file()
+
+
+def test_mei_raises_the_response_within_the_norm_budget(tiny_run, default_mouse, tmp_path):
+    from clients.experiments.mei import run_mei
+
+    summary = run_mei(tiny_run[0], default_mouse[0].name, [0, 5], tmp_path, steps=25, rms=20.0, progress=False)
+    assert all(m > g for m, g in zip(summary["response"], summary["response_to_grey"]))
+    meis = np.load(tmp_path / "mei.npy")
+    assert meis.shape[0] == 2 and meis.min() >= 0 and meis.max() <= 255
+    assert all(rms <= 20.0 + 1e-3 for rms in np.sqrt(((meis - 128) ** 2).reshape(2, -1).mean(1)))

@@ -24,11 +24,32 @@ def _rf(args) -> int:
     return 0
 
 
-def _common(parser) -> None:
+def _optimize(args) -> int:
+    from .optimize import run_optimize
+
+    summary = run_optimize(args.url, args.model, args.neuron, args.out, budget=args.budget,
+                           population=args.population, contrast=args.contrast, seed=args.seed, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/optimize.json, optimize_log.json, best_stimulus.npy, optimize.png")
+    return 0
+
+
+def _mei(args) -> int:
+    from .mei import run_mei
+
+    summary = run_mei(args.run, args.recording, args.neuron, args.out, steps=args.steps, rms=args.rms,
+                      smooth_px=args.smooth, seed=args.seed, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/mei.npy, mei.json, mei.png")
+    return 0
+
+
+def _common(parser, truth: bool = True) -> None:
     parser.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
     parser.add_argument("--model", required=True, help="clip model, e.g. <recording>_clip")
     parser.add_argument("--out", required=True, help="folder for stimuli, responses, numbers and figures")
-    parser.add_argument("--truth", help="virtual-mouse recording folder: compare with its ground truth")
+    if truth:
+        parser.add_argument("--truth", help="virtual-mouse recording folder: compare with its ground truth")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -41,3 +62,22 @@ def register(commands, benchmarks) -> None:
     rf = kinds.add_parser("rf", help="receptive fields from flashing dots (STA, SSI, 2D Gaussian centre)")
     _common(rf)
     rf.set_defaults(handler=_rf)
+    optimize = kinds.add_parser("optimize", help="closed-loop CMA-ES search for the most exciting Gabor patch")
+    _common(optimize, truth=False)
+    optimize.add_argument("--neuron", type=int, nargs="+", required=True, help="neuron index (or several: a group)")
+    optimize.add_argument("--budget", type=int, default=2000, help="queries at most")
+    optimize.add_argument("--population", type=int, default=16, help="candidates per generation")
+    optimize.add_argument("--contrast", type=float, default=1.0, help="contrast budget, (0, 1]")
+    optimize.add_argument("--seed", type=int, default=0)
+    optimize.set_defaults(handler=_optimize)
+    mei = kinds.add_parser("mei", help="most exciting inputs by gradient ascent on the local PyTorch twin")
+    mei.add_argument("--run", required=True, help="run folder written by `twin train`")
+    mei.add_argument("--recording", required=True)
+    mei.add_argument("--neuron", type=int, nargs="+", required=True, help="one MEI per neuron, optimised together")
+    mei.add_argument("--out", required=True)
+    mei.add_argument("--steps", type=int, default=200)
+    mei.add_argument("--rms", type=float, default=40.0, help="norm budget: RMS deviation from grey, pixel values")
+    mei.add_argument("--smooth", type=float, default=1.0, help="gradient smoothing, pixels")
+    mei.add_argument("--seed", type=int, default=0)
+    mei.add_argument("--quiet", action="store_true")
+    mei.set_defaults(handler=_mei)

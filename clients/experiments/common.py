@@ -28,3 +28,31 @@ def load_truth(recording: str | Path) -> dict[str, np.ndarray]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no ground truth (only virtual-mouse recordings have it)")
     return {p.stem: np.load(p) for p in folder.glob("*.npy")}
+
+
+def clip_responses(url: str, model: str, videos: list[np.ndarray], behavior=None, pupil_center=None,
+                   timeout: float = 600.0) -> list[np.ndarray]:
+    """Many clips (T, H, W) through the clip model at once (all requests in flight, so the server
+    batches them) → responses (T', N) per clip, in order. Raises on the first refused clip."""
+    import queue
+
+    import tritonclient.grpc as grpc
+
+    from ..library import Stimulus
+    from ..score import clip_inputs, model_parameters
+
+    client = grpc.InferenceServerClient(url)
+    params = model_parameters(client, model)
+    results: queue.Queue = queue.Queue()
+    for i, video in enumerate(videos):
+        stimulus = Stimulus(str(i), video, behavior, pupil_center)
+        client.async_infer(model, clip_inputs(stimulus, params), client_timeout=timeout,
+                           callback=lambda result, error, i=i: results.put((i, result, error)))
+    answers = [None] * len(videos)
+    for _ in videos:
+        i, result, error = results.get()
+        if error is not None:
+            raise ValueError(f"clip {i} refused: {error.message()}")
+        answers[i] = result.as_numpy("responses")[0]
+    client.close()
+    return answers
