@@ -98,6 +98,7 @@ def _demo(args) -> None:
 
 def register(commands, benchmarks) -> None:
     demo = commands.add_parser("demo", help="the main job end to end: virtual mouse → train → export → serve → stream")
-    demo.add_argument("--out", default="demo", help="folder for data, run, artifacts and figures (done stages are reused)")
+    demo.add_argument("--out", default="demo",
+                      help="folder for data, run, artifacts and figures (done stages are reused)")
     demo.add_argument("--minutes", type=float, help="training budget (default: the small preset's)")
     demo.set_defaults(handler=_demo)

@@ -89,11 +89,16 @@ class ScoreStore:
         self._append(FAILED, f"{name}\t{reason}")
 
 
+def _deliver(results: queue.Queue, name: str, result, error) -> None:
+    results.put((name, result, error))
+
+
 def clip_inputs(stimulus, params: dict) -> list[grpc.InferInput]:
     video = stimulus.video
     frames = len(video)
     defaults = {k: np.array(params[f"{k}_mean"].split(","), np.float32) for k in ("behavior", "pupil_center")}
-    arrays = [("video_uint8", video, "UINT8") if video.dtype == np.uint8 else ("video", video.astype(np.float32), "FP32")]
+    as_bytes = video.dtype == np.uint8
+    arrays = [("video_uint8", video, "UINT8") if as_bytes else ("video", video.astype(np.float32), "FP32")]
     for key in ("behavior", "pupil_center"):
         value = getattr(stimulus, key)
         arrays.append((key, np.tile(defaults[key], (frames, 1)) if value is None else value.astype(np.float32), "FP32"))
@@ -104,7 +109,7 @@ def clip_inputs(stimulus, params: dict) -> list[grpc.InferInput]:
     return tensors
 
 
-def score(url: str, model: str, library: str | Path, out: str | Path, in_flight: int = 8, on_error: str = "skip",
+def score(url: str, model: str, library: str | Path, out: str | Path, in_flight: int = 4, on_error: str = "skip",
           progress: bool = True, timeout: float = 600.0) -> dict:
     """Score every stimulus not yet in the store → summary {scored, skipped, failed: {name: reason}, ...}.
 
@@ -150,7 +155,7 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
                 bar.update()
                 continue
             client.async_infer(model, clip_inputs(stimulus, params), client_timeout=timeout,
-                               callback=functools.partial(lambda n, result, error: results.put((n, result, error)), name))
+                               callback=functools.partial(_deliver, results, name))
             pending += 1
         if pending == 0:
             break

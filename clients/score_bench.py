@@ -56,7 +56,7 @@ def local_scores(clip_path: Path, library: Path, out: Path, behavior_mean, pupil
 
 
 def run_bench(out: str | Path = "benchmarks/results/score.json", preset: str = "small", neurons: int = 8000,
-              stimuli: int = 24, frames: int = 300, in_flight: int = 8) -> dict:
+              stimuli: int = 24, frames: int = 300, in_flight: int = 4) -> dict:
     import torch
 
     from export.onnx_export import export_twin

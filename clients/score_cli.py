@@ -31,7 +31,7 @@ def register(commands, benchmarks) -> None:
     score.add_argument("--model", required=True, help="clip model, e.g. <recording>_clip")
     score.add_argument("--library", required=True, help="folder of .npy/.npz/video files, or an .h5 file")
     score.add_argument("--out", required=True, help="Zarr store; an existing one of the same run is resumed")
-    score.add_argument("--in-flight", type=int, default=8, help="requests kept in flight (fills dynamic batching)")
+    score.add_argument("--in-flight", type=int, default=4, help="requests kept in flight (fills dynamic batching)")
     score.add_argument("--on-error", choices=["skip", "stop"], default="skip",
                        help="an unreadable or refused stimulus: record it and go on, or stop")
     score.add_argument("--quiet", action="store_true", help="no progress bar")

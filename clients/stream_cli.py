@@ -34,7 +34,8 @@ def register(commands, benchmarks) -> None:
     stream.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
     stream.add_argument("--model", required=True, help="stream model, e.g. <recording>_stream")
     stream.add_argument("--video", required=True, help=".npy (T, 36, 64) or a video file")
-    stream.add_argument("--behavior", help=".npy (T, 2) raw pupil size and running speed (default: the recording's mean)")
+    stream.add_argument("--behavior",
+                        help=".npy (T, 2) raw pupil size and running speed (default: the recording's mean)")
     stream.add_argument("--pupil-center", help=".npy (T, 2) raw pupil position (default: the recording's mean)")
     stream.add_argument("--out", default="responses.npy", help="where to save the responses (T, N)")
     stream.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -105,6 +105,7 @@ def write_repository(artifacts: str | Path, out: str | Path, max_streams: int = 
             folder = out / names[kind]
             (folder / "1").mkdir(parents=True)
             (folder / "config.pbtxt").write_text(config)
-            (folder / "1" / "model.py").write_text(MODEL_PY.format(cls="StreamModel" if kind == "stream" else "ClipModel"))
+            model_class = "StreamModel" if kind == "stream" else "ClipModel"
+            (folder / "1" / "model.py").write_text(MODEL_PY.format(cls=model_class))
             models[names[kind]] = {"recording": recording, "kind": kind}
     return models

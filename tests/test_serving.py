@@ -2,7 +2,6 @@
 recovery after a server crash, bounded shutdown."""
 
 import json
-import os
 import threading
 import time
 import urllib.request

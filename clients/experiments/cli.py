@@ -56,7 +56,8 @@ def _common(parser, truth: bool = True) -> None:
 def register(commands, benchmarks) -> None:
     experiment = commands.add_parser("experiment", help="in-silico experiments on a served twin")
     kinds = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    tuning = kinds.add_parser("tuning", help="orientation/direction tuning from drifting gratings (OSI, DSI, von Mises)")
+    tuning = kinds.add_parser("tuning",
+                              help="orientation/direction tuning from drifting gratings (OSI, DSI, von Mises)")
     _common(tuning)
     tuning.set_defaults(handler=_tuning)
     rf = kinds.add_parser("rf", help="receptive fields from flashing dots (STA, SSI, 2D Gaussian centre)")

@@ -44,7 +44,8 @@ def fit_centre(rf_map: np.ndarray) -> tuple[float, float, float, float]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parameters, _ = curve_fit(gaussian_2d, (cols.ravel(), rows.ravel()), rf_map.ravel(), p0=start,
-                                      bounds=([0, -10, -10, 0.5, -np.inf], [np.inf, WIDTH + 10, HEIGHT + 10, 40, np.inf]),
+                                      bounds=([0, -10, -10, 0.5, -np.inf],
+                                              [np.inf, WIDTH + 10, HEIGHT + 10, 40, np.inf]),
                                       maxfev=4000)
     except (RuntimeError, ValueError):
         return np.nan, np.nan, np.nan, np.nan

@@ -80,13 +80,15 @@ def run_tuning(url: str, model: str, out: str | Path, count: int = 16, periods=(
     names, responses = responses_to(url, model, stimuli, parameters, out, progress)
     mean = np.nanmean(responses[:, settle:], axis=1)  # (S, N)
     angles = directions(count)
-    table = np.stack([[mean[names.index(f"p{p:04.1f}_grating_{d:05.1f}")] for d in angles] for p in periods])  # (P, D, N)
+    row = {name: i for i, name in enumerate(names)}
+    table = np.stack([[mean[row[f"p{p:04.1f}_grating_{d:05.1f}"]] for d in angles] for p in periods])  # (P, D, N)
     best = table.mean(1).argmax(0)  # (N,)
     curves = table[best, :, np.arange(table.shape[2])]  # (N, D)
     osi, dsi = vector_indices(curves - curves.min(1, keepdims=True) + 1e-9, angles)
     preferred = np.array([preferred_direction(c, angles) for c in curves])
     result = {"tuning_curve": curves, "directions_deg": angles, "best_period_px": np.asarray(periods)[best],
-              "osi": osi, "dsi": dsi, "preferred_direction_deg": preferred, "preferred_orientation_deg": preferred % 180}
+              "osi": osi, "dsi": dsi, "preferred_direction_deg": preferred,
+              "preferred_orientation_deg": preferred % 180}
     np.savez(out / "tuning.npz", **result)
     summary = {"model": model, "neurons": len(curves), "directions": count, "periods_px": list(periods),
                "tf_hz": tf_hz, "queries": len(stimuli), "median_osi": float(np.median(osi)),
