@@ -14,6 +14,17 @@ def _score(args) -> int:
     return 0
 
 
+def _stimuli(args) -> int:
+    from .library import save_library
+    from .stimuli import SETS
+
+    stimuli, parameters = SETS[args.kind]()
+    save_library(args.out, stimuli, parameters)
+    frames = sum(len(v) for v in stimuli.values())
+    print(f"wrote {len(stimuli)} {args.kind} stimuli ({frames} frames) and parameters.json to {args.out}")
+    return 0
+
+
 def _bench(args) -> int:
     from .score_bench import run_bench
 
@@ -36,6 +47,11 @@ def register(commands, benchmarks) -> None:
                        help="an unreadable or refused stimulus: record it and go on, or stop")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=_score)
+
+    stimuli = commands.add_parser("stimuli", help="write a standard stimulus set as a library for `twin score`")
+    stimuli.add_argument("kind", choices=["gratings", "gabors", "monet", "dots", "kinematograms"])
+    stimuli.add_argument("--out", required=True, help="library folder")
+    stimuli.set_defaults(handler=_stimuli)
 
     bench = benchmarks.add_parser("score", help="twin score through Triton vs the clip graph run locally")
     bench.add_argument("--out", default="benchmarks/results/score.json")

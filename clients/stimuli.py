@@ -152,3 +152,50 @@ def pink_noise_set(count: int = 16, frames: int = 60, seed: int = 0) -> tuple[di
         parameters[name] = {"kind": "directional_pink_noise", "direction_deg": float(direction), "frames": frames,
                             "seed": seed + i}
     return stimuli, parameters
+
+
+def gabor_set(count: int = 16, center: tuple[float, float] = (31.5, 17.5), sigma_px: float = 6.0,
+              period_px: float = 12.0, tf_hz: float = 2.0, frames: int = 60) -> tuple[dict, dict]:
+    """One drifting Gabor patch per direction at one position."""
+    stimuli, parameters = {}, {}
+    for direction in directions(count):
+        name = f"gabor_{direction:05.1f}"
+        stimuli[name] = drifting_gabor(direction, center, sigma_px, period_px, tf_hz, frames)
+        parameters[name] = {"kind": "drifting_gabor", "direction_deg": float(direction), "center": list(center),
+                            "sigma_px": sigma_px, "period_px": period_px, "tf_hz": tf_hz, "frames": frames}
+    return stimuli, parameters
+
+
+def dot_set(movies: int = 2, grid: tuple[int, int] = (6, 10), sigma_px: float = 3.0, dot_frames: int = 9,
+            seed: int = 0) -> tuple[dict, dict]:
+    """Flashing-dot movies, each showing every grid point on and off once in its own seeded order."""
+    stimuli, parameters = {}, {}
+    for i in range(movies):
+        name = f"dots_{seed + i:03d}"
+        stimuli[name], dots = flashing_dots(grid, sigma_px, dot_frames, seed=seed + i)
+        parameters[name] = {"kind": "flashing_dots", "grid": list(grid), "sigma_px": sigma_px, "seed": seed + i,
+                            "dots": dots}
+    return stimuli, parameters
+
+
+def kinematogram_set(count: int = 8, coherences=(0.25, 1.0), frames: int = 60, seed: int = 0) -> tuple[dict, dict]:
+    """Random-dot kinematograms: translation in `count` directions at each coherence, plus
+    rotation and expansion/contraction at full coherence."""
+    stimuli, parameters = {}, {}
+    for coherence in coherences:
+        for direction in directions(count):
+            name = f"rdk_c{coherence:.2f}_{direction:05.1f}"
+            stimuli[name] = random_dot_kinematogram(coherence, "translation", direction, frames=frames, seed=seed)
+            parameters[name] = {"kind": "random_dot_kinematogram", "motion": "translation", "coherence": coherence,
+                                "direction_deg": float(direction), "frames": frames, "seed": seed}
+    for motion in ("rotation", "radial"):
+        for sign, label in ((1, "+"), (-1, "-")):
+            name = f"rdk_{motion}{label}"
+            stimuli[name] = random_dot_kinematogram(1.0, motion, speed_px_per_s=30.0 * sign, frames=frames, seed=seed)
+            parameters[name] = {"kind": "random_dot_kinematogram", "motion": motion, "coherence": 1.0,
+                                "speed_px_per_s": 30.0 * sign, "frames": frames, "seed": seed}
+    return stimuli, parameters
+
+
+SETS = {"gratings": grating_set, "gabors": gabor_set, "monet": pink_noise_set, "dots": dot_set,
+        "kinematograms": kinematogram_set}

@@ -54,3 +54,42 @@ def test_a_generated_set_saves_as_a_library(tmp_path):
     loaded = library.load(library.names[1])
     assert loaded.video.shape == (25, 36, 64) and library.frames(library.names[1]) == 25
     np.testing.assert_allclose(loaded.video, stimuli[library.names[1]], atol=0.5)
+
+
+def test_libraries_of_video_files_and_hdf5(tmp_path):
+    import h5py
+    import imageio.v3 as iio
+
+    from clients.library import StimulusError
+
+    movie = drifting_grating(0, frames=20).astype(np.uint8)
+    (tmp_path / "videos").mkdir()
+    iio.imwrite(tmp_path / "videos" / "grating.mp4", np.repeat(movie[..., None], 3, -1), fps=30, codec="libx264",
+                macro_block_size=4)
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"\x00" * 100)
+    library = Library(tmp_path / "videos")
+    assert library.names == ["broken", "grating"]
+    video = library.load("grating").video
+    assert video.shape == (20, 36, 64) and np.abs(video.astype(float) - movie).mean() < 10  # lossy codec
+    with pytest.raises(StimulusError, match="broken: unreadable"):
+        library.load("broken")
+    with h5py.File(tmp_path / "set.h5", "w") as file:
+        file["plain"] = movie
+        group = file.create_group("with_behavior")
+        group["video"], group["behavior"] = movie, np.ones((20, 2))
+        file["wrong"] = movie[:, :10]
+    library = Library(tmp_path / "set.h5")
+    assert library.names == ["plain", "with_behavior", "wrong"] and library.frames("plain") == 20
+    assert library.load("with_behavior").behavior.shape == (20, 2) and library.load("plain").behavior is None
+    with pytest.raises(StimulusError, match="wrong: expected frames"):
+        library.load("wrong")
+
+
+def test_stimuli_command_writes_every_standard_set(tmp_path):
+    from clients.cli import main as twin
+
+    for kind in ("gratings", "gabors", "monet", "dots", "kinematograms"):
+        assert twin(["stimuli", kind, "--out", str(tmp_path / kind)]) == 0
+        library = Library(tmp_path / kind)
+        assert library.load(library.names[0]).video.shape[1:] == (36, 64)
+        assert (tmp_path / kind / "parameters.json").is_file()
