@@ -24,6 +24,7 @@ import tritonclient.grpc as grpc
 from tritonclient.utils import InferenceServerException
 
 from .library import Library, StimulusError
+from .stream import connection_lost
 
 DONE, FAILED = "scored.txt", "failed.txt"
 
@@ -142,7 +143,7 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
         raise StimulusError(f"stopping before scoring: {'; '.join(failed.values())}")
     results: queue.Queue = queue.Queue()
     bar = tqdm(total=len(todo), unit="stimulus", disable=not progress, desc=f"scoring with {model}")
-    pending, frames, started, stop = 0, 0, time.perf_counter(), None
+    pending, frames, started, stop, lost = 0, 0, time.perf_counter(), None, None
     remaining = iter(todo)
     while True:
         while pending < in_flight and stop is None and (name := next(remaining, None)) is not None:
@@ -161,7 +162,9 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
             break
         name, result, error = results.get()
         pending -= 1
-        if error is not None:
+        if error is not None and connection_lost(error):
+            stop = lost = f"lost the server at {url}: {error.message()}"
+        elif error is not None:
             failed[name] = f"{name}: refused by the server: {error.message()}"
             store.fail(name, failed[name])
             stop = stop or (failed[name] if on_error == "stop" else None)
@@ -173,6 +176,8 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
         elapsed = time.perf_counter() - started
         bar.set_postfix(frames_per_s=f"{frames / elapsed:.0f}", refresh=False)
     bar.close()
+    if lost:
+        raise ConnectionError(f"{lost}; the rows written so far are kept: run again to resume")
     if stop:
         raise StimulusError(f"stopped: {stop} (rows written so far are kept; run again to resume)")
     elapsed = time.perf_counter() - started

@@ -38,7 +38,8 @@ class ServerGone(ConnectionError):
     """The server did not come back within the reconnect timeout."""
 
 
-def _lost(error: Exception) -> bool:
+def connection_lost(error: Exception) -> bool:
+    """Whether an error means the server or the connection is gone (rather than a refused request)."""
     status = getattr(error, "status", lambda: None)()
     text = str(error)
     return status in CONNECTION_LOST or any(s in text for s in ("UNAVAILABLE", "Socket closed", "Connection reset",
@@ -83,7 +84,7 @@ class StreamClient:
                     sent[-1][1] = self._send(sent[-1][0])
                 result = self._receive()
             except (ConnectionError, InferenceServerException) as error:
-                if not _lost(error):
+                if not connection_lost(error):
                     raise
                 self._recover([f for f, _ in sent])
                 sent = deque([f, time.perf_counter()] for f, _ in sent)
@@ -189,7 +190,7 @@ class StreamClient:
         except queue.Empty:
             raise ConnectionError(f"UNAVAILABLE: no answer from {self.url} within {self.response_timeout:.0f} s")
         if error is not None:
-            if _lost(error):
+            if connection_lost(error):
                 raise error
             return StreamError(f"{self.model}: {error.message() if hasattr(error, 'message') else error}")
         return result.as_numpy("responses")[0]

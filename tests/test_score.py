@@ -87,3 +87,35 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(served, default_mouse,
     np.testing.assert_array_equal(killed["responses"][:], whole["responses"][:])
     np.testing.assert_array_equal(killed["frames"][:], whole["frames"][:])
     assert sorted((store / "scored.txt").read_text().split()) == Library(library).names
+
+
+def test_a_server_lost_mid_run_stops_the_run_without_marking_stimuli_failed(tiny_artifacts, default_mouse, tmp_path):
+    import threading
+
+    from serving.repository import write_repository
+    from serving.server import Ports, TritonServer
+
+    artifacts, _ = tiny_artifacts
+    write_repository(artifacts, tmp_path / "repository")
+    server = TritonServer(tmp_path / "repository", Ports.free())
+    library, _ = _library(tmp_path / "library", default_mouse, 60)
+    store = tmp_path / "scores.zarr"
+
+    def kill_after_a_few():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (store / "scored.txt").is_file() and (store / "scored.txt").read_text().count("\n") >= 3:
+                break
+            time.sleep(0.01)
+        server.kill()
+
+    watcher = threading.Thread(target=kill_after_a_few)
+    watcher.start()
+    try:
+        with pytest.raises(ConnectionError, match="lost the server"):
+            score(server.url, model_names(default_mouse[0].name)["clip"], library, store, in_flight=2, progress=False)
+    finally:
+        watcher.join()
+        server.stop()
+    assert not (store / "failed.txt").exists()
+    assert 3 <= (store / "scored.txt").read_text().count("\n") < 60
