@@ -163,12 +163,23 @@ class ClipModel:
                 continue
             groups.setdefault(frames, []).append((i, (video, behavior, pupil)))
         for frames, members in groups.items():
-            per_run = max(1, MAX_BATCHED_FRAMES // frames)  # long clips gain nothing from batching on CPU
-            for first in range(0, len(members), per_run):
-                part = members[first:first + per_run]
-                feeds = {name: np.concatenate(arrays) for name, arrays in
-                         zip(("video", "behavior", "pupil_center"), zip(*(arrays for _, arrays in part)))}
-                output = self.session.run(None, feeds)[0]
-                for row, (i, _) in enumerate(part):
-                    responses[i] = _responses(output[row:row + 1])
+            part, batched = [], 0  # long clips gain nothing from batching on CPU: cap the frames per call
+            for member in members:
+                size = len(member[1][0]) * frames
+                if part and batched + size > MAX_BATCHED_FRAMES:
+                    self._run(part, responses)
+                    part, batched = [], 0
+                part.append(member)
+                batched += size
+            self._run(part, responses)
         return responses
+
+    def _run(self, members: list, responses: list) -> None:
+        """One clip-graph call for requests [(index, (video, behavior, pupil_center))] of equal length."""
+        feeds = {name: np.concatenate(arrays) for name, arrays in
+                 zip(("video", "behavior", "pupil_center"), zip(*(arrays for _, arrays in members)))}
+        output = self.session.run(None, feeds)[0]
+        start = 0
+        for i, (video, _, _) in members:
+            responses[i] = _responses(output[start:start + len(video)])
+            start += len(video)
