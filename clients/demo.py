@@ -28,10 +28,9 @@ def held_out_trial(recording):
 def plot_stream(recorded: np.ndarray, streamed: np.ndarray, latencies_ms: np.ndarray, neurons: list[int],
                 warmup: int, path: Path, title: str) -> None:
     """Recorded vs streamed traces (T, N) for a few neurons, and the per-frame latency histogram."""
-    import matplotlib
+    from .experiments.common import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(len(neurons) + 1, 1, figsize=(10, 1.8 * (len(neurons) + 1)), constrained_layout=True)
     time = np.arange(len(recorded)) / 30.0

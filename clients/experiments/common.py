@@ -56,3 +56,13 @@ def clip_responses(url: str, model: str, videos: list[np.ndarray], behavior=None
         answers[i] = result.as_numpy("responses")[0]
     client.close()
     return answers
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (experiments run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -92,10 +92,9 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
 
 def plot_meis(meis: np.ndarray, summary: dict, history: np.ndarray, path: Path) -> None:
     """The last frame of each MEI (the one the response is read at) and the ascent curves."""
-    import matplotlib
+    from .common import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = min(len(meis), 8)
     figure, axes = plt.subplots(1, shown + 1, figsize=(2.6 * (shown + 1), 2.4), constrained_layout=True)

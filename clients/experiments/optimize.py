@@ -21,7 +21,7 @@ import numpy as np
 
 from ..score import model_parameters
 from ..stimuli import GREY, HEIGHT, WIDTH, directions, drifting_gabor, drifting_grating
-from .common import clip_responses
+from .common import clip_responses, pyplot
 
 BOUNDS = {"x": (0.0, WIDTH - 1.0), "y": (0.0, HEIGHT - 1.0), "direction_deg": (0.0, 360.0),
           "period_px": (4.0, 40.0), "tf_hz": (0.5, 8.0), "sigma_px": (2.0, 30.0)}
@@ -118,10 +118,7 @@ def run_optimize(url: str, model: str, neurons: list[int], out: str | Path, budg
 
 def plot_optimization(log: list[dict], summary: dict, stimulus: np.ndarray, path: Path) -> None:
     """Best response per generation vs queries, the best reference, and frames of the found stimulus."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure = plt.figure(figsize=(12, 5), constrained_layout=True)
     grid = figure.add_gridspec(2, 4)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..score import model_parameters
 from ..stimuli import GREY, HEIGHT, WIDTH, flashing_dots
-from .common import load_truth, responses_to
+from .common import load_truth, pyplot, responses_to
 
 CLEAR_RF_R2 = 0.5
 
@@ -130,10 +130,7 @@ def validate(result: dict, truth: dict, out: Path) -> dict:
     distance = np.linalg.norm(result["rf_center"] - truth["rf_center"], axis=1)
     summary = {"clear_rf_neurons": int(clear.sum()), "clear_rf_r2": CLEAR_RF_R2,
                "median_center_distance_px": float(np.median(distance[clear])) if clear.any() else None}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for axis, k, label, size in zip(axes, (0, 1), ("x (column)", "y (row)"), (WIDTH, HEIGHT)):
@@ -149,10 +146,7 @@ def validate(result: dict, truth: dict, out: Path) -> dict:
 
 def plot_gallery(result: dict, path: Path, count: int = 24) -> None:
     """STAs of the neurons with the most selective clear RFs, fitted centres marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     order = np.argsort(-np.where(result["clear_rf"], result["ssi"], -np.inf))[:count]
     figure, axes = plt.subplots(4, 6, figsize=(14, 5.5), constrained_layout=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..score import model_parameters
 from ..stimuli import directions, grating_set
-from .common import load_truth, responses_to
+from .common import load_truth, pyplot, responses_to
 
 TRUE_OSI_THRESHOLD = 0.3
 
@@ -109,10 +109,7 @@ def validate(result: dict, truth: dict, out: Path) -> dict:
                "median_orientation_error_deg": float(np.median(error[tuned])) if tuned.any() else None,
                "osi_correlation": float(np.corrcoef(result["osi"], truth["osi"])[0, 1]),
                "dsi_correlation": float(np.corrcoef(result["dsi"], truth["dsi"])[0, 1])}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     axes[0].scatter(truth["orientation_deg"][tuned] % 180, result["preferred_orientation_deg"][tuned], s=8)
@@ -130,10 +127,7 @@ def validate(result: dict, truth: dict, out: Path) -> dict:
 
 def plot_tuning(result: dict, path: Path, count: int = 12) -> None:
     """Tuning curves of the most orientation-selective neurons, and the OSI/DSI scatter."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     best = np.argsort(-result["osi"])[:count]
     figure = plt.figure(figsize=(14, 6), constrained_layout=True)
