@@ -62,7 +62,8 @@ def run_bench(out: str | Path = "benchmarks/results/score.json", preset: str = "
     from export.onnx_export import export_twin
     from serving.repository import model_names, write_repository
     from serving.server import Ports, TritonServer
-    from training.model import PRESETS, Twin
+    from training.model import Twin
+    from training.presets import PRESETS
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:

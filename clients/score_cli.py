@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from training.presets import PRESETS
+
 
 def _score(args) -> int:
     from .score import score
@@ -55,7 +57,7 @@ def register(commands, benchmarks) -> None:
 
     bench = benchmarks.add_parser("score", help="twin score through Triton vs the clip graph run locally")
     bench.add_argument("--out", default="benchmarks/results/score.json")
-    bench.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    bench.add_argument("--preset", default="small", choices=sorted(PRESETS))
     bench.add_argument("--neurons", type=int, default=8000)
     bench.add_argument("--stimuli", type=int, default=24)
     bench.set_defaults(handler=_bench)

@@ -22,7 +22,8 @@ import onnxruntime
 import torch
 
 from training.checkpoint import write_json
-from training.model import PRESETS, Twin
+from training.model import Twin
+from training.presets import PRESETS
 
 from .onnx_export import INPUTS, export_clip, export_step, random_inputs, state_names
 

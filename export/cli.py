@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from training.presets import PRESETS
+
 EXIT_UNAVAILABLE = 3  # the requested runtime (TensorRT, a GPU) is not on this machine
 
 
@@ -14,7 +16,7 @@ def _export(args) -> int:
     try:
         if args.format == "tensorrt":
             require_tensorrt()  # before writing anything
-        manifest = export_run(args.run, args.out)
+        manifest = export_run(args.run, args.out, args.attention)
         if args.format == "tensorrt":
             manifest = export_engines(args.out, args.precision)
     except TensorRTUnavailable as error:
@@ -26,6 +28,9 @@ def _export(args) -> int:
             nodes = f", {sum(counts.values())} nodes, BatchNormalization: {counts.get('BatchNormalization', 0)}" \
                 if counts else ""
             print(f"{args.out}/{spec['file']}: parity {max(spec['parity'].values()):.1e}{nodes}")
+    if "attention" in manifest:
+        print(f"attention: {manifest['attention']['form']}"
+              + (f" ({manifest['attention']['reason']})" if manifest["attention"]["reason"] else ""))
     print(f"wrote {args.out}/manifest.json")
     return 0
 
@@ -50,10 +55,13 @@ def register(commands, benchmarks) -> None:
                         help="tensorrt: also build TensorRT engines from the ONNX graphs (needs TensorRT and a GPU)")
     export.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16",
                         help="TensorRT engine precision (default fp16)")
+    export.add_argument("--attention", choices=["fused", "decomposed"], default="fused",
+                        help="transformer twins: one ONNX Attention node per attention (default), or written out "
+                             "as matrix products for runtimes without it")
     export.set_defaults(handler=_export)
 
     bench = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")
     bench.add_argument("--out", default="benchmarks/results/export.json")
-    bench.add_argument("--preset", default="base", choices=["tiny", "small", "base"])
+    bench.add_argument("--preset", default="base", choices=sorted(PRESETS))
     bench.add_argument("--neurons", type=int, default=8000)
     bench.set_defaults(handler=_bench)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.model import FactorizedLayer, Twin
+from training.model import FactorizedCore, FactorizedLayer, Twin
+from training.transformer import TransformerCore
 
 from .readout import deployable
 
@@ -49,11 +50,51 @@ class StepLayer(torch.nn.Module):
         return F.elu(mixed + self.bias[:, None]).reshape(batch, -1, rows, cols), window[:, :, 1:]
 
 
-class StepGraph(torch.nn.Module):
-    """One frame in, one frame of responses out; the memory of every temporal convolution is an
-    explicit state tensor: the layer's last kt - 1 spatial outputs.
+class ConvolutionStep(torch.nn.Module):
+    """The convolutional core for one frame: x (B, C_in, H, W), per layer its state
+    (B, C_l, kt_l - 1, H', W') → features (B, C, H', W'), next states."""
 
-    frame (B, H, W), behavior (B, 2), pupil_center (B, 2), state_l (B, C_l, kt_l - 1, H', W') per layer
+    def __init__(self, core: FactorizedCore):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(StepLayer(layer) for layer in core.layers)
+
+    def state_shapes(self, height: int, width: int) -> list[tuple[int, ...]]:
+        with torch.no_grad():
+            x, shapes = torch.zeros(1, 3, height, width), []
+            for layer in self.layers:
+                x = layer.spatial(x)
+                shapes.append((x.shape[1], layer.taps - 1, *x.shape[-2:]))
+            return shapes
+
+    def forward(self, x: torch.Tensor, *states: torch.Tensor):
+        next_states = []
+        for layer, state in zip(self.layers, states):
+            x, state = layer(x, state)
+            next_states.append(state)
+        return (x, *next_states)
+
+
+class TransformerStep(torch.nn.Module):
+    """The transformer core for one frame: its state is every block's key and value cache of the
+    last W - 1 frames, (B, P, heads, W - 1, d) each; one new frame costs one frame of attention."""
+
+    def __init__(self, core: TransformerCore):
+        super().__init__()
+        self.core = core
+
+    def state_shapes(self, height: int, width: int) -> list[tuple[int, ...]]:
+        return [self.core.cache_shape()] * (2 * len(self.core.blocks))
+
+    def forward(self, x: torch.Tensor, *states: torch.Tensor):
+        return self.core.step(x, *states)
+
+
+class StepGraph(torch.nn.Module):
+    """One frame in, one frame of responses out; the core's memory is explicit state: the last
+    kt - 1 spatial outputs of every temporal convolution, or the last W - 1 keys and values of
+    every temporal attention.
+
+    frame (B, H, W), behavior (B, 2), pupil_center (B, 2), state_l (B, ...) per state tensor
     → responses (B, N), state_l_next (same shapes as state_l).
 
     A stream starts from zero states; its first R - 1 outputs are warm-up (the clip graph has no
@@ -63,25 +104,17 @@ class StepGraph(torch.nn.Module):
     def __init__(self, twin: Twin, recording: str):
         super().__init__()
         self.twin, self.recording = deployable(twin), recording
-        self.layers = torch.nn.ModuleList(StepLayer(layer) for layer in self.twin.core.layers)
+        core = self.twin.core
+        self.core = TransformerStep(core) if isinstance(core, TransformerCore) else ConvolutionStep(core)
 
     def state_shapes(self, height: int = 36, width: int = 64) -> list[tuple[int, ...]]:
-        """Per layer (C, kt - 1, H', W') of the state tensor (batch dimension left out)."""
-        with torch.no_grad():
-            x, shapes = torch.zeros(1, 3, height, width), []
-            for layer in self.layers:
-                x = layer.spatial(x)
-                shapes.append((x.shape[1], layer.taps - 1, *x.shape[-2:]))
-            return shapes
+        """Shape of every state tensor, batch dimension left out."""
+        return self.core.state_shapes(height, width)
 
     def forward(self, frame: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor, *states: torch.Tensor):
         head = self.twin.heads[self.recording]
         x, behavior, pupil_center = self.twin.core_input(self.recording, frame[:, None], behavior[:, None],
                                                          pupil_center[:, None])
-        x = x[:, :, 0]
-        next_states = []
-        for layer, state in zip(self.layers, states):
-            x, state = layer(x, state)
-            next_states.append(state)
+        x, *next_states = self.core(x[:, :, 0], *states)
         responses = head(x[:, :, None], behavior, pupil_center)[:, 0] * head.response_scale
         return (responses, *next_states)

@@ -6,7 +6,8 @@
                                 → responses (B, N), state_l_next; the first R - 1 outputs of a stream
                                 are warm-up, later ones equal the clip graph's
     ART/manifest.json           tensor names/shapes/dtypes, neuron ids, receptive field, op counts,
-                                sha256 of every file, parity errors, opset and tool versions
+                                sha256 of every file, parity errors, opset and tool versions; for a
+                                transformer twin, which form of attention the graphs hold
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from training.checkpoint import load_run, write_json
 from training.model import Twin
+from training.transformer import TransformerCore, use_fused_attention
 
 from .graphs import ClipGraph, StepGraph
 from .manifest import MANIFEST, sha256
@@ -140,7 +142,7 @@ def op_counts_per_layer(path: Path) -> dict[str, dict[str, int]]:
     groups: dict[str, Counter] = {}
     for node in onnx.load(str(path)).graph.node:
         scope = {p.key: p.value for p in node.metadata_props}.get("namespace", "")
-        layer = re.search(r"layers\.(\d+)", scope)
+        layer = re.search(r"(?:layers|blocks)\.(\d+)", scope)
         group = f"layer{layer.group(1)}" if layer else "head" if "heads." in scope else "other"
         groups.setdefault(group, Counter())[node.op_type] += 1
     return {group: dict(sorted(counts.items())) for group, counts in sorted(groups.items())}
@@ -170,26 +172,50 @@ def _graph_entry(out: Path, path: Path, parity: dict[str, float], reference: str
             "parity": parity, "parity_against": reference, **extra}
 
 
-def export_run(run: str | Path, out: str | Path) -> dict:
+def export_run(run: str | Path, out: str | Path, attention: str = "fused") -> dict:
     """Export every recording of a run; fails if a graph misses the parity tolerance."""
     twin, config = load_run(run)
-    return export_twin(twin, config["preset"], config["recordings"], out)
+    return export_twin(twin, config["preset"], config["recordings"], out, attention)
 
 
-def export_twin(twin: Twin, preset: str, recordings: dict[str, dict], out: str | Path) -> dict:
-    """Export a twin: recordings maps each recording name → {"neurons", "unit_ids"}; → the manifest."""
+def _export_graphs(twin: Twin, recording: str, folder: Path) -> list[tuple[int, ...]]:
+    """Write clip.onnx and step.onnx of one recording → the step graph's state shapes."""
+    export_clip(twin, recording, folder / "clip.onnx")
+    return export_step(twin, recording, folder / "step.onnx").state_shapes()
+
+
+def export_twin(twin: Twin, preset: str, recordings: dict[str, dict], out: str | Path,
+                attention: str = "fused") -> dict:
+    """Export a twin: recordings maps each recording name → {"neurons", "unit_ids"}; → the manifest.
+
+    attention (transformer twins): "fused" writes every attention as one ONNX `Attention` node and
+    falls back to the written-out form if ONNX Runtime cannot load it; "decomposed" always writes it out.
+    """
+    if attention not in ("fused", "decomposed"):
+        raise ValueError(f"attention must be 'fused' or 'decomposed', not {attention!r}")
     out = Path(out)
+    transformer = isinstance(twin.core, TransformerCore)
+    use_fused_attention(twin, attention == "fused")
     manifest = {"format": 1, "opset": OPSET, "receptive_field": twin.receptive_field, "preset": preset,
-                "parity_tolerance": PARITY_TOLERANCE,
+                "core": "transformer" if transformer else "convolution", "parity_tolerance": PARITY_TOLERANCE,
                 "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                              "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
                 "recordings": {}}
+    if transformer:
+        manifest["attention"] = {"form": attention, "reason": "requested" if attention == "decomposed" else None}
     for recording, info in recordings.items():
         folder = out / recording
         folder.mkdir(parents=True, exist_ok=True)
         path, step_path = folder / "clip.onnx", folder / "step.onnx"
-        export_clip(twin, recording, path)
-        shapes = export_step(twin, recording, step_path).state_shapes()
+        shapes = _export_graphs(twin, recording, folder)
+        if transformer and manifest["attention"]["form"] == "fused":
+            try:
+                cpu_session(path), cpu_session(step_path)
+            except Exception as error:  # onnxruntime's own exception types, by the runtime's version
+                manifest["attention"] = {"form": "decomposed", "reason": f"ONNX Runtime {onnxruntime.__version__} "
+                                         f"cannot load the fused Attention operator: {error}"}
+                use_fused_attention(twin, False)
+                shapes = _export_graphs(twin, recording, folder)
         manifest["recordings"][recording] = {
             "neurons": info["neurons"], "unit_ids": info["unit_ids"],
             # Raw-unit means: what a client may send when it has no behaviour to send.
@@ -202,5 +228,9 @@ def export_twin(twin: Twin, preset: str, recordings: dict[str, dict], out: str |
                                      "clip graph, streamed frame by frame",
                                      state_bytes_per_stream=int(sum(4 * np.prod(s) for s in shapes)),
                                      warmup_frames=twin.receptive_field - 1)}}
+    if transformer:
+        manifest["attention"]["attention_nodes"] = {
+            f"{recording}/{name}": graph["op_counts"].get("Attention", 0)
+            for recording, entry in manifest["recordings"].items() for name, graph in entry["graphs"].items()}
     write_json(out / MANIFEST, manifest)
     return manifest

@@ -141,7 +141,8 @@ def bench_preset(preset: str, neurons: int, frames: int, workdir: Path, realtime
     import torch
 
     from export.onnx_export import export_twin
-    from training.model import PRESETS, Twin
+    from training.model import Twin
+    from training.presets import PRESETS
 
     from .repository import model_names, write_repository
     from .server import Ports, TritonServer

@@ -7,6 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from training.presets import PRESETS
+
 
 def _serve(args) -> int:
     from .repository import write_repository
@@ -62,7 +64,7 @@ def register(commands, benchmarks) -> None:
 
     bench = benchmarks.add_parser("stream", help="streaming latency through Triton: own client and perf_analyzer")
     bench.add_argument("--out", default="benchmarks/results/stream.json")
-    bench.add_argument("--presets", nargs="+", default=["small", "base"], choices=["tiny", "small", "base"])
+    bench.add_argument("--presets", nargs="+", default=["small", "base"], choices=sorted(PRESETS))
     bench.add_argument("--neurons", type=int, default=8000)
     bench.add_argument("--frames", type=int, default=150, help="frames per stream in the closed-loop runs")
     bench.set_defaults(handler=_bench)

@@ -12,7 +12,8 @@ from export.manifest import ArtifactError, verified_path, verify_all
 from export.onnx_export import (PARITY_TOLERANCE, clip_parity, cpu_session, export_clip, export_run, export_step, op_counts,
                                 relative_error, state_names, step_parity, stream)
 from training.data import Recording
-from training.model import PRESETS, Twin
+from training.model import Twin
+from training.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.model import PRESETS, Twin
+from training.model import Twin
+from training.presets import PRESETS
 
 
 def make_twin(preset="tiny", neurons=None):

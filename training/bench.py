@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import write_json
-from .model import PRESETS, Twin
+from .model import Twin
+from .presets import PRESETS
 from .train import TRAIN_PRESETS, poisson_loss
 
 NEURONS = {"a": 300, "b": 345}  # the virtual mouse's default recordings

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .presets import PRESETS
+
 
 def _synth(args) -> None:
     from .virtual_mouse import synthesize
@@ -71,7 +73,7 @@ def register(commands, benchmarks) -> None:
     train = commands.add_parser("train", help="train a twin on recordings")
     train.add_argument("--data", nargs="+", required=True, help="recording folders")
     train.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
-    train.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    train.add_argument("--preset", default="small", choices=sorted(PRESETS))
     train.add_argument("--minutes", type=float, help="wall-time budget (default: the preset's)")
     train.add_argument("--steps", type=int, help="optimizer-step budget (default: the preset's)")
     train.add_argument("--seed", type=int)

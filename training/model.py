@@ -15,12 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRESETS = {
-    "tiny": dict(channels=(8, 8), spatial_kernels=(5, 3), temporal_kernels=(3, 3), first_stride=2),
-    "small": dict(channels=(16, 32, 32), spatial_kernels=(9, 5, 5), temporal_kernels=(9, 7, 5), first_stride=2),
-    # The SENSORIUM 2023 factorized baseline size.
-    "base": dict(channels=(32, 64, 128), spatial_kernels=(11, 5, 5), temporal_kernels=(11, 5, 5), first_stride=1),
-}
+from .transformer import TransformerCore
+
 BEHAVIOR_CHANNELS = 2  # pupil size, running speed
 
 
@@ -143,7 +139,8 @@ class Head(nn.Module):
 
 
 class Twin(nn.Module):
-    """Shared causal core + one `Head` per recording.
+    """Shared causal core (convolutional, or a transformer where the config says `core="transformer"`)
+    + one `Head` per recording.
 
     config: a `PRESETS` entry; neurons: recording name → neuron count.
     """
@@ -151,8 +148,11 @@ class Twin(nn.Module):
     def __init__(self, config: dict, neurons: dict[str, int]):
         super().__init__()
         self.config = dict(config)
-        self.core = FactorizedCore(1 + BEHAVIOR_CHANNELS, config["channels"], config["spatial_kernels"],
-                                   config["temporal_kernels"], config["first_stride"])
+        settings = {k: v for k, v in config.items() if k != "core"}
+        if config.get("core", "convolution") == "transformer":
+            self.core = TransformerCore(1 + BEHAVIOR_CHANNELS, **settings)
+        else:
+            self.core = FactorizedCore(1 + BEHAVIOR_CHANNELS, **settings)
         self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n) for name, n in neurons.items()})
 
     @property

@@ -19,9 +19,10 @@ from tqdm import tqdm
 from . import checkpoint, metrics
 from .data import Recording, Trial, open_recordings
 from .evaluate import evaluate, predict
-from .model import PRESETS, Twin
+from .model import Twin
 from .plots import plot_training_curve
 from .positions import readout_positions
+from .presets import PRESETS
 
 
 @dataclass
@@ -47,6 +48,9 @@ TRAIN_PRESETS = {
     "tiny": TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6),
     "small": TrainConfig(),
     "base": TrainConfig(frames=80, lr=2.4e-3, minutes=60.0, eval_every=50),
+    "vit-tiny": TrainConfig(clips=4, frames=24, lr=5e-3, minutes=2.0, steps=150, eval_every=25, val_trials=6),
+    "vit-small": TrainConfig(lr=2e-3, weight_decay=0.01),
+    "vit-base": TrainConfig(frames=80, lr=1e-3, weight_decay=0.01, minutes=60.0, eval_every=50),
 }
 
 
