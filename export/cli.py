@@ -38,12 +38,15 @@ def _export(args) -> int:
 def _bench(args) -> None:
     from .bench import run_bench
 
-    results = run_bench(args.out, preset=args.preset, neurons=args.neurons)
-    for name, path in results["paths"].items():
-        print(f"{name:<28}{path['output_frames_per_s']:9.1f} output frames/s  {path['gflops']:6.1f} GFLOP/s "
-              f"({100 * path['fraction_of_matmul_rate']:.0f}% of matmul)")
-    for name, value in results["ratios"].items():
-        print(f"{name:<40}{value:6.2f}")
+    results = run_bench(args.out, presets=args.presets, neurons=args.neurons)
+    for preset, result in results["presets"].items():
+        print(f"{preset} (receptive field {result['receptive_field']}, "
+              f"state {result['state_bytes_per_stream'] / 1e6:.1f} MB per stream)")
+        for name, path in result["paths"].items():
+            print(f"  {name:<28}{path['output_frames_per_s']:9.1f} output frames/s  {path['gflops']:6.1f} GFLOP/s "
+                  f"({100 * path['fraction_of_matmul_rate']:.0f}% of matmul)")
+        for name, value in result["ratios"].items():
+            print(f"  {name:<40}{value:6.2f}")
     print(f"wrote {args.out}")
 
 
@@ -62,6 +65,6 @@ def register(commands, benchmarks) -> None:
 
     bench = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")
     bench.add_argument("--out", default="benchmarks/results/export.json")
-    bench.add_argument("--preset", default="base", choices=sorted(PRESETS))
+    bench.add_argument("--presets", nargs="+", default=["base", "vit-base"], choices=sorted(PRESETS))
     bench.add_argument("--neurons", type=int, default=8000)
     bench.set_defaults(handler=_bench)

@@ -142,11 +142,14 @@ def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
     model = Twin(PRESETS["base"], {"m": 8000})
     # The count for base: 19 frames through layer 1, 9 through layer 2, 5 through layer 3.
     assert 5.0 < clip_flops(model, model.receptive_field) / step_flops(model) < 6.0
-    results = run_bench(tmp_path / "export.json", preset="tiny", neurons=50, seconds=0.2, window_outputs=3)
-    assert set(results["paths"]) == {"pytorch_eager_clip", "onnxruntime_clip", "onnxruntime_step_stream",
-                                     "onnxruntime_window_rerun", "pytorch_eager_window_rerun"}
-    assert all(p["output_frames_per_s"] > 0 for p in results["paths"].values())
-    assert json.loads((tmp_path / "export.json").read_text())["ratios"] == results["ratios"]
+    results = run_bench(tmp_path / "export.json", presets=("tiny", "vit-tiny"), neurons=50, seconds=0.2,
+                        window_outputs=3)
+    for preset in ("tiny", "vit-tiny"):
+        paths = results["presets"][preset]["paths"]
+        assert set(paths) == {"pytorch_eager_clip", "onnxruntime_clip", "onnxruntime_step_stream",
+                              "onnxruntime_window_rerun", "pytorch_eager_window_rerun"}
+        assert all(p["output_frames_per_s"] > 0 for p in paths.values())
+    assert json.loads((tmp_path / "export.json").read_text())["presets"] == results["presets"]
 
 
 def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map():

@@ -149,3 +149,28 @@ def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(small_mou
     shapes = [tuple(s["shape"][1:]) for s in step["inputs"] if s["name"].startswith("state_")]
     local = stream(cpu_session(artifacts / recording / "step.onnx"), *(a[None] for a in inputs), shapes)[0]
     assert relative_error(streamed, local) < 1e-5
+
+
+def test_streamed_frame_arithmetic_matches_pytorchs_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from export.bench import transformer_flops
+
+    model = _twin("vit-small")
+    use_fused_attention(model, False)  # written out, so the counter sees the attention's matrix products
+    caches = [torch.zeros(1, *model.core.cache_shape()) for _ in range(2 * len(model.core.blocks))]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.core.step(torch.zeros(1, 3, 36, 64), *caches)
+    assert counter.get_total_flops() == transformer_flops(model, 1, neurons=0, streamed=True)
+
+
+def test_cores_benchmark_trains_both_cores_for_the_same_wall_time(small_mouse, tmp_path):
+    out = tmp_path / "cores.json"
+    assert twin(["bench", "cores", "--presets", "tiny", "vit-tiny", "--minutes", "0.1", "--data",
+                 *map(str, small_mouse), "--out", str(out), "--quiet"]) == 0
+    results = json.loads(out.read_text())
+    assert {p: r["core"] for p, r in results["presets"].items()} == {"tiny": "convolution", "vit-tiny": "transformer"}
+    for result in results["presets"].values():
+        assert 0.1 <= result["training_minutes"] < 0.5 and result["steps"] > 0
+        assert np.isfinite(result["oracle_single_trial_correlation"])
+    assert out.with_suffix(".png").stat().st_size > 0

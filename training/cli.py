@@ -47,6 +47,17 @@ def _bench(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _cores_bench(args) -> None:
+    from .cores_bench import run_cores_bench
+
+    results = run_cores_bench(args.out, presets=args.presets, minutes=args.minutes, data=args.data,
+                              progress=not args.quiet)
+    for preset, r in results["presets"].items():
+        print(f"{preset:<10} {r['core']:<12} {r['steps']:6d} steps in {r['training_minutes']:5.1f} min  "
+              f"oracle single-trial correlation {r['oracle_single_trial_correlation']:.3f}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+
+
 def print_metrics(results: dict) -> None:
     """One line per recording and tier with the summary metrics."""
     names = ["single_trial_correlation", "correlation_to_average", "fev_e", "cc_norm",
@@ -92,3 +103,11 @@ def register(commands, benchmarks) -> None:
     train_bench.add_argument("--out", default="benchmarks/results/train.json")
     train_bench.add_argument("--repeats", type=int, default=3)
     train_bench.set_defaults(handler=_bench)
+
+    cores = benchmarks.add_parser("cores", help="convolutional vs transformer twin at equal training wall time")
+    cores.add_argument("--out", default="benchmarks/results/cores.json")
+    cores.add_argument("--presets", nargs="+", default=["small", "vit-small"], choices=sorted(PRESETS))
+    cores.add_argument("--minutes", type=float, default=10.0, help="training wall time per preset")
+    cores.add_argument("--data", nargs="+", help="recording folders (default: the demo's virtual mouse)")
+    cores.add_argument("--quiet", action="store_true")
+    cores.set_defaults(handler=_cores_bench)

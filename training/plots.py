@@ -1,4 +1,4 @@
-"""Figures of the trainer: the training curve."""
+"""Figures of the trainer: the training curve, and validation curves of several runs."""
 
 from __future__ import annotations
 
@@ -41,6 +41,22 @@ def plot_traces(recorded, predicted, expected, neurons, path: Path, title: str =
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=3)
     axes[0, 0].set_title(title, fontsize=9)
     axes[-1, 0].set_xlabel("time (s)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_validation_curves(results: dict, path: Path) -> None:
+    """Validation correlation against training wall time, one line per preset."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for preset, result in results["presets"].items():
+        history = result["validation_history"]
+        axis.plot([h["minutes"] for h in history], [h["validation"] for h in history], marker=".",
+                  label=f"{preset} ({result['core']}): oracle {result['oracle_single_trial_correlation']:.3f}")
+    axis.set_xlabel("training wall time (min)")
+    axis.set_ylabel("validation single-trial correlation")
+    axis.set_title(f"Cores at equal wall time ({results['minutes_per_preset']:g} min each)")
+    axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
