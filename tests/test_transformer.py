@@ -162,6 +162,12 @@ def test_streamed_frame_arithmetic_matches_pytorchs_flop_counter():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.core.step(torch.zeros(1, 3, 36, 64), *caches)
     assert counter.get_total_flops() == transformer_flops(model, 1, neurons=0, streamed=True)
+    # A one-block clip of exactly W frames: its banded attention is exactly the window.
+    model = _twin("vit-tiny")
+    use_fused_attention(model, False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.core(torch.zeros(1, 3, model.receptive_field, 36, 64))
+    assert counter.get_total_flops() == transformer_flops(model, model.receptive_field, neurons=0)
 
 
 def test_cores_benchmark_trains_both_cores_for_the_same_wall_time(small_mouse, tmp_path):
@@ -174,3 +180,17 @@ def test_cores_benchmark_trains_both_cores_for_the_same_wall_time(small_mouse, t
         assert 0.1 <= result["training_minutes"] < 0.5 and result["steps"] > 0
         assert np.isfinite(result["oracle_single_trial_correlation"])
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_attention_runs_on_the_flash_kernel_on_a_gpu():
+    """With only the FlashAttention backend allowed, PyTorch raises instead of falling back."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = _twin("vit-small").cuda()
+    inputs = [torch.from_numpy(a).cuda() for a in random_inputs(2, 40)]
+    with torch.no_grad():
+        reference = model("m", *inputs)
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", torch.bfloat16):
+            flash = model("m", *inputs)
+    assert relative_error(flash.float().cpu().numpy(), reference.cpu().numpy()) < 5e-2
