@@ -19,8 +19,9 @@ import triton_python_backend_utils as pb_utils
 from export.manifest import read_manifest, verified_path
 
 
-# Clips of equal length run as one graph call up to this many frames in all: beyond it, memory
-# traffic grows and throughput does not.
+# Clips of equal length run as one graph call up to this many frames in all, and a longer clip runs
+# in overlapping pieces of this length: beyond it, memory grows (quadratically in time for the
+# transformer's banded attention) and throughput does not. `max_clip_frames` in the config overrides it.
 MAX_BATCHED_FRAMES = 512
 
 
@@ -146,6 +147,7 @@ class ClipModel:
         _, params = _configure(args)
         self.session = _session(params, "clip")
         self.receptive_field = int(params["receptive_field"])
+        self.max_frames = max(int(params.get("max_clip_frames", MAX_BATCHED_FRAMES)), 2 * self.receptive_field)
 
     def execute(self, requests):
         responses, groups = [None] * len(requests), {}
@@ -166,7 +168,7 @@ class ClipModel:
             part, batched = [], 0  # long clips gain nothing from batching on CPU: cap the frames per call
             for member in members:
                 size = len(member[1][0]) * frames
-                if part and batched + size > MAX_BATCHED_FRAMES:
+                if part and batched + size > self.max_frames:
                     self._run(part, responses)
                     part, batched = [], 0
                 part.append(member)
@@ -178,8 +180,20 @@ class ClipModel:
         """One clip-graph call for requests [(index, (video, behavior, pupil_center))] of equal length."""
         feeds = {name: np.concatenate(arrays) for name, arrays in
                  zip(("video", "behavior", "pupil_center"), zip(*(arrays for _, arrays in members)))}
-        output = self.session.run(None, feeds)[0]
+        output = self._pieces(feeds)
         start = 0
         for i, (video, _, _) in members:
             responses[i] = _responses(output[start:start + len(video)])
             start += len(video)
+
+    def _pieces(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The clip graph over clips (B, T, ...) in pieces of at most `max_frames` input frames, each
+        starting R - 1 frames before the last one ended: the same outputs (B, T - R + 1, N) as one
+        call, with bounded memory."""
+        frames, overlap = feeds["video"].shape[1], self.receptive_field - 1
+        outputs, start = [], 0
+        while start + overlap < frames:
+            end = min(start + self.max_frames, frames)
+            outputs.append(self.session.run(None, {name: array[:, start:end] for name, array in feeds.items()})[0])
+            start = end - overlap
+        return np.concatenate(outputs, 1)

@@ -72,10 +72,12 @@ def _parameters(values: dict[str, str]) -> str:
 
 
 def write_repository(artifacts: str | Path, out: str | Path, max_streams: int = 64, idle_timeout_s: float = 60.0,
-                     max_clip_batch: int = 8, queue_delay_us: int = 500, threads: int = 0) -> dict[str, dict]:
+                     max_clip_batch: int = 8, queue_delay_us: int = 500, threads: int = 0,
+                     max_clip_frames: int = 512) -> dict[str, dict]:
     """Write the model repository → {model name: {"recording", "kind"}}. Refuses tampered artifacts.
 
     threads: ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core).
+    max_clip_frames: input frames per clip-graph call; longer clips run in overlapping pieces.
     """
     artifacts, out = Path(artifacts).resolve(), Path(out)
     manifest = verify_all(artifacts)
@@ -87,6 +89,7 @@ def write_repository(artifacts: str | Path, out: str | Path, max_streams: int = 
         height, width = step["inputs"][0]["shape"][1:]
         parameters = {"artifacts": artifacts.as_posix(), "recording": recording,
                       "receptive_field": manifest["receptive_field"], "threads": threads,
+                      "max_clip_frames": max_clip_frames,
                       "behavior_mean": ",".join(map(str, entry["behavior_mean"])),
                       "pupil_center_mean": ",".join(map(str, entry["pupil_center_mean"])),
                       "unit_ids": ",".join(map(str, entry["unit_ids"]))}

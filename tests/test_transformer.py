@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as grpc
 
 from clients.cli import main as twin
 from clients.stream import StreamClient
@@ -132,7 +133,7 @@ def test_export_parity_and_the_attention_operator(attention, tmp_path):
 
 def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(small_mouse, tmp_path):
     """The same commands and the same stream/clip models: `twin train --preset vit-tiny`, export, then
-    streaming over gRPC equals the local step graph."""
+    streaming over gRPC equals the local step graph, and a clip scored in pieces the whole clip."""
     run, artifacts = tmp_path / "run", tmp_path / "artifacts"
     data = [str(p) for p in small_mouse]
     assert twin(["train", "--data", *data, "--out", str(run), "--preset", "vit-tiny", "--steps", "20", "--quiet"]) == 0
@@ -140,10 +141,18 @@ def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(small_mou
     recording = small_mouse[0].name
     trial = next(t for t in Recording(small_mouse[0]).load("oracle") if t.frames >= 100)
     inputs = [a[:100] for a in (trial.video, trial.behavior, trial.pupil_center)]
-    write_repository(artifacts, tmp_path / "repository")
+    write_repository(artifacts, tmp_path / "repository", max_clip_frames=40)  # a 100-frame clip in 3 pieces
     with TritonServer(tmp_path / "repository", Ports.free()) as server:
         with StreamClient(server.url, model_names(recording)["stream"]) as client:
             streamed = np.stack(list(client.run(*inputs)))
+        tensors = []
+        for name, array in zip(["video", "behavior", "pupil_center"], inputs):
+            tensors.append(grpc.InferInput(name, [1, *array.shape], "FP32"))
+            tensors[-1].set_data_from_numpy(array[None])
+        scored = grpc.InferenceServerClient(server.url).infer(model_names(recording)["clip"], tensors)
+    clip = cpu_session(artifacts / recording / "clip.onnx").run(
+        None, dict(zip(["video", "behavior", "pupil_center"], (a[None] for a in inputs))))[0]
+    assert relative_error(scored.as_numpy("responses"), clip) < 1e-5
     manifest = json.loads((artifacts / "manifest.json").read_text())
     step = manifest["recordings"][recording]["graphs"]["step"]
     shapes = [tuple(s["shape"][1:]) for s in step["inputs"] if s["name"].startswith("state_")]
