@@ -44,8 +44,8 @@ def _bench(args) -> None:
             for row in result[source]:
                 text = row.get("error", "")[:100] or (f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
                                                       f"{row['frames_per_s']:7.1f} frames/s")
-                print(f"{preset:<6}{source:<14}{row['streams']:>3} streams  {text}")
-        print(f"{preset:<6}30 fps streams with p99 < 33 ms: {result['realtime']['max_streams_at_30fps']}")
+                print(f"{preset:<10}{source:<14}{row['streams']:>3} streams  {text}")
+        print(f"{preset:<10}30 fps streams with p99 < 33 ms: {result['realtime']['max_streams_at_30fps']}")
     print(f"wrote {args.out}")
 
 
