@@ -28,7 +28,7 @@ from training.model import Twin
 from training.presets import PRESETS
 from training.transformer import TransformerCore
 
-from .onnx_export import INPUTS, export_clip, export_step, random_inputs, state_names
+from .onnx_export import INPUTS, export_clip, export_step, random_inputs, state_bytes, state_names
 
 
 def layer_costs(twin: Twin, height: int = 36, width: int = 64) -> tuple[list[tuple[float, float, int]], float]:
@@ -55,7 +55,7 @@ def transformer_flops(twin: Twin, frames: int, neurons: int, streamed: bool = Fa
     for _ in core.blocks:
         outputs = 1 if streamed else frames - window + 1
         total += frames * 2 * patches * (4 * dim * dim + 2 * patches * dim)  # spatial: qkv, out, scores, sum
-        total += frames * 2 * patches * 3 * dim * dim  # temporal keys and values (queries only used at outputs)
+        total += frames * 2 * patches * 3 * dim * dim  # temporal q, k, v projections of every frame
         total += outputs * 2 * patches * (dim * dim + 2 * window * dim + 2 * dim * hidden)  # out, window, MLP
         frames = outputs
     return total + frames * (2 * patches * dim * core.unpatch.out_features + 2 * neurons * core.out_channels)
@@ -150,7 +150,7 @@ def bench_preset(preset: str, neurons: int, frames: int, window_outputs: int, se
         "onnxruntime_window_rerun": (windows(onnx_run), window_outputs, clip_flops(twin, receptive_field)),
         "pytorch_eager_window_rerun": (windows(torch_run), window_outputs, clip_flops(twin, receptive_field)),
     }
-    results = {"receptive_field": receptive_field, "state_bytes_per_stream": int(sum(4 * np.prod(s) for s in shapes)),
+    results = {"receptive_field": receptive_field, "state_bytes_per_stream": state_bytes(shapes),
                "paths": {}}
     for name, (function, outputs, flops_per_output) in paths.items():
         rate = _rate(function, outputs, seconds)

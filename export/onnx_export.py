@@ -112,6 +112,11 @@ def stream(session, video, behavior, pupil_center, state_shapes) -> np.ndarray:
     return np.stack(outputs, 1)
 
 
+def state_bytes(shapes: list[tuple[int, ...]]) -> int:
+    """Bytes of float32 state one stream holds, from the step graph's state shapes (batch left out)."""
+    return int(sum(4 * np.prod(shape) for shape in shapes))
+
+
 def cpu_session(path: Path) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -226,7 +231,7 @@ def export_twin(twin: Twin, preset: str, recordings: dict[str, dict], out: str |
                 "step": _graph_entry(out, step_path, step_parity(cpu_session(path), cpu_session(step_path), shapes,
                                                                  twin.receptive_field),
                                      "clip graph, streamed frame by frame",
-                                     state_bytes_per_stream=int(sum(4 * np.prod(s) for s in shapes)),
+                                     state_bytes_per_stream=state_bytes(shapes),
                                      warmup_frames=twin.receptive_field - 1)}}
     if transformer:
         manifest["attention"]["attention_nodes"] = {
