@@ -9,10 +9,12 @@ FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
 WORKDIR /opt/twinserve
 COPY pyproject.toml README.md ./
+COPY twinserve twinserve
 COPY training training
 COPY export export
 COPY serving serving
 COPY clients clients
+COPY benchmarks benchmarks
 # Served models need numpy, onnxruntime and the artifact manifest code only (no torch).
 RUN pip install --no-cache-dir '.[client]' 'onnxruntime>=1.20' 'protobuf<5'
 

@@ -59,11 +59,11 @@ def run_bench(out: str | Path = "benchmarks/results/score.json", preset: str = "
               stimuli: int = 24, frames: int = 300, in_flight: int = 4) -> dict:
     import torch
 
-    from export.onnx_export import export_twin
-    from serving.repository import model_names, write_repository
-    from serving.server import Ports, TritonServer
-    from training.model import Twin
-    from training.presets import PRESETS
+    from twinserve.export.onnx_export import export_twin
+    from twinserve.serving.repository import model_names, write_repository
+    from twinserve.serving.server import Ports, TritonServer
+    from twinserve.training.model import Twin
+    from twinserve.training.presets import PRESETS
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:

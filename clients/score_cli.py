@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from training.presets import PRESETS
+from twinserve.training.presets import PRESETS
 
 
 def _score(args) -> int:

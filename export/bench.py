@@ -23,10 +23,10 @@ import numpy as np
 import onnxruntime
 import torch
 
-from training.checkpoint import write_json
-from training.model import Twin
-from training.presets import PRESETS
-from training.transformer import TransformerCore
+from twinserve.training.checkpoint import write_json
+from twinserve.training.model import Twin
+from twinserve.training.presets import PRESETS
+from twinserve.training.transformer import TransformerCore
 
 from .onnx_export import INPUTS, export_clip, export_step, random_inputs, state_bytes, state_names
 

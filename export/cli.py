@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from training.presets import PRESETS
+from twinserve.training.presets import PRESETS
 
 EXIT_UNAVAILABLE = 3  # the requested runtime (TensorRT, a GPU) is not on this machine
 

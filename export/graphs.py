@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.model import FactorizedCore, FactorizedLayer, Twin
-from training.transformer import TransformerCore
+from twinserve.training.model import FactorizedCore, FactorizedLayer, Twin
+from twinserve.training.transformer import TransformerCore
 
 from .readout import deployable
 

@@ -24,9 +24,9 @@ import onnx
 import onnxruntime
 import torch
 
-from training.checkpoint import load_run, write_json
-from training.model import Twin
-from training.transformer import TransformerCore, use_fused_attention
+from twinserve.training.checkpoint import load_run, write_json
+from twinserve.training.model import Twin
+from twinserve.training.transformer import TransformerCore, use_fused_attention
 
 from .graphs import ClipGraph, StepGraph
 from .manifest import MANIFEST, sha256

@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from training.model import GaussianReadout, Twin
+from twinserve.training.model import GaussianReadout, Twin
 
 
 class GatherReadout(nn.Module):

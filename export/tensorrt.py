@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.checkpoint import write_json
+from twinserve.training.checkpoint import write_json
 
 from .manifest import MANIFEST, read_manifest, sha256, verified_path
 from .onnx_export import INPUTS, cpu_session, random_inputs, relative_error, step_parity

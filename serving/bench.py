@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.stream import StreamClient
+from twinserve.clients.stream import StreamClient
 
 CONCURRENCY = (1, 4, 16)
 FPS = 30.0
@@ -140,9 +140,9 @@ def bench_preset(preset: str, neurons: int, frames: int, workdir: Path, realtime
                  realtime_frames: int = 90) -> dict:
     import torch
 
-    from export.onnx_export import export_twin
-    from training.model import Twin
-    from training.presets import PRESETS
+    from twinserve.export.onnx_export import export_twin
+    from twinserve.training.model import Twin
+    from twinserve.training.presets import PRESETS
 
     from .repository import model_names, write_repository
     from .server import Ports, TritonServer

@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.presets import PRESETS
+from twinserve.training.presets import PRESETS
 
 
 def _serve(args) -> int:

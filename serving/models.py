@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime
 import triton_python_backend_utils as pb_utils
 
-from export.manifest import read_manifest, verified_path
+from twinserve.export.manifest import read_manifest, verified_path
 
 
 # Clips of equal length run as one graph call up to this many frames in all, and a longer clip runs

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from export.manifest import verify_all
+from twinserve.export.manifest import verify_all
 
 STREAM_TEMPLATE = """\
 name: "{name}"
@@ -58,7 +58,7 @@ instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 {parameters}
 """
 
-MODEL_PY = "from serving.models import {cls} as TritonPythonModel  # noqa: F401\n"
+MODEL_PY = "from twinserve.serving.models import {cls} as TritonPythonModel  # noqa: F401\n"
 
 
 def model_names(recording: str) -> dict[str, str]:

@@ -2,9 +2,9 @@
 
 import pytest
 
-from clients.cli import main as twin
+from twinserve.cli import main as twin
 
-from training.virtual_mouse import synthesize
+from twinserve.training.virtual_mouse import synthesize
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def small_mouse(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(default_mouse, tmp_path_factory):
     """A `tiny` twin trained briefly on the default virtual mouse → (run directory, metrics)."""
-    from training.train import train
+    from twinserve.training.train import train
 
     out = tmp_path_factory.mktemp("run")
     results = train(default_mouse, out, preset="tiny", progress=False, steps=120, eval_every=30)
@@ -37,7 +37,7 @@ def tiny_run(default_mouse, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_artifacts(tiny_run, tmp_path_factory):
     """The tiny twin exported: (artifacts folder, manifest)."""
-    from export.onnx_export import export_run
+    from twinserve.export.onnx_export import export_run
 
     out = tmp_path_factory.mktemp("artifacts")
     return out, export_run(tiny_run[0], out)
@@ -52,8 +52,8 @@ def served(tiny_artifacts, tmp_path_factory):
     """The tiny twin served by a real Triton server → (server, artifacts folder, manifest)."""
     import os
 
-    from serving.repository import write_repository
-    from serving.server import Ports, TritonServer
+    from twinserve.serving.repository import write_repository
+    from twinserve.serving.server import Ports, TritonServer
 
     artifacts, manifest = tiny_artifacts
     repository = tmp_path_factory.mktemp("repository")

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from training.data import LayoutError, Recording, open_recordings
+from twinserve.training.data import LayoutError, Recording, open_recordings
 
 
 def test_reader_matches_files(small_mouse):

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from clients.experiments.rf import fit_centre, run_rf, spatial_selectivity
-from clients.experiments.tuning import (orientation_error, preferred_direction, run_tuning, two_peak_von_mises,
+from twinserve.clients.experiments.rf import fit_centre, run_rf, spatial_selectivity
+from twinserve.clients.experiments.tuning import (orientation_error, preferred_direction, run_tuning, two_peak_von_mises,
                                         vector_indices)
-from clients.stimuli import directions
-from serving.repository import model_names
+from twinserve.clients.stimuli import directions
+from twinserve.serving.repository import model_names
 
 
 def test_vector_indices_of_known_curves():
@@ -57,7 +57,7 @@ def test_tuning_and_rf_experiments_run_through_the_server(served, default_mouse,
 
 
 def test_optimize_searches_within_its_budget(served, default_mouse, tmp_path):
-    from clients.experiments.optimize import decode, run_optimize
+    from twinserve.clients.experiments.optimize import decode, run_optimize
 
     assert decode(np.zeros(6))["period_px"] == 4.0 and decode(np.ones(6))["sigma_px"] == 30.0
     server, _, _ = served
@@ -75,7 +75,7 @@ def test_optimize_searches_within_its_budget(served, default_mouse, tmp_path):
 
 
 def test_mei_raises_the_response_within_the_norm_budget(tiny_run, default_mouse, tmp_path):
-    from clients.experiments.mei import run_mei
+    from twinserve.clients.experiments.mei import run_mei
 
     summary = run_mei(tiny_run[0], default_mouse[0].name, [0, 5], tmp_path, steps=25, rms=20.0, progress=False)
     assert all(m > g for m, g in zip(summary["response"], summary["response_to_grey"]))

@@ -7,13 +7,13 @@ import onnxruntime
 import pytest
 import torch
 
-from clients.cli import main as twin
-from export.manifest import ArtifactError, verified_path, verify_all
-from export.onnx_export import (PARITY_TOLERANCE, clip_parity, cpu_session, export_clip, export_run, export_step, op_counts,
+from twinserve.cli import main as twin
+from twinserve.export.manifest import ArtifactError, verified_path, verify_all
+from twinserve.export.onnx_export import (PARITY_TOLERANCE, clip_parity, cpu_session, export_clip, export_run, export_step, op_counts,
                                 relative_error, state_names, step_parity, stream)
-from training.data import Recording
-from training.model import Twin
-from training.presets import PRESETS
+from twinserve.training.data import Recording
+from twinserve.training.model import Twin
+from twinserve.training.presets import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_manifest_describes_every_graph(artifacts, default_mouse):
 
 @pytest.mark.parametrize("batch, frames", [(1, 300), (4, 300), (1, 60), (4, 60)])
 def test_clip_graph_matches_pytorch_on_virtual_mouse_trials(artifacts, tiny_run, default_mouse, batch, frames):
-    from training.checkpoint import load_run
+    from twinserve.training.checkpoint import load_run
 
     out, _ = artifacts
     model, _ = load_run(tiny_run[0])
@@ -137,7 +137,7 @@ def test_base_step_graph_streams_like_its_clip_graph(tmp_path):
 
 
 def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
-    from export.bench import clip_flops, run_bench, step_flops
+    from twinserve.export.bench import clip_flops, run_bench, step_flops
 
     model = Twin(PRESETS["base"], {"m": 8000})
     # The count for base: 19 frames through layer 1, 9 through layer 2, 5 through layer 3.
@@ -153,8 +153,8 @@ def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
 
 
 def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map():
-    from export.readout import GatherReadout
-    from training.model import GaussianReadout
+    from twinserve.export.readout import GatherReadout
+    from twinserve.training.model import GaussianReadout
 
     torch.manual_seed(2)
     readout = GaussianReadout(channels=6, neurons=203).eval()
@@ -172,7 +172,7 @@ def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map():
 
 
 def test_tensorrt_export_stops_cleanly_where_tensorrt_or_a_gpu_is_missing(tiny_run, tmp_path, capsys):
-    from export.tensorrt import TensorRTUnavailable, require_tensorrt
+    from twinserve.export.tensorrt import TensorRTUnavailable, require_tensorrt
 
     try:
         require_tensorrt()
@@ -186,7 +186,7 @@ def test_tensorrt_export_stops_cleanly_where_tensorrt_or_a_gpu_is_missing(tiny_r
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_engines_match_the_onnx_graphs(tiny_run, tmp_path, precision):
-    from export.tensorrt import TOLERANCES, TensorRTUnavailable, export_engines, require_tensorrt
+    from twinserve.export.tensorrt import TOLERANCES, TensorRTUnavailable, export_engines, require_tensorrt
 
     try:
         require_tensorrt()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training import metrics
+from twinserve.training import metrics
 
 BURN = metrics.BURN_IN
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.model import Twin
-from training.presets import PRESETS
+from twinserve.training.model import Twin
+from twinserve.training.presets import PRESETS
 
 
 def make_twin(preset="tiny", neurons=None):

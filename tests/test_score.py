@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import zarr
 
-from clients.library import Library, StimulusError, save_library
-from clients.score import score
-from export.manifest import verified_path
-from export.onnx_export import cpu_session, relative_error
-from serving.repository import model_names
-from training.data import Recording
+from twinserve.clients.library import Library, StimulusError, save_library
+from twinserve.clients.score import score
+from twinserve.export.manifest import verified_path
+from twinserve.export.onnx_export import cpu_session, relative_error
+from twinserve.serving.repository import model_names
+from twinserve.training.data import Recording
 
 
 def _library(folder, default_mouse, count, frames=300):
@@ -92,8 +92,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(served, default_mouse,
 def test_a_server_lost_mid_run_stops_the_run_without_marking_stimuli_failed(tiny_artifacts, default_mouse, tmp_path):
     import threading
 
-    from serving.repository import write_repository
-    from serving.server import Ports, TritonServer
+    from twinserve.serving.repository import write_repository
+    from twinserve.serving.server import Ports, TritonServer
 
     artifacts, _ = tiny_artifacts
     write_repository(artifacts, tmp_path / "repository")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpc
 
-from clients.stream import ServerGone, StreamClient, StreamError
-from export.manifest import verified_path
-from export.onnx_export import cpu_session, relative_error, stream
-from serving.repository import model_names, write_repository
-from serving.server import Ports, TritonServer
-from training.data import Recording
+from twinserve.clients.stream import ServerGone, StreamClient, StreamError
+from twinserve.export.manifest import verified_path
+from twinserve.export.onnx_export import cpu_session, relative_error, stream
+from twinserve.serving.repository import model_names, write_repository
+from twinserve.serving.server import Ports, TritonServer
+from twinserve.training.data import Recording
 
 from conftest import IDLE_TIMEOUT_S
 
@@ -199,7 +199,7 @@ def test_tampered_artifacts_are_refused_before_serving(tiny_artifacts, tmp_path)
 
 
 def test_stream_benchmark_measures_both_clients_and_realtime_capacity(tmp_path):
-    from serving.bench import run_bench
+    from twinserve.serving.bench import run_bench
 
     results = run_bench(tmp_path / "stream.json", presets=("tiny",), neurons=50, frames=20, realtime_limit=2,
                         realtime_frames=15)
@@ -214,7 +214,7 @@ def test_stream_benchmark_measures_both_clients_and_realtime_capacity(tmp_path):
 def test_async_client_streams_like_the_sync_one(served, default_mouse):
     import asyncio
 
-    from clients.stream import AsyncStreamClient
+    from twinserve.clients.stream import AsyncStreamClient
 
     server, artifacts, manifest = served
     recording = default_mouse[0].name
@@ -232,7 +232,7 @@ def test_async_client_streams_like_the_sync_one(served, default_mouse):
 
 
 def test_stream_cli_saves_responses_and_prints_latency(served, default_mouse, tmp_path, capsys):
-    from clients.cli import main as twin
+    from twinserve.cli import main as twin
 
     server, artifacts, manifest = served
     recording = default_mouse[0].name

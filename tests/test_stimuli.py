@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from clients.library import Library, save_library
-from clients.stimuli import (directional_pink_noise, drifting_gabor, drifting_grating, flashing_dots, grating_set,
+from twinserve.clients.library import Library, save_library
+from twinserve.clients.stimuli import (directional_pink_noise, drifting_gabor, drifting_grating, flashing_dots, grating_set,
                              random_dot_kinematogram)
 
 
@@ -60,7 +60,7 @@ def test_libraries_of_video_files_and_hdf5(tmp_path):
     import h5py
     import imageio.v3 as iio
 
-    from clients.library import StimulusError
+    from twinserve.clients.library import StimulusError
 
     movie = drifting_grating(0, frames=20).astype(np.uint8)
     (tmp_path / "videos").mkdir()
@@ -86,7 +86,7 @@ def test_libraries_of_video_files_and_hdf5(tmp_path):
 
 
 def test_stimuli_command_writes_every_standard_set(tmp_path):
-    from clients.cli import main as twin
+    from twinserve.cli import main as twin
 
     for kind in ("gratings", "gabors", "monet", "dots", "kinematograms"):
         assert twin(["stimuli", kind, "--out", str(tmp_path / kind)]) == 0

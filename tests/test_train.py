@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from clients.cli import main as twin
-from training.checkpoint import load_run
-from training.data import Recording
-from training.positions import readout_positions
-from training.train import train
+from twinserve.cli import main as twin
+from twinserve.training.checkpoint import load_run
+from twinserve.training.data import Recording
+from twinserve.training.positions import readout_positions
+from twinserve.training.train import train
 
 from other_simulator import write_other_recording
 

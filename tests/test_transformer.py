@@ -8,16 +8,16 @@ import pytest
 import torch
 import tritonclient.grpc as grpc
 
-from clients.cli import main as twin
-from clients.stream import StreamClient
-from export.graphs import StepGraph
-from export.onnx_export import cpu_session, export_twin, random_inputs, relative_error, stream
-from serving.repository import model_names, write_repository
-from serving.server import Ports, TritonServer
-from training.data import Recording
-from training.model import Twin
-from training.presets import PRESETS
-from training.transformer import TemporalAttention, rotate, use_fused_attention
+from twinserve.cli import main as twin
+from twinserve.clients.stream import StreamClient
+from twinserve.export.graphs import StepGraph
+from twinserve.export.onnx_export import cpu_session, export_twin, random_inputs, relative_error, stream
+from twinserve.serving.repository import model_names, write_repository
+from twinserve.serving.server import Ports, TritonServer
+from twinserve.training.data import Recording
+from twinserve.training.model import Twin
+from twinserve.training.presets import PRESETS
+from twinserve.training.transformer import TemporalAttention, rotate, use_fused_attention
 
 
 def _twin(preset="vit-tiny", seed=0):
@@ -163,7 +163,7 @@ def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(small_mou
 def test_streamed_frame_arithmetic_matches_pytorchs_flop_counter():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from export.bench import transformer_flops
+    from twinserve.export.bench import transformer_flops
 
     model = _twin("vit-small")
     use_fused_attention(model, False)  # written out, so the counter sees the attention's matrix products

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from training.virtual_mouse import synthesize
+from twinserve.training.virtual_mouse import synthesize
 
 KEYS = ("videos", "responses", "behavior", "pupil_center")
 TIER_COUNTS = {"train": 36, "oracle": 60, "live_test_main": 20, "final_test_main": 20,
@@ -213,7 +213,7 @@ def test_truth_is_consistent(recordings):
 
 
 def test_tuning_matches_rendered_gratings():
-    from training.virtual_mouse import behavior, neurons, stimuli, tuning
+    from twinserve.training.virtual_mouse import behavior, neurons, stimuli, tuning
     rng = np.random.default_rng(0)
     pop = neurons.sample_population(rng, 12, behavior.sample_animal(rng).eye_center)
     truth = tuning.true_tuning(pop)
@@ -229,7 +229,7 @@ def test_tuning_matches_rendered_gratings():
 
 
 def test_grating_drifts_toward_convention():
-    from training.virtual_mouse.stimuli import drifting_grating
+    from twinserve.training.virtual_mouse.stimuli import drifting_grating
     up = drifting_grating(90.0, 16.0, 30 / 16, 2)  # 1 px per frame; 90° = upward = toward row 0
     assert np.allclose(up[1, :-1], up[0, 1:])
     assert np.allclose(up[0], up[0, :, :1])  # horizontal bars: constant along each row
@@ -238,7 +238,7 @@ def test_grating_drifts_toward_convention():
 
 
 def test_imaging_is_causal_and_unbiased():
-    from training.virtual_mouse import imaging
+    from twinserve.training.virtual_mouse import imaging
     rng = np.random.default_rng(0)
     rates = rng.gamma(2.0, 2.0, (1, 300, 4)).astype(np.float32)
     tau, mean_rate, noise = np.full(4, 0.3), np.full(4, 4.0), np.full(4, 0.5, np.float32)

@@ -43,7 +43,7 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
     import torch
     from tqdm import tqdm
 
-    from training.checkpoint import load_run
+    from twinserve.training.checkpoint import load_run
 
     twin, _ = load_run(run)
     twin.eval().requires_grad_(False)

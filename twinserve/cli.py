@@ -7,8 +7,8 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("training.cli", "export.cli", "serving.cli", "clients.stream_cli", "clients.score_cli",
-                   "clients.experiments.cli", "clients.demo")
+COMMAND_MODULES = ("twinserve.training.cli", "twinserve.export.cli", "twinserve.serving.cli", "twinserve.clients.stream_cli", "twinserve.clients.score_cli",
+                   "twinserve.clients.experiments.cli", "twinserve.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ def held_out_trial(recording):
 def plot_stream(recorded: np.ndarray, streamed: np.ndarray, latencies_ms: np.ndarray, neurons: list[int],
                 warmup: int, path: Path, title: str) -> None:
     """Recorded vs streamed traces (T, N) for a few neurons, and the per-frame latency histogram."""
-    from .experiments.common import pyplot
+    from twinserve.clients.experiments.common import pyplot
 
     plt = pyplot()
 
@@ -49,14 +49,14 @@ def plot_stream(recorded: np.ndarray, streamed: np.ndarray, latencies_ms: np.nda
 
 
 def run_demo(out: str | Path, minutes: float | None = None) -> dict:
-    from export.onnx_export import export_run
-    from serving.repository import model_names, write_repository
-    from serving.server import Ports, TritonServer
-    from training.data import Recording
-    from training.demo import run_training_demo
-    from training.metrics import pearson
+    from twinserve.export.onnx_export import export_run
+    from twinserve.serving.repository import model_names, write_repository
+    from twinserve.serving.server import Ports, TritonServer
+    from twinserve.training.data import Recording
+    from twinserve.training.demo import run_training_demo
+    from twinserve.training.metrics import pearson
 
-    from .stream import StreamClient
+    from twinserve.clients.stream import StreamClient
 
     out = Path(out)
     results = run_training_demo(out, minutes=minutes, stages=6)
