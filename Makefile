@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(VENV)/bin/twin demo --out demo
 
+# Import rules first (lint-imports over the installed layout), then the tests; benchmarks (`slow`) stay out.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) tests/import_rules.py
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo

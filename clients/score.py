@@ -1,13 +1,15 @@
 """`twin score`: every stimulus of a library through a served clip model, into a Zarr store.
 
     STORE/responses    (stimuli, T', N) float32, one chunk per stimulus; NaN past a stimulus's end
-    STORE/frames       (stimuli,) output frames of each stimulus (T - R + 1), 0 where not scored
+    STORE/frames       (stimuli,) output frames of each stimulus (T - offset), 0 where not scored
     STORE/neuron_ids   (N,) the recording's unit ids
-    STORE attributes   model, library, stimuli (names, in row order), receptive_field
+    STORE attributes   model, library, stimuli (names, in row order), receptive_field (null: unbounded)
     STORE/scored.txt   names whose rows are complete, appended after each row is written
     STORE/failed.txt   names that could not be scored, with the reason
 
-Output frame j of a stimulus predicts its input frame j + R - 1. Many requests are kept in flight so
+Output frame j of a stimulus predicts its input frame j + offset (offset = R - 1 for a receptive
+field of R frames, 0 for unbounded memory), so a stimulus needs at least offset + 1 frames; its
+frames must have the served model's frame shape. Many requests are kept in flight so
 the server's dynamic batcher fills. A stimulus is listed in `scored.txt` only after its row is
 written, so a killed run, started again, skips what is done and redoes at most the rows in flight.
 """
@@ -23,32 +25,38 @@ import numpy as np
 import tritonclient.grpc as grpc
 from tritonclient.utils import InferenceServerException
 
+from twinserve.contract import (BEHAVIOR, PUPIL_CENTER, RESPONSES, VIDEO, VIDEO_UINT8, ModelParameters,
+                                describe_memory)
+
 from .library import Library, StimulusError
 from .stream import connection_lost
 
 DONE, FAILED = "scored.txt", "failed.txt"
 
 
-def model_parameters(client: grpc.InferenceServerClient, model: str) -> dict[str, str]:
-    """The served model's config parameters (receptive field, unit ids, behaviour means)."""
+def model_parameters(client: grpc.InferenceServerClient, model: str) -> ModelParameters:
+    """The served model's parameters (receptive field, frame shape, unit ids, behaviour means)."""
     try:
         config = client.get_model_config(model, as_json=True)["config"]
     except InferenceServerException as error:
         raise ValueError(f"model {model!r}: {error.message()}") from None
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    try:
+        return ModelParameters.from_model_config(config)
+    except ValueError as error:
+        raise ValueError(f"model {model!r}: {error}") from None
 
 
 class ScoreStore:
     """The Zarr store of one scoring run; reopening it for the same model and library resumes it."""
 
-    def __init__(self, path: str | Path, model: str, library: Library, lengths: dict[str, int], params: dict):
+    def __init__(self, path: str | Path, model: str, library: Library, lengths: dict[str, int],
+                 params: ModelParameters):
         import zarr
 
         self.path, self.names = Path(path), library.names
-        receptive_field = int(params["receptive_field"])
-        unit_ids = np.array(params["unit_ids"].split(","), dtype=np.int64)
+        unit_ids = np.array(params.unit_ids, dtype=np.int64)
         identity = {"model": model, "library": str(library.path.resolve()), "stimuli": self.names,
-                    "receptive_field": receptive_field}
+                    "receptive_field": params.receptive_field}
         if (self.path / "zarr.json").is_file():
             self.group = zarr.open_group(self.path, mode="r+")
             found = {k: self.group.attrs.get(k) for k in identity}
@@ -57,7 +65,7 @@ class ScoreStore:
                 raise ValueError(f"{self.path}: holds scores of a different run ({', '.join(changed)} differ); "
                                  "choose another --out")
         else:
-            longest = max([n - receptive_field + 1 for n in lengths.values()] + [1])
+            longest = max([n - params.offset for n in lengths.values()] + [1])
             self.group = zarr.open_group(self.path, mode="w-")
             self.group.create_array("responses", shape=(len(self.names), longest, len(unit_ids)),
                                     chunks=(1, longest, len(unit_ids)), dtype="float32", fill_value=np.nan)
@@ -94,15 +102,17 @@ def _deliver(results: queue.Queue, name: str, result, error) -> None:
     results.put((name, result, error))
 
 
-def clip_inputs(stimulus, params: dict) -> list[grpc.InferInput]:
+def clip_inputs(stimulus, params: ModelParameters) -> list[grpc.InferInput]:
+    """One clip request: video (1, T, H, W) as UINT8 or FP32, behavior and pupil_center (1, T, 2), the
+    recording's means where the stimulus has none."""
     video = stimulus.video
     frames = len(video)
-    defaults = {k: np.array(params[f"{k}_mean"].split(","), np.float32) for k in ("behavior", "pupil_center")}
     as_bytes = video.dtype == np.uint8
-    arrays = [("video_uint8", video, "UINT8") if as_bytes else ("video", video.astype(np.float32), "FP32")]
-    for key in ("behavior", "pupil_center"):
-        value = getattr(stimulus, key)
-        arrays.append((key, np.tile(defaults[key], (frames, 1)) if value is None else value.astype(np.float32), "FP32"))
+    arrays = [(VIDEO_UINT8, video, "UINT8") if as_bytes else (VIDEO, video.astype(np.float32), "FP32")]
+    for name, value, mean in ((BEHAVIOR, stimulus.behavior, params.behavior_mean),
+                              (PUPIL_CENTER, stimulus.pupil_center, params.pupil_center_mean)):
+        arrays.append((name, np.tile(np.array(mean, np.float32), (frames, 1)) if value is None
+                       else value.astype(np.float32), "FP32"))
     tensors = []
     for name, array, dtype in arrays:
         tensors.append(grpc.InferInput(name, [1, *array.shape], dtype))
@@ -121,17 +131,18 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
 
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
-    library = Library(library)
     client = grpc.InferenceServerClient(url)
     params = model_parameters(client, model)
-    receptive_field = int(params["receptive_field"])
+    library = Library(library, params.frame_shape)  # stimuli are checked against the served frame shape
+    shortest = params.offset + 1
     failed: dict[str, str] = {}
     lengths = {}
     for name in library.names:  # lengths first: the store's time axis fits the longest stimulus
         try:
             lengths[name] = library.frames(name)
-            if lengths[name] < receptive_field:
-                raise StimulusError(f"{name}: {lengths[name]} frames, fewer than the receptive field {receptive_field}")
+            if lengths[name] < shortest:
+                raise StimulusError(f"{name}: {lengths[name]} frames, fewer than the {shortest} the model needs "
+                                    f"(receptive field {describe_memory(params.receptive_field)})")
         except StimulusError as error:
             failed[name] = str(error)
     store = ScoreStore(out, model, library, lengths, params)
@@ -169,7 +180,7 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
             store.fail(name, failed[name])
             stop = stop or (failed[name] if on_error == "stop" else None)
         else:
-            responses = result.as_numpy("responses")[0]
+            responses = result.as_numpy(RESPONSES)[0]
             store.write(name, responses)
             frames += lengths[name]
         bar.update()

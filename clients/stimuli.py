@@ -1,6 +1,8 @@
-"""Seeded, parameterised stimuli at the twin's resolution (36×64) and frame rate (30 fps).
+"""Seeded, parameterised stimuli at the default frame shape and the frame rate of the contract
+(`contract.DEFAULT_FRAME_SHAPE` = (HEIGHT, WIDTH), `contract.FPS`).
 
-Every generator returns frames `(T, 36, 64)` float32 display values in [0, 255] (grey 128).
+Every generator returns frames `(T, HEIGHT, WIDTH)` float32 display values in `contract.PIXEL_RANGE`
+around `contract.GREY`.
 Row 0 is the top of the screen. Angles follow the virtual mouse: a direction θ (degrees) is motion
 toward `(cos θ, −sin θ)` in (column, row) coordinates — 0° rightward, 90° upward — and a grating
 drifting in direction θ has bars perpendicular to it. `*_set` functions build whole libraries:
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-HEIGHT, WIDTH, FPS = 36, 64, 30
-GREY, AMPLITUDE = 128.0, 127.0
+from twinserve.contract import DEFAULT_FRAME_SHAPE, FPS, GREY, PIXEL_RANGE
+
+HEIGHT, WIDTH = DEFAULT_FRAME_SHAPE
+AMPLITUDE = PIXEL_RANGE[1] - GREY  # the largest deviation from grey that stays in range
+CENTRE = ((WIDTH - 1) / 2, (HEIGHT - 1) / 2)  # (column, row) of the screen's centre
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +25,7 @@ def _grid() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _display(frames: np.ndarray) -> np.ndarray:
-    return np.clip(frames, 0, 255).astype(np.float32)
+    return np.clip(frames, *PIXEL_RANGE).astype(np.float32)
 
 
 def _unit(direction_deg: float) -> tuple[float, float]:
@@ -39,7 +44,7 @@ def drifting_grating(direction_deg: float, period_px: float = 16.0, tf_hz: float
     return _display(GREY + contrast * AMPLITUDE * np.cos(spatial[None] - temporal[:, None, None] + phase))
 
 
-def drifting_gabor(direction_deg: float, center: tuple[float, float] = (31.5, 17.5), sigma_px: float = 6.0,
+def drifting_gabor(direction_deg: float, center: tuple[float, float] = CENTRE, sigma_px: float = 6.0,
                    period_px: float = 12.0, tf_hz: float = 2.0, frames: int = 60, contrast: float = 1.0) -> np.ndarray:
     """A drifting grating under a Gaussian window centred at `center` = (column, row)."""
     rows, cols = _grid()
@@ -106,7 +111,7 @@ def random_dot_kinematogram(coherence: float = 1.0, motion: str = "translation",
     coherent = rng.random(dots) < coherence
     random_angle = rng.uniform(0, 2 * np.pi, dots)
     step = speed_px_per_s / FPS
-    centre = np.array([(WIDTH - 1) / 2, (HEIGHT - 1) / 2])
+    centre = np.array(CENTRE)
     rows, cols = _grid()
     movie = np.full((frames, HEIGHT, WIDTH), GREY)
     for t in range(frames):
@@ -154,7 +159,7 @@ def pink_noise_set(count: int = 16, frames: int = 60, seed: int = 0) -> tuple[di
     return stimuli, parameters
 
 
-def gabor_set(count: int = 16, center: tuple[float, float] = (31.5, 17.5), sigma_px: float = 6.0,
+def gabor_set(count: int = 16, center: tuple[float, float] = CENTRE, sigma_px: float = 6.0,
               period_px: float = 12.0, tf_hz: float = 2.0, frames: int = 60) -> tuple[dict, dict]:
     """One drifting Gabor patch per direction at one position."""
     stimuli, parameters = {}, {}

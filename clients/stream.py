@@ -1,16 +1,25 @@
 """Stream frames to a twin's stream model over gRPC and get per-neuron responses per frame.
 
     with StreamClient("localhost:8001", "mouse-0_stream") as stream:
-        for responses in stream.run(video, behavior, pupil_center):   # video (T, 36, 64)
+        for responses in stream.run(video, behavior, pupil_center):   # video (T, H, W)
             ...                                                         # responses (N,)
         print(stream.latency_summary())
 
-One stream is one Triton sequence. The first R - 1 responses of a stream are warm-up (R: the
-twin's receptive field, read from the model's config). The client keeps the last R - 1 frames it
-got answers for; if the server goes away mid-stream it waits for it to come back, opens a new
-sequence, replays those frames and carries on, so the outputs equal an uninterrupted run.
-A frame the server rejects (bad shape or dtype, NaN) raises `StreamError` and leaves the stream
-as it was: the next valid frame continues it. uint8 frames travel as UINT8, others as FP32.
+One stream is one Triton sequence. The client reads the model's `contract.ModelParameters` from
+its config; the first `offset` responses of a stream are warm-up (R - 1 for a receptive field of R
+frames, none for a twin with unbounded memory).
+
+If the server goes away mid-stream the client waits for it to come back, opens a new sequence,
+replays its history and carries on, so the outputs equal an uninterrupted run. The history is what
+rebuilds the server's state exactly: the last R - 1 answered frames for a finite receptive field,
+and every answered frame of the stream for unbounded memory (a recurrent state depends on all of
+them). That unbounded history grows by one frame per answer, H·W·4 bytes for FP32 frames (a
+quarter of that for uint8), about 1 GiB per hour at the default frame shape and rate, and the
+replay takes as long as the stream so far; a new stream starts from a blank state and an empty
+history.
+
+A frame the server rejects (bad shape or dtype, NaN) raises `StreamError` and leaves the stream as
+it was: the next valid frame continues it. uint8 frames travel as UINT8, others as FP32.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ import numpy as np
 import tritonclient.grpc as grpc
 from tritonclient.utils import InferenceServerException
 
+from twinserve.contract import BEHAVIOR, FRAME, FRAME_UINT8, PUPIL_CENTER, RESPONSES, ModelParameters
+
+REPLAY_IN_FLIGHT = 64  # replayed frames on the wire at once after a reconnect
 # gRPC statuses that mean the connection or the server is gone, not that the request was bad.
 CONNECTION_LOST = ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED")
 
@@ -58,8 +70,11 @@ class StreamClient:
         self._client, self._sequence, self._started = None, 0, False
         self._results: queue.Queue = queue.Queue()
         self._connect(wait=False)
-        self.receptive_field = int(self._parameters()["receptive_field"])
-        self.history: deque = deque(maxlen=self.receptive_field - 1)  # answered (frame, behavior, pupil)
+        self.parameters = ModelParameters.from_model_config(
+            self._client.get_model_config(self.model, as_json=True)["config"])
+        self.receptive_field, self.offset = self.parameters.receptive_field, self.parameters.offset
+        # Answered (frame, behavior, pupil): the last R - 1, or all of them for unbounded memory.
+        self.history: deque = deque(maxlen=None if self.receptive_field is None else self.offset)
 
     # --- public API -------------------------------------------------------------------------
     def send(self, frame: np.ndarray, behavior, pupil_center) -> np.ndarray:
@@ -154,25 +169,21 @@ class StreamClient:
                 pass
             self._client = None
 
-    def _parameters(self) -> dict[str, str]:
-        config = self._client.get_model_config(self.model, as_json=True)["config"]
-        return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-
     @property
     def default_behavior(self) -> tuple[np.ndarray, np.ndarray]:
         """The recording's mean behavior (2,) and pupil_center (2,), for streams without them."""
-        params = self._parameters()
-        return tuple(np.array(params[k].split(","), np.float32) for k in ("behavior_mean", "pupil_center_mean"))
+        return (np.array(self.parameters.behavior_mean, np.float32),
+                np.array(self.parameters.pupil_center_mean, np.float32))
 
     def _send(self, frame: tuple, end: bool = False) -> float:
         pixels, behavior, pupil = frame
         pixels = np.asarray(pixels)
         if pixels.dtype != np.uint8 and not np.issubdtype(pixels.dtype, np.floating):
             raise StreamError(f"frames must be uint8 or floating point raw pixel values, got {pixels.dtype}")
-        name, dtype = ("frame_uint8", "UINT8") if pixels.dtype == np.uint8 else ("frame", "FP32")
+        name, dtype = (FRAME_UINT8, "UINT8") if pixels.dtype == np.uint8 else (FRAME, "FP32")
         arrays = [(name, pixels if dtype == "UINT8" else pixels.astype(np.float32, copy=False), dtype),
-                  ("behavior", np.asarray(behavior, np.float32), "FP32"),
-                  ("pupil_center", np.asarray(pupil, np.float32), "FP32")]
+                  (BEHAVIOR, np.asarray(behavior, np.float32), "FP32"),
+                  (PUPIL_CENTER, np.asarray(pupil, np.float32), "FP32")]
         inputs = []
         for input_name, array, input_dtype in arrays:
             tensor = grpc.InferInput(input_name, [1, *array.shape], input_dtype)
@@ -193,19 +204,23 @@ class StreamClient:
             if connection_lost(error):
                 raise error
             return StreamError(f"{self.model}: {error.message() if hasattr(error, 'message') else error}")
-        return result.as_numpy("responses")[0]
+        return result.as_numpy(RESPONSES)[0]
 
     def _recover(self, unanswered: list) -> None:
-        """Reconnect, replay the kept frames into a new sequence, resend the unanswered ones."""
+        """Reconnect, replay the history into a new sequence (its answers are dropped: the server's
+        state is then what it was), resend the unanswered frames."""
         self._disconnect()
         self._connect(wait=True)
         self.reconnects += 1
-        for frame in self.history:
-            self._send(frame)
-        for _ in self.history:
-            answer = self._receive()
-            if isinstance(answer, StreamError):
-                raise answer
+        history = list(self.history)
+        for start in range(0, len(history), REPLAY_IN_FLIGHT):
+            window = history[start:start + REPLAY_IN_FLIGHT]
+            for frame in window:
+                self._send(frame)
+            for _ in window:
+                answer = self._receive()
+                if isinstance(answer, StreamError):
+                    raise answer
         for frame in unanswered:
             self._send(frame)
 

@@ -1,18 +1,19 @@
-"""`twin stream`: stream a video through a served twin, print the latency summary, save the responses."""
+"""`twin stream`: stream a video through a served twin, save the responses, return the latency summary
+(printed as JSON on stdout by `twinserve.cli`; progress and prose on stderr)."""
 
 from __future__ import annotations
 
-import json
+import sys
 
 import numpy as np
 
 
-def _stream(args) -> int:
+def _stream(args) -> dict:
     from .library import read_video
     from .stream import StreamClient
 
     with StreamClient(args.url, args.model) as client:
-        video = read_video(args.video)
+        video = read_video(args.video, client.parameters.frame_shape)
         behavior, pupil = client.default_behavior
         behavior = np.load(args.behavior) if args.behavior else np.tile(behavior, (len(video), 1))
         pupil = np.load(args.pupil_center) if args.pupil_center else np.tile(pupil, (len(video), 1))
@@ -21,15 +22,15 @@ def _stream(args) -> int:
         responses = np.stack(list(tqdm(client.run(video, behavior, pupil), total=len(video), unit="frame",
                                        disable=args.quiet)))
         summary = {"model": args.model, "frames": len(video), "neurons": responses.shape[1],
-                   "warmup_frames": client.receptive_field - 1, "reconnects": client.reconnects,
+                   "warmup_frames": client.offset, "reconnects": client.reconnects,
                    "latency": client.latency_summary()}
     np.save(args.out, responses)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out} (frames × neurons; the first {summary['warmup_frames']} frames are warm-up)")
-    return 0
+    print(f"wrote {args.out} (frames × neurons; the first {summary['warmup_frames']} frames are warm-up)",
+          file=sys.stderr)
+    return {**summary, "out": str(args.out)}
 
 
-def register(commands, benchmarks) -> None:
+def register(commands) -> None:
     stream = commands.add_parser("stream", help="stream a video through a served twin, frame by frame")
     stream.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
     stream.add_argument("--model", required=True, help="stream model, e.g. <recording>_stream")

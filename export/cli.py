@@ -1,56 +1,40 @@
-"""`twin export`: ONNX graphs (and TensorRT engines) + manifest from a trained run (imports torch only when run)."""
+"""`twin export`: ONNX graphs (and TensorRT engines) + manifest from a trained run (imports torch only when run).
+
+The handler returns a summary (printed as JSON on stdout by `twinserve.cli`); prose goes to stderr.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from twinserve.training.presets import PRESETS
 
-EXIT_UNAVAILABLE = 3  # the requested runtime (TensorRT, a GPU) is not on this machine
-
-
-def _export(args) -> int:
+def _export(args) -> dict:
     from .onnx_export import export_run
-    from .tensorrt import TensorRTUnavailable, export_engines, require_tensorrt
+    from .tensorrt import export_engines, require_tensorrt
 
-    try:
-        if args.format == "tensorrt":
-            require_tensorrt()  # before writing anything
-        manifest = export_run(args.run, args.out, args.attention)
-        if args.format == "tensorrt":
-            manifest = export_engines(args.out, args.precision)
-    except TensorRTUnavailable as error:
-        print(f"twin export: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    for recording, entry in manifest["recordings"].items():
-        for graph, spec in entry["graphs"].items():
-            counts = spec.get("op_counts")
-            nodes = f", {sum(counts.values())} nodes, BatchNormalization: {counts.get('BatchNormalization', 0)}" \
-                if counts else ""
-            print(f"{args.out}/{spec['file']}: parity {max(spec['parity'].values()):.1e}{nodes}")
-    if "attention" in manifest:
-        print(f"attention: {manifest['attention']['form']}"
-              + (f" ({manifest['attention']['reason']})" if manifest["attention"]["reason"] else ""))
-    print(f"wrote {args.out}/manifest.json")
-    return 0
-
-
-def _bench(args) -> None:
-    from .bench import run_bench
-
-    results = run_bench(args.out, presets=args.presets, neurons=args.neurons)
-    for preset, result in results["presets"].items():
-        print(f"{preset} (receptive field {result['receptive_field']}, "
-              f"state {result['state_bytes_per_stream'] / 1e6:.1f} MB per stream)")
-        for name, path in result["paths"].items():
-            print(f"  {name:<28}{path['output_frames_per_s']:9.1f} output frames/s  {path['gflops']:6.1f} GFLOP/s "
-                  f"({100 * path['fraction_of_matmul_rate']:.0f}% of matmul)")
-        for name, value in result["ratios"].items():
-            print(f"  {name:<40}{value:6.2f}")
-    print(f"wrote {args.out}")
+    if args.format == "tensorrt":
+        require_tensorrt()  # before writing anything; raises Unavailable (exit 3) without TensorRT or a GPU
+    manifest = export_run(args.run, args.out, args.attention)
+    if args.format == "tensorrt":
+        manifest = export_engines(args.out, args.precision)
+    graphs = {}
+    for recording, entry in manifest.recordings.items():
+        for name, graph in entry.graphs.items():
+            counts = graph.details.get("op_counts")
+            graphs[f"{recording}/{name}"] = {"file": graph.file, "parity": max(graph.parity.values()),
+                                             **({"nodes": sum(counts.values())} if counts else {})}
+            print(f"{args.out}/{graph.file}: parity {max(graph.parity.values()):.1e}"
+                  + (f", {sum(counts.values())} nodes, BatchNormalization: {counts.get('BatchNormalization', 0)}"
+                     if counts else ""), file=sys.stderr)
+    if manifest.attention:
+        print(f"attention: {manifest.attention['form']}"
+              + (f" ({manifest.attention['reason']})" if manifest.attention["reason"] else ""), file=sys.stderr)
+    print(f"wrote {args.out}/manifest.json", file=sys.stderr)
+    return {"manifest": f"{args.out}/manifest.json", "core": manifest.core, "receptive_field": manifest.receptive_field,
+            "graphs": graphs}
 
 
-def register(commands, benchmarks) -> None:
+def register(commands) -> None:
     export = commands.add_parser("export", help="export a trained twin as ONNX graphs with a manifest")
     export.add_argument("--run", required=True, help="run directory written by `twin train`")
     export.add_argument("--out", required=True, help="artifacts folder")
@@ -59,12 +43,6 @@ def register(commands, benchmarks) -> None:
     export.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp16",
                         help="TensorRT engine precision (default fp16)")
     export.add_argument("--attention", choices=["fused", "decomposed"], default="fused",
-                        help="transformer twins: one ONNX Attention node per attention (default), or written out "
+                        help="twins with attention: one ONNX Attention node per attention (default), or written out "
                              "as matrix products for runtimes without it")
     export.set_defaults(handler=_export)
-
-    bench = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")
-    bench.add_argument("--out", default="benchmarks/results/export.json")
-    bench.add_argument("--presets", nargs="+", default=["base", "vit-base"], choices=sorted(PRESETS))
-    bench.add_argument("--neurons", type=int, default=8000)
-    bench.set_defaults(handler=_bench)

@@ -16,18 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from twinserve.training.checkpoint import write_json
+from twinserve.contract import CLIP_INPUTS
+from twinserve.errors import Unavailable
 
-from .manifest import MANIFEST, read_manifest, sha256, verified_path
-from .onnx_export import INPUTS, cpu_session, random_inputs, relative_error, step_parity
+from .manifest import GraphEntry, Manifest, read_manifest, sha256, verified_path
+from .onnx_export import cpu_session, random_inputs, relative_error, step_parity
 
 # Max relative error vs the ONNX graph. fp32 builds have TF32 switched off; fp16 and bf16 keep
 # 11 and 8 significant bits through 6 convolutions and the readout.
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 
 
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT or a CUDA GPU is missing on this machine."""
+class TensorRTUnavailable(Unavailable):
+    """TensorRT or a CUDA GPU is missing on this machine (exit code 3 from the command line)."""
 
 
 def require_tensorrt():
@@ -102,31 +103,32 @@ def build_engine(tensorrt, onnx_path: Path, precision: str, profile: dict[str, t
     return bytes(serialized)
 
 
-def profiles(graph: dict, receptive_field: int, max_batch: int, max_frames: int, max_streams: int, kind: str):
-    """(min, opt, max) shapes per input of a manifest graph entry: clips over batch and time, steps over streams."""
+def profiles(graph: GraphEntry, offset: int, max_batch: int, max_frames: int, max_streams: int, kind: str):
+    """(min, opt, max) shapes per input of a manifest graph entry: clips over batch and time (at least
+    offset + 1 frames), steps over streams."""
     result = {}
-    for spec in graph["inputs"]:
-        rest = spec["shape"][2 if kind == "clip" else 1:]  # fixed dims after batch (and time)
+    for spec in graph.inputs:
+        rest = spec.shape[2 if kind == "clip" else 1:]  # fixed dims after batch (and time)
         if kind == "clip":
-            result[spec["name"]] = tuple((b, t, *rest) for b, t in
-                                         [(1, receptive_field), (1, 300), (max_batch, max_frames)])
+            result[spec.name] = tuple((b, t, *rest) for b, t in [(1, offset + 1), (1, 300), (max_batch, max_frames)])
         else:
-            result[spec["name"]] = tuple((b, *rest) for b in (1, min(16, max_streams), max_streams))
+            result[spec.name] = tuple((b, *rest) for b in (1, min(16, max_streams), max_streams))
     return result
 
 
-def clip_engine_parity(engine: EngineSession, reference, cases=((1, 40), (4, 64))) -> dict[str, float]:
+def clip_engine_parity(engine: EngineSession, reference, frame_shape: tuple[int, int],
+                       cases=((1, 40), (4, 64))) -> dict[str, float]:
     """Relative error of the clip engine vs the ONNX clip graph on random clips, per (batch, frames)."""
     errors = {}
     for batch, frames in cases:
-        feeds = dict(zip(INPUTS, random_inputs(batch, frames, seed=batch + frames)))
+        feeds = dict(zip(CLIP_INPUTS, random_inputs(batch, frames, frame_shape, seed=batch + frames)))
         errors[f"batch{batch}_frames{frames}"] = relative_error(engine.run(None, feeds)[0],
                                                                 reference.run(None, feeds)[0])
     return errors
 
 
 def export_engines(artifacts: str | Path, precision: str, max_batch: int = 8, max_frames: int = 600,
-                   max_streams: int = 64) -> dict:
+                   max_streams: int = 64) -> Manifest:
     """Build and check `clip` and `step` engines for every recording of an ONNX artifacts folder;
     adds `clip_tensorrt_<precision>` / `step_tensorrt_<precision>` entries to its manifest."""
     if precision not in TOLERANCES:
@@ -134,30 +136,30 @@ def export_engines(artifacts: str | Path, precision: str, max_batch: int = 8, ma
     tensorrt = require_tensorrt()
     artifacts = Path(artifacts)
     manifest = read_manifest(artifacts)
-    receptive_field = manifest["receptive_field"]
-    for recording, entry in manifest["recordings"].items():
+    frame_shape = tuple(manifest.frame_shape)
+    for recording, entry in manifest.recordings.items():
         clip_onnx, step_onnx = (verified_path(artifacts, recording, g) for g in ("clip", "step"))
         sessions = {}
         for kind, onnx_path in (("clip", clip_onnx), ("step", step_onnx)):
-            graph = entry["graphs"][kind]
+            graph = entry.graphs[kind]
             serialized = build_engine(tensorrt, onnx_path, precision,
-                                      profiles(graph, receptive_field, max_batch, max_frames, max_streams, kind))
+                                      profiles(graph, manifest.offset, max_batch, max_frames, max_streams, kind))
             path = onnx_path.with_name(f"{kind}.{precision}.plan")
             path.write_bytes(serialized)
             sessions[kind] = (EngineSession(tensorrt, serialized), path, graph)
         reference = cpu_session(clip_onnx)
-        state_shapes = [tuple(s["shape"][1:]) for s in entry["graphs"]["step"]["inputs"] if s["name"].startswith("state_")]
-        parity = {"clip": clip_engine_parity(sessions["clip"][0], reference),
-                  "step": step_parity(reference, sessions["step"][0], state_shapes, receptive_field)}
+        state_shapes = [spec.fixed_shape for spec in entry.graphs["step"].states]
+        parity = {"clip": clip_engine_parity(sessions["clip"][0], reference, frame_shape),
+                  "step": step_parity(reference, sessions["step"][0], state_shapes, manifest.offset, frame_shape)}
         for kind, (_, path, graph) in sessions.items():
             worst = max(parity[kind].values())
             if worst > TOLERANCES[precision]:
                 raise RuntimeError(f"{path}: differs from the ONNX graph by {worst:.2e} (relative), above the "
                                    f"{precision} tolerance {TOLERANCES[precision]:.0e}")
-            entry["graphs"][f"{kind}_tensorrt_{precision}"] = {
-                "file": path.relative_to(artifacts).as_posix(), "sha256": sha256(path), "format": "tensorrt",
-                "precision": precision, "inputs": graph["inputs"], "outputs": graph["outputs"],
-                "parity": parity[kind], "parity_against": "ONNX clip graph on ONNX Runtime", "tolerance":
-                TOLERANCES[precision], "tensorrt": tensorrt.__version__}
-    write_json(artifacts / MANIFEST, manifest)
+            entry.graphs[f"{kind}_tensorrt_{precision}"] = GraphEntry(
+                path.relative_to(artifacts).as_posix(), sha256(path), graph.inputs, graph.outputs, parity[kind],
+                "ONNX clip graph on ONNX Runtime", {"format": "tensorrt", "precision": precision,
+                                                    "tolerance": TOLERANCES[precision],
+                                                    "tensorrt": tensorrt.__version__})
+    manifest.write(artifacts)
     return manifest

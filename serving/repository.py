@@ -1,114 +1,160 @@
 """A Triton model repository from an artifacts folder: per recording a stream model and a clip model.
 
-    REPO/<recording>_stream   step graph, sequence batcher (one execution for many streams)
-    REPO/<recording>_clip     clip graph, dynamic batcher (clips of equal length run together)
+    REPO/.twinserve-repository   marker: this folder was written by twinserve and may be replaced
+    REPO/<recording>_stream      step graph, sequence batcher (one execution for many streams)
+    REPO/<recording>_clip        clip graph, dynamic batcher (clips of equal length run together)
 
 Both are Python-backend models (`serving.models`) running the ONNX graphs with ONNX Runtime inside
 this project's environment; the artifacts are read in place and checked against the manifest's
-sha256 here and again when the server loads them. Video frames are accepted as FP32 (`frame`,
-`video`) or UINT8 (`frame_uint8`, `video_uint8`): send exactly one of the two.
+sha256 here and again when the server loads them. What the models and their clients need (receptive
+field, frame shape, unit ids, behaviour means, …) travels as `contract.ModelParameters` in the
+config's `parameters`. Video frames are accepted as FP32 (`frame`, `video`) or UINT8 (`frame_uint8`,
+`video_uint8`): send exactly one of the two.
+
+Shapes in the configs (batch dimension left out): frame (H, W), video (T, H, W), behavior (2,) or
+(T, 2), pupil_center (2,) or (T, 2) → responses (N,) or (T - offset, N); H, W from the manifest.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from pathlib import Path
 
-from twinserve.export.manifest import verify_all
+from twinserve.contract import (BEHAVIOR, BEHAVIOR_CHANNELS, FRAME, FRAME_UINT8, PUPIL_CENTER, PUPIL_CHANNELS,
+                                RESPONSES, VIDEO, VIDEO_UINT8, ModelParameters, model_names)
+from twinserve.export.manifest import Manifest, verify_all
 
-STREAM_TEMPLATE = """\
-name: "{name}"
+MARKER = ".twinserve-repository"
+# Control tensors of the stream model's sequence batcher (Triton's names, read by `serving.models`).
+START, END, CORRID = "START", "END", "CORRID"
+MODEL_PY = "from twinserve.serving.models import {cls} as TritonPythonModel  # noqa: F401\n"
+MODEL_CLASSES = {"stream": "StreamModel", "clip": "ClipModel"}
+
+
+def quoted(text: str) -> str:
+    """`text` as a double-quoted protobuf text-format string (backslash, quotes and control
+    characters escaped; other characters, UTF-8 included, kept)."""
+    escapes = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(escapes.get(c, f"\\{ord(c):03o}" if ord(c) < 0x20 else c) for c in str(text)) + '"'
+
+
+def _tensor(name: str, data_type: str, dims: tuple, optional: bool = False) -> str:
+    flag = ", optional: true" if optional else ""
+    return f"{{ name: {quoted(name)}, data_type: {data_type}, dims: [ {', '.join(map(str, dims))} ]{flag} }}"
+
+
+def _tensors(specs: list[str], indent: str = "") -> str:
+    return f"[\n{indent}  " + f",\n{indent}  ".join(specs) + f"\n{indent}]"
+
+
+def _inputs(pixels: tuple[str, str], time: tuple, frame_shape: tuple[int, int]) -> str:
+    """The input block: pixels as FP32 or UINT8 (one of them), behavior, pupil_center; `time` is ()
+    for a frame or (-1,) for a clip."""
+    return _tensors([_tensor(pixels[0], "TYPE_FP32", (*time, *frame_shape), optional=True),
+                     _tensor(pixels[1], "TYPE_UINT8", (*time, *frame_shape), optional=True),
+                     _tensor(BEHAVIOR, "TYPE_FP32", (*time, BEHAVIOR_CHANNELS)),
+                     _tensor(PUPIL_CENTER, "TYPE_FP32", (*time, PUPIL_CHANNELS))])
+
+
+def _parameters(parameters: ModelParameters) -> str:
+    return "\n".join(f"parameters: {{ key: {quoted(key)}, value: {{ string_value: {quoted(value)} }} }}"
+                     for key, value in parameters.encode().items())
+
+
+def stream_config(name: str, parameters: ModelParameters, max_streams: int, idle_us: int, delay_us: int) -> str:
+    """config.pbtxt of a stream model: frames of many sequences batched into one step-graph call."""
+    controls = [f"{{ name: {quoted(name)}, control [ {{ kind: {kind}, {value} }} ] }}" for name, kind, value in (
+        (START, "CONTROL_SEQUENCE_START", "fp32_false_true: [ 0, 1 ]"),
+        (END, "CONTROL_SEQUENCE_END", "fp32_false_true: [ 0, 1 ]"),
+        (CORRID, "CONTROL_SEQUENCE_CORRID", "data_type: TYPE_UINT64"))]
+    return f"""\
+name: {quoted(name)}
 backend: "python"
 max_batch_size: {max_streams}
-input [
-  {{ name: "frame", data_type: TYPE_FP32, dims: [ {height}, {width} ], optional: true }},
-  {{ name: "frame_uint8", data_type: TYPE_UINT8, dims: [ {height}, {width} ], optional: true }},
-  {{ name: "behavior", data_type: TYPE_FP32, dims: [ 2 ] }},
-  {{ name: "pupil_center", data_type: TYPE_FP32, dims: [ 2 ] }}
-]
-output [ {{ name: "responses", data_type: TYPE_FP32, dims: [ {neurons} ] }} ]
+input {_inputs((FRAME, FRAME_UINT8), (), parameters.frame_shape)}
+output {_tensors([_tensor(RESPONSES, "TYPE_FP32", (parameters.neurons,))])}
 sequence_batching {{
   max_sequence_idle_microseconds: {idle_us}
   oldest {{ max_candidate_sequences: {max_streams}, max_queue_delay_microseconds: {delay_us} }}
-  control_input [
-    {{ name: "START", control [ {{ kind: CONTROL_SEQUENCE_START, fp32_false_true: [ 0, 1 ] }} ] }},
-    {{ name: "END", control [ {{ kind: CONTROL_SEQUENCE_END, fp32_false_true: [ 0, 1 ] }} ] }},
-    {{ name: "CORRID", control [ {{ kind: CONTROL_SEQUENCE_CORRID, data_type: TYPE_UINT64 }} ] }}
-  ]
+  control_input {_tensors(controls, indent="  ")}
 }}
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
-{parameters}
+{_parameters(parameters)}
 """
 
-CLIP_TEMPLATE = """\
-name: "{name}"
+
+def clip_config(name: str, parameters: ModelParameters, max_batch: int, delay_us: int) -> str:
+    """config.pbtxt of a clip model: clips of equal length batched into one clip-graph call."""
+    return f"""\
+name: {quoted(name)}
 backend: "python"
 max_batch_size: {max_batch}
-input [
-  {{ name: "video", data_type: TYPE_FP32, dims: [ -1, {height}, {width} ], optional: true }},
-  {{ name: "video_uint8", data_type: TYPE_UINT8, dims: [ -1, {height}, {width} ], optional: true }},
-  {{ name: "behavior", data_type: TYPE_FP32, dims: [ -1, 2 ] }},
-  {{ name: "pupil_center", data_type: TYPE_FP32, dims: [ -1, 2 ] }}
-]
-output [ {{ name: "responses", data_type: TYPE_FP32, dims: [ -1, {neurons} ] }} ]
+input {_inputs((VIDEO, VIDEO_UINT8), (-1,), parameters.frame_shape)}
+output {_tensors([_tensor(RESPONSES, "TYPE_FP32", (-1, parameters.neurons))])}
 dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
-{parameters}
+{_parameters(parameters)}
 """
 
-MODEL_PY = "from twinserve.serving.models import {cls} as TritonPythonModel  # noqa: F401\n"
+
+def recording_parameters(manifest: Manifest, artifacts: Path, recording: str, threads: int,
+                     max_clip_frames: int) -> ModelParameters:
+    """The parameters both models of a recording carry (and their clients read)."""
+    entry = manifest.recording(recording)
+    extra = {}
+    if sys.prefix != sys.base_prefix:  # a virtual environment: the backend stub runs inside it
+        extra["EXECUTION_ENV_PATH"] = Path(sys.prefix).as_posix()
+    return ModelParameters(recording=recording, receptive_field=manifest.receptive_field,
+                           frame_shape=tuple(manifest.frame_shape), unit_ids=tuple(entry.unit_ids),
+                           behavior_mean=tuple(entry.behavior_mean), pupil_center_mean=tuple(entry.pupil_center_mean),
+                           artifacts=artifacts.as_posix(), threads=threads, max_clip_frames=max_clip_frames,
+                           extra=extra)
 
 
-def model_names(recording: str) -> dict[str, str]:
-    """Triton model names of a recording: {"stream": ..., "clip": ...}."""
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", recording)
-    return {"stream": f"{base}_stream", "clip": f"{base}_clip"}
-
-
-def _parameters(values: dict[str, str]) -> str:
-    return "\n".join(f'parameters: {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in values.items())
+def prepare_folder(out: Path) -> None:
+    """Make `out` an empty folder holding only the marker. A new or empty folder is used; one that
+    holds the marker (written by twinserve) has its contents replaced; anything else is refused with
+    `FileExistsError` and left untouched. The folder itself is never deleted (`--repository .` is safe)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; choose a new or empty folder for the repository")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise FileExistsError(f"{out.resolve()}: not empty and not a model repository written by twinserve "
+                                  f"(no {MARKER} in it), so it is left untouched; choose a new or empty folder")
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("A Triton model repository written by twinserve; `twin serve` may replace it.\n")
 
 
 def write_repository(artifacts: str | Path, out: str | Path, max_streams: int = 64, idle_timeout_s: float = 60.0,
                      max_clip_batch: int = 8, queue_delay_us: int = 500, threads: int = 0,
                      max_clip_frames: int = 512) -> dict[str, dict]:
-    """Write the model repository → {model name: {"recording", "kind"}}. Refuses tampered artifacts.
+    """Write the model repository → {model name: {"recording", "kind"}}. Refuses tampered artifacts,
+    and an existing non-empty `out` that twinserve did not write (`prepare_folder`).
 
     threads: ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core).
-    max_clip_frames: input frames per clip-graph call; longer clips run in overlapping pieces.
+    max_clip_frames: input frames per clip-graph call; longer clips run in overlapping pieces when the
+    receptive field is finite, and are refused when the memory is unbounded.
     """
     artifacts, out = Path(artifacts).resolve(), Path(out)
     manifest = verify_all(artifacts)
-    if out.exists():
-        shutil.rmtree(out)
+    prepare_folder(out)
     models = {}
-    for recording, entry in manifest["recordings"].items():
-        step = entry["graphs"]["step"]
-        height, width = step["inputs"][0]["shape"][1:]
-        parameters = {"artifacts": artifacts.as_posix(), "recording": recording,
-                      "receptive_field": manifest["receptive_field"], "threads": threads,
-                      "max_clip_frames": max_clip_frames,
-                      "behavior_mean": ",".join(map(str, entry["behavior_mean"])),
-                      "pupil_center_mean": ",".join(map(str, entry["pupil_center_mean"])),
-                      "unit_ids": ",".join(map(str, entry["unit_ids"]))}
-        if sys.prefix != sys.base_prefix:  # a virtual environment: the backend stub runs inside it
-            parameters["EXECUTION_ENV_PATH"] = Path(sys.prefix).as_posix()
+    for recording in manifest.recordings:
+        parameters = recording_parameters(manifest, artifacts, recording, threads, max_clip_frames)
         names = model_names(recording)
-        configs = {
-            "stream": STREAM_TEMPLATE.format(name=names["stream"], max_streams=max_streams, height=height, width=width,
-                                             neurons=entry["neurons"], idle_us=int(idle_timeout_s * 1e6),
-                                             delay_us=queue_delay_us, parameters=_parameters(parameters)),
-            "clip": CLIP_TEMPLATE.format(name=names["clip"], max_batch=max_clip_batch, height=height, width=width,
-                                         neurons=entry["neurons"], delay_us=queue_delay_us,
-                                         parameters=_parameters(parameters)),
-        }
+        configs = {"stream": stream_config(names["stream"], parameters, max_streams, int(idle_timeout_s * 1e6),
+                                           queue_delay_us),
+                   "clip": clip_config(names["clip"], parameters, max_clip_batch, queue_delay_us)}
         for kind, config in configs.items():
             folder = out / names[kind]
             (folder / "1").mkdir(parents=True)
             (folder / "config.pbtxt").write_text(config)
-            model_class = "StreamModel" if kind == "stream" else "ClipModel"
-            (folder / "1" / "model.py").write_text(MODEL_PY.format(cls=model_class))
+            (folder / "1" / "model.py").write_text(MODEL_PY.format(cls=MODEL_CLASSES[kind]))
             models[names[kind]] = {"recording": recording, "kind": kind}
     return models

@@ -3,7 +3,6 @@
 import pytest
 
 from twinserve.cli import main as twin
-
 from twinserve.training.virtual_mouse import synthesize
 
 
@@ -36,12 +35,11 @@ def tiny_run(default_mouse, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tiny_run, tmp_path_factory):
-    """The tiny twin exported: (artifacts folder, manifest)."""
+    """The tiny twin exported: (artifacts folder, the `Manifest` that `export_run` returns)."""
     from twinserve.export.onnx_export import export_run
 
     out = tmp_path_factory.mktemp("artifacts")
     return out, export_run(tiny_run[0], out)
-
 
 
 IDLE_TIMEOUT_S = 3.0

@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from twinserve.training.data import LayoutError, Recording, open_recordings
+from twinserve.training.data import LayoutError, Recording, common_frame_shape, open_recordings
+from twinserve.training.train import train
 
 
 def test_reader_matches_files(small_mouse):
@@ -92,3 +93,22 @@ def test_broken_statistics_and_missing_recording(small_mouse, tmp_path):
         Recording(tmp_path / "nowhere")
     with pytest.raises(LayoutError, match="unique"):
         open_recordings([small_mouse[0], small_mouse[0]])
+
+
+def test_the_frame_shape_comes_from_the_data_and_must_agree(small_mouse, tmp_path):
+    recording = Recording(small_mouse[0])
+    assert recording.frame_shape == recording.trial(0).video.shape[1:] == (36, 64)
+    copy = tmp_path / "cropped"
+    shutil.copytree(small_mouse[0], copy, ignore=shutil.ignore_patterns("truth"))
+    for path in (copy / "data/videos").glob("*.npy"):
+        np.save(path, np.load(path)[:24, :40])
+    cropped = Recording(copy)
+    assert cropped.frame_shape == (24, 40) and cropped.trial(0).video.shape[1:] == (24, 40)
+    assert common_frame_shape([cropped]) == (24, 40)
+    with pytest.raises(LayoutError, match="different shapes"):
+        common_frame_shape([recording, cropped])
+    with pytest.raises(LayoutError, match="different shapes"):
+        train([small_mouse[0], copy], tmp_path / "run", preset="tiny", progress=False)
+    np.save(copy / "data/videos/1.npy", np.zeros((36, 64, 300), np.float32))
+    with pytest.raises(LayoutError, match=r"videos/1.npy: frames of \(36, 64\) pixels, expected \(24, 40\)"):
+        cropped.trial(1)

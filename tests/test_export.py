@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from twinserve.cli import main as twin
-from twinserve.export.manifest import ArtifactError, verified_path, verify_all
-from twinserve.export.onnx_export import (PARITY_TOLERANCE, clip_parity, cpu_session, export_clip, export_run, export_step, op_counts,
-                                relative_error, state_names, step_parity, stream)
+from twinserve.contract import CLIP_INPUTS, RESPONSES, state_names
+from twinserve.export.manifest import ArtifactError, read_manifest, verified_path, verify_all
+from twinserve.export.onnx_export import (PARITY_TOLERANCE, clip_parity, cpu_session, export_clip, export_run,
+                                          export_step, op_counts, relative_error, step_parity, stream)
 from twinserve.training.data import Recording
 from twinserve.training.model import Twin
-from twinserve.training.presets import PRESETS
+from twinserve.training.presets import preset
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +24,23 @@ def artifacts(tiny_artifacts):
 
 def test_manifest_describes_every_graph(artifacts, default_mouse):
     out, manifest = artifacts
-    assert manifest == json.loads((out / "manifest.json").read_text())
-    assert set(manifest["recordings"]) == {r.name for r in default_mouse}
+    assert manifest.to_dict() == json.loads((out / "manifest.json").read_text())
+    assert manifest == read_manifest(out)
+    assert set(manifest.recordings) == {r.name for r in default_mouse}
     for recording in default_mouse:
-        entry = manifest["recordings"][recording.name]
-        assert entry["unit_ids"] == Recording(recording).unit_ids.tolist()
-        clip = entry["graphs"]["clip"]
-        assert [i["name"] for i in clip["inputs"]] == ["video", "behavior", "pupil_center"]
-        assert clip["outputs"][0]["name"] == "responses" and clip["outputs"][0]["shape"][2] == entry["neurons"]
-        assert clip["op_counts"].get("BatchNormalization", 0) == 0 and clip["op_counts"]["Conv"] == 4
-        assert max(clip["parity"].values()) < PARITY_TOLERANCE
-        layers = {k: v for k, v in clip["op_counts_per_layer"].items() if k.startswith("layer")}
+        entry = manifest.recordings[recording.name]
+        assert entry.unit_ids == Recording(recording).unit_ids.tolist()
+        clip = entry.graphs["clip"]
+        assert [i.name for i in clip.inputs] == list(CLIP_INPUTS)
+        assert clip.outputs[0].name == RESPONSES and clip.outputs[0].shape[2] == entry.neurons
+        assert clip.inputs[0].shape[2:] == manifest.frame_shape == list(Recording(recording).frame_shape)
+        counts = clip.details["op_counts"]
+        assert counts.get("BatchNormalization", 0) == 0 and counts["Conv"] == 4
+        assert max(clip.parity.values()) < PARITY_TOLERANCE
+        layers = {k: v for k, v in clip.details["op_counts_per_layer"].items() if k.startswith("layer")}
         assert layers == {"layer0": {"Conv": 2, "Elu": 1}, "layer1": {"Conv": 2, "Elu": 1}}
-    assert manifest["receptive_field"] == 5 and manifest["opset"] == 23
+    assert manifest.receptive_field == 5 and manifest.offset == 4 and manifest.opset == 23
+    assert manifest.core == "factorized" and manifest.attention is None
 
 
 @pytest.mark.parametrize("batch, frames", [(1, 300), (4, 300), (1, 60), (4, 60)])
@@ -48,7 +53,7 @@ def test_clip_graph_matches_pytorch_on_virtual_mouse_trials(artifacts, tiny_run,
     trials = [t for t in recording.load("oracle") if t.frames >= frames][:batch]
     inputs = [np.stack([getattr(t, k)[:frames] for t in trials]) for k in ("video", "behavior", "pupil_center")]
     session = onnxruntime.InferenceSession(str(verified_path(out, recording.name, "clip")))
-    actual = session.run(None, dict(zip(["video", "behavior", "pupil_center"], inputs)))[0]
+    actual = session.run(None, dict(zip(CLIP_INPUTS, inputs)))[0]
     with torch.no_grad():
         reference = model(recording.name, *map(torch.from_numpy, inputs)).numpy()
     assert actual.shape == (batch, frames - 4, recording.neurons)
@@ -57,7 +62,7 @@ def test_clip_graph_matches_pytorch_on_virtual_mouse_trials(artifacts, tiny_run,
 
 def test_base_preset_exports_with_batchnorm_folded(tmp_path):
     torch.manual_seed(0)
-    model = Twin(PRESETS["base"], {"m": 64}).eval()
+    model = Twin(preset("base").model_config(), {"m": 64}).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to fold
         for layer in model.core.layers:
             layer.norm.running_mean.normal_(0, 0.5)
@@ -71,10 +76,10 @@ def test_base_preset_exports_with_batchnorm_folded(tmp_path):
 def test_tampered_or_missing_artifacts_are_refused(artifacts, tmp_path):
     out, manifest = artifacts
     verify_all(out)
-    name = next(iter(manifest["recordings"]))
+    name = next(iter(manifest.recordings))
     copy = tmp_path / "copy"
     (copy / name).mkdir(parents=True)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    manifest.write(copy)
     data = bytearray((out / name / "clip.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (copy / name / "clip.onnx").write_bytes(bytes(data))
@@ -83,7 +88,7 @@ def test_tampered_or_missing_artifacts_are_refused(artifacts, tmp_path):
     (copy / name / "clip.onnx").unlink()
     with pytest.raises(ArtifactError, match="clip.onnx: missing"):
         verified_path(copy, name, "clip")
-    with pytest.raises(ArtifactError, match="no 'clip' graph for recording 'nobody'"):
+    with pytest.raises(ArtifactError, match="no recording 'nobody' in the manifest"):
         verified_path(out, "nobody", "clip")
     with pytest.raises(ArtifactError, match="manifest.json: missing"):
         verify_all(tmp_path)
@@ -91,7 +96,7 @@ def test_tampered_or_missing_artifacts_are_refused(artifacts, tmp_path):
 
 def test_export_cli(tiny_run, tmp_path, capsys):
     assert twin(["export", "--run", str(tiny_run[0]), "--out", str(tmp_path / "a")]) == 0
-    assert "BatchNormalization: 0" in capsys.readouterr().out
+    assert "BatchNormalization: 0" in capsys.readouterr().err  # prose on stderr, the JSON summary on stdout
     verify_all(tmp_path / "a")
     assert twin(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 2
 
@@ -99,30 +104,30 @@ def test_export_cli(tiny_run, tmp_path, capsys):
 def test_step_graph_streamed_over_a_virtual_mouse_trial_equals_the_clip_graph(artifacts, default_mouse):
     out, manifest = artifacts
     recording = Recording(default_mouse[0])
-    step = manifest["recordings"][recording.name]["graphs"]["step"]
-    state_inputs = [i for i in step["inputs"] if i["name"].startswith("state_")]
-    state_outputs = [o for o in step["outputs"] if o["name"].startswith("state_")]
-    assert [i["name"] for i in sorted(state_inputs, key=lambda i: i["name"])] == [i["name"] for i in state_inputs]
-    assert [o["name"] for o in sorted(state_outputs, key=lambda o: o["name"])] == [o["name"] for o in state_outputs]
-    assert [i["shape"][1:] for i in state_inputs] == [o["shape"][1:] for o in state_outputs]
-    assert step["op_counts"].get("BatchNormalization", 0) == 0
+    step = manifest.graph(recording.name, "step")
+    state_inputs = step.states
+    state_outputs = [o for o in step.outputs if o.name.startswith("state_")]
+    assert [i.name for i in state_inputs] == state_names(len(state_inputs))[0] == sorted(i.name for i in state_inputs)
+    assert [o.name for o in state_outputs] == state_names(len(state_inputs))[1] == sorted(o.name for o in state_outputs)
+    assert [i.fixed_shape for i in state_inputs] == [o.fixed_shape for o in state_outputs]
+    assert step.details["op_counts"].get("BatchNormalization", 0) == 0
     for layer in ("layer0", "layer1"):  # spatial conv on the new frame, temporal conv as one MatMul
-        counts = step["op_counts_per_layer"][layer]
+        counts = step.details["op_counts_per_layer"][layer]
         assert counts["Conv"] == 1 and counts["MatMul"] == 1 and "BatchNormalization" not in counts
-    assert max(step["parity"].values()) < PARITY_TOLERANCE and step["warmup_frames"] == 4
+    assert max(step.parity.values()) < PARITY_TOLERANCE and step.details["warmup_frames"] == 4
     trials = [t for t in recording.load("oracle") if t.frames == 300][:4]
     inputs = [np.stack([getattr(t, k) for t in trials]) for k in ("video", "behavior", "pupil_center")]
     clip = onnxruntime.InferenceSession(str(verified_path(out, recording.name, "clip")))
-    reference = clip.run(None, dict(zip(["video", "behavior", "pupil_center"], inputs)))[0]
+    reference = clip.run(None, dict(zip(CLIP_INPUTS, inputs)))[0]
     session = onnxruntime.InferenceSession(str(verified_path(out, recording.name, "step")))
-    streamed = stream(session, *inputs, [tuple(i["shape"][1:]) for i in state_inputs])
+    streamed = stream(session, *inputs, [i.fixed_shape for i in state_inputs])
     assert streamed.shape == (4, 300, recording.neurons)
-    assert relative_error(streamed[:, 4:], reference) < PARITY_TOLERANCE
+    assert relative_error(streamed[:, manifest.offset:], reference) < PARITY_TOLERANCE
 
 
 def test_base_step_graph_streams_like_its_clip_graph(tmp_path):
     torch.manual_seed(1)
-    model = Twin(PRESETS["base"], {"m": 32}).eval()
+    model = Twin(preset("base").model_config(), {"m": 32}).eval()
     with torch.no_grad():
         for layer in model.core.layers:
             layer.norm.running_mean.normal_(0, 0.5)
@@ -131,25 +136,19 @@ def test_base_step_graph_streams_like_its_clip_graph(tmp_path):
     graph = export_step(model, "m", tmp_path / "step.onnx")
     assert state_names(3) == (["state_0", "state_1", "state_2"], ["state_0_next", "state_1_next", "state_2_next"])
     errors = step_parity(cpu_session(tmp_path / "clip.onnx"), cpu_session(tmp_path / "step.onnx"), graph.state_shapes(),
-                         model.receptive_field,
-                         cases=((1, 40), (4, 25)))
+                         model.offset, model.frame_shape, cases=((1, 40), (4, 25)))
     assert max(errors.values()) < PARITY_TOLERANCE
 
 
-def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
-    from twinserve.export.bench import clip_flops, run_bench, step_flops
+def test_a_twin_exports_at_its_own_frame_shape(tmp_path):
+    from twinserve.export.onnx_export import export_twin
 
-    model = Twin(PRESETS["base"], {"m": 8000})
-    # The count for base: 19 frames through layer 1, 9 through layer 2, 5 through layer 3.
-    assert 5.0 < clip_flops(model, model.receptive_field) / step_flops(model) < 6.0
-    results = run_bench(tmp_path / "export.json", presets=("tiny", "vit-tiny"), neurons=50, seconds=0.2,
-                        window_outputs=3)
-    for preset in ("tiny", "vit-tiny"):
-        paths = results["presets"][preset]["paths"]
-        assert set(paths) == {"pytorch_eager_clip", "onnxruntime_clip", "onnxruntime_step_stream",
-                              "onnxruntime_window_rerun", "pytorch_eager_window_rerun"}
-        assert all(p["output_frames_per_s"] > 0 for p in paths.values())
-    assert json.loads((tmp_path / "export.json").read_text())["presets"] == results["presets"]
+    torch.manual_seed(0)
+    model = Twin(preset("tiny").model_config(), {"m": 9}, frame_shape=(24, 40)).eval()
+    manifest = export_twin(model, "tiny", {"m": {"neurons": 9, "unit_ids": list(range(9))}}, tmp_path)
+    assert manifest.frame_shape == [24, 40] and manifest == read_manifest(tmp_path)
+    assert manifest.graph("m", "clip").input(CLIP_INPUTS[0]).shape == ["batch", "time", 24, 40]
+    assert all(max(g.parity.values()) < PARITY_TOLERANCE for g in manifest.recordings["m"].graphs.values())
 
 
 def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map():
@@ -194,8 +193,9 @@ def test_tensorrt_engines_match_the_onnx_graphs(tiny_run, tmp_path, precision):
         pytest.skip(str(error))
     export_run(tiny_run[0], tmp_path)
     manifest = export_engines(tmp_path, precision)
-    for entry in manifest["recordings"].values():
+    assert manifest == read_manifest(tmp_path)
+    for entry in manifest.recordings.values():
         for kind in ("clip", "step"):
-            engine = entry["graphs"][f"{kind}_tensorrt_{precision}"]
-            assert max(engine["parity"].values()) < TOLERANCES[precision]
+            engine = entry.graphs[f"{kind}_tensorrt_{precision}"]
+            assert max(engine.parity.values()) < TOLERANCES[precision] and engine.details["precision"] == precision
     verify_all(tmp_path)

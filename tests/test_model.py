@@ -1,16 +1,19 @@
-"""The twin's shapes, causality and normalisation."""
+"""The twin's shapes, causality and normalisation; the core registry and the presets."""
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from twinserve.contract import DEFAULT_FRAME_SHAPE
+from twinserve.training.cores import CORES, build_core, register_core
 from twinserve.training.model import Twin
-from twinserve.training.presets import PRESETS
+from twinserve.training.presets import PRESETS, preset, register_preset
 
 
-def make_twin(preset="tiny", neurons=None):
+def make_twin(name="tiny", neurons=None):
     torch.manual_seed(0)
-    model = Twin(PRESETS[preset], neurons or {"a": 7, "b": 11})
+    model = Twin(preset(name).model_config(), neurons or {"a": 7, "b": 11})
     with torch.no_grad():  # non-trivial readouts, shifter and modulator so every path carries signal
         for head in model.heads.values():
             head.readout.position.uniform_(-0.8, 0.8)
@@ -20,16 +23,16 @@ def make_twin(preset="tiny", neurons=None):
     return model.eval()
 
 
-def inputs(frames=30, batch=2, seed=0):
+def inputs(frames=30, batch=2, seed=0, frame_shape=DEFAULT_FRAME_SHAPE):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, frames, 36, 64, generator=g) * 255, torch.randn(batch, frames, 2, generator=g),
+    return (torch.rand(batch, frames, *frame_shape, generator=g) * 255, torch.randn(batch, frames, 2, generator=g),
             torch.randn(batch, frames, 2, generator=g))
 
 
-@pytest.mark.parametrize("preset, receptive_field", [("tiny", 5), ("small", 19), ("base", 19)])
-def test_shapes_and_receptive_field(preset, receptive_field):
-    model = make_twin(preset)
-    assert model.receptive_field == receptive_field
+@pytest.mark.parametrize("name, receptive_field", [("tiny", 5), ("small", 19), ("base", 19)])
+def test_shapes_and_receptive_field(name, receptive_field):
+    model = make_twin(name)
+    assert model.receptive_field == receptive_field and model.offset == receptive_field - 1
     out = model("b", *inputs(frames=receptive_field + 4))
     assert out.shape == (2, 5, 11)
     assert torch.all(out >= 0) and torch.all(torch.isfinite(out))
@@ -44,7 +47,7 @@ def test_changing_frame_t_changes_no_earlier_prediction(which):
     changed[which][:, t] += 50.0 if which == 0 else 3.0
     with torch.no_grad():
         before, after = model("a", *original), model("a", *changed)
-    first_affected = t - (model.receptive_field - 1)  # output j predicts input frame j + R - 1
+    first_affected = t - model.offset  # output j predicts input frame j + offset (R - 1)
     torch.testing.assert_close(after[:, :first_affected], before[:, :first_affected], rtol=0, atol=0)
     assert (after[:, first_affected] - before[:, first_affected]).abs().max() > 1e-4
 
@@ -80,3 +83,56 @@ def test_bad_requests_are_refused():
         model("c", *inputs())
     with pytest.raises(ValueError, match="at least 5 frames"):
         model("a", *inputs(frames=3))
+
+
+class RunningMean(nn.Module):
+    """Unbounded memory: a 1×1 mix averaged over all frames so far; (B, C_in, T, H, W) → (B, 4, T, H, W)."""
+
+    receptive_field, out_channels = None, 4
+
+    def __init__(self, in_channels, frame_shape):
+        super().__init__()
+        self.mix = nn.Conv3d(in_channels, self.out_channels, 1)
+
+    def forward(self, x):
+        return self.mix(x).cumsum(2) / torch.arange(1, x.shape[2] + 1).reshape(1, 1, -1, 1, 1)
+
+
+def test_a_core_with_unbounded_memory_answers_every_frame(monkeypatch):
+    monkeypatch.setitem(CORES, "running-mean", RunningMean)
+    model = Twin({"core": "running-mean"}, {"a": 3}).eval()
+    assert model.receptive_field is None and model.offset == 0
+    video, behavior, pupil = inputs(frames=7)
+    with torch.no_grad():
+        out = model("a", video, behavior, pupil)
+        first = model("a", video[:, :1], behavior[:, :1], pupil[:, :1])
+    assert out.shape == (2, 7, 3)
+    torch.testing.assert_close(first[:, 0], out[:, 0])
+
+
+def test_the_registries_refuse_unknown_and_duplicate_names():
+    with pytest.raises(ValueError, match=r"unknown core 'nope'; known cores: \['factorized', 'transformer'"):
+        build_core("nope", 3, DEFAULT_FRAME_SHAPE)
+    with pytest.raises(ValueError, match="already registered"):
+        register_core("factorized", RunningMean)
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; choose one of \["):
+        preset("nope")
+    with pytest.raises(ValueError, match="already exists"):
+        register_preset("tiny", PRESETS["small"])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_its_twin_and_names_its_core(name):
+    model = Twin(preset(name).model_config(), {"a": 3})
+    assert model.config["core"] == preset(name).core in CORES
+    assert preset(name).train.frames > model.offset
+
+
+def test_a_twin_takes_the_frame_shape_it_is_given():
+    for name in ("tiny", "vit-tiny"):
+        torch.manual_seed(0)
+        model = Twin(preset(name).model_config(), {"a": 3}, frame_shape=(24, 40)).eval()
+        with torch.no_grad():
+            out = model("a", *inputs(frames=model.offset + 2, frame_shape=(24, 40)))
+        assert out.shape == (2, 2, 3) and model.frame_shape == (24, 40)
+        assert model.step_flops() < model.clip_flops(model.offset + 2)

@@ -1,6 +1,5 @@
 """`twin score` against the real server: resumable after a kill, bad stimuli reported by name."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,9 +11,9 @@ import zarr
 
 from twinserve.clients.library import Library, StimulusError, save_library
 from twinserve.clients.score import score
+from twinserve.contract import CLIP_INPUTS, model_names
 from twinserve.export.manifest import verified_path
 from twinserve.export.onnx_export import cpu_session, relative_error
-from twinserve.serving.repository import model_names
 from twinserve.training.data import Recording
 
 
@@ -33,22 +32,31 @@ def test_scores_match_the_clip_graph_and_bad_stimuli_are_named(served, default_m
     np.savez(library / "with_behavior.npz", video=videos["stim000"][:40], behavior=behavior,
              pupil_center=np.zeros((40, 2), np.float32))
     (library / "broken.npy").write_bytes(b"not a numpy file")
-    np.save(library / "short.npy", videos["stim001"][:3])
+    shortest = manifest.offset + 1  # a clip's first output needs offset + 1 frames
+    np.save(library / "short.npy", videos["stim001"][:shortest - 1])
+    np.save(library / "shortest.npy", videos["stim001"][:shortest])
+    np.save(library / "narrow.npy", videos["stim001"][:, :, :-4])  # not the served frame shape
     model = model_names(recording)["clip"]
     summary = score(server.url, model, library, tmp_path / "scores.zarr", progress=False)
-    assert set(summary["failed"]) == {"broken", "short"} and "unreadable" in summary["failed"]["broken"]
-    assert summary["scored"] == 5
+    assert set(summary["failed"]) == {"broken", "short", "narrow"} and "unreadable" in summary["failed"]["broken"]
+    assert f"fewer than the {shortest}" in summary["failed"]["short"]
+    height, width = manifest.frame_shape
+    assert f"narrow: expected frames (T, {height}, {width})" in summary["failed"]["narrow"]
+    assert summary["scored"] == 6
     store = zarr.open_group(tmp_path / "scores.zarr", mode="r")
     names = store.attrs["stimuli"]
-    assert names == sorted(["stim000", "stim001", "stim002", "stim003", "with_behavior", "broken", "short"])
-    assert store["neuron_ids"][:].tolist() == manifest["recordings"][recording]["unit_ids"]
+    assert names == sorted(["stim000", "stim001", "stim002", "stim003", "with_behavior", "broken", "short", "shortest",
+                            "narrow"])
+    assert store.attrs["receptive_field"] == manifest.receptive_field
+    entry = manifest.recording(recording)
+    assert store["neuron_ids"][:].tolist() == entry.unit_ids
+    assert store["frames"][names.index("shortest")] == 1
     session = cpu_session(verified_path(artifacts, recording, "clip"))
-    entry = manifest["recordings"][recording]
     row = names.index("stim002")
     video = videos["stim002"][None].astype(np.float32)
-    means = [np.tile(entry[k], (1, 60, 1)).astype(np.float32) for k in ("behavior_mean", "pupil_center_mean")]
-    local = session.run(None, {"video": video, "behavior": means[0], "pupil_center": means[1]})[0][0]
-    assert store["frames"][row] == 60 - manifest["receptive_field"] + 1
+    means = [np.tile(m, (1, 60, 1)).astype(np.float32) for m in (entry.behavior_mean, entry.pupil_center_mean)]
+    local = session.run(None, dict(zip(CLIP_INPUTS, [video, *means])))[0][0]
+    assert store["frames"][row] == 60 - manifest.offset == len(local)
     assert relative_error(store["responses"][row, :len(local)], local) < 1e-5
     assert np.isnan(store["responses"][row, len(local):]).all()
     with pytest.raises(StimulusError, match="broken: unreadable"):
@@ -65,10 +73,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(served, default_mouse,
     model = model_names(default_mouse[0].name)["clip"]
     library, _ = _library(tmp_path / "library", default_mouse, 80)
     store = tmp_path / "killed.zarr"
-    command = [sys.executable, "-m", "clients.cli", "score", "--url", server.url, "--model", model, "--library",
+    command = [sys.executable, "-m", "twinserve.cli", "score", "--url", server.url, "--model", model, "--library",
                str(library), "--out", str(store), "--in-flight", "2", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": os.getcwd()})
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         done = store / "scored.txt"

@@ -1,19 +1,23 @@
 """Serving against the real Triton server over gRPC: parity, batching across streams, bad input,
-recovery after a server crash, bounded shutdown."""
+recovery after a server crash, bounded shutdown; the model repository's configs and its marker."""
 
 import json
+import re
+import sys
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpc
 
 from twinserve.clients.stream import ServerGone, StreamClient, StreamError
-from twinserve.export.manifest import verified_path
+from twinserve.contract import CLIP_INPUTS, STEP_INPUTS, ModelParameters, model_names
+from twinserve.export.manifest import GraphEntry, Manifest, RecordingEntry, sha256, verified_path
 from twinserve.export.onnx_export import cpu_session, relative_error, stream
-from twinserve.serving.repository import model_names, write_repository
+from twinserve.serving.repository import MARKER, write_repository
 from twinserve.serving.server import Ports, TritonServer
 from twinserve.training.data import Recording
 
@@ -27,8 +31,7 @@ def _trials(recording_path, count):
 
 def _local_stream(artifacts, manifest, recording, trial):
     """The step graph streamed locally (ONNX Runtime) over one trial → (T, N)."""
-    step = manifest["recordings"][recording]["graphs"]["step"]
-    shapes = [tuple(s["shape"][1:]) for s in step["inputs"] if s["name"].startswith("state_")]
+    shapes = [spec.fixed_shape for spec in manifest.graph(recording, "step").states]
     session = cpu_session(verified_path(artifacts, recording, "step"))
     return stream(session, *(a[None] for a in trial), shapes)[0]
 
@@ -42,11 +45,11 @@ def test_streamed_trial_equals_local_step_and_clip_graphs(served, default_mouse)
         as_bytes = np.stack(list(client.run(trial[0].astype(np.uint8), *trial[1:])))  # UINT8 on the wire
         assert client.latency_summary()["frames"] == 600
     local = _local_stream(artifacts, manifest, recording, trial)
-    assert streamed.shape == (300, manifest["recordings"][recording]["neurons"])
+    assert streamed.shape == (300, manifest.recording(recording).neurons)
     assert relative_error(streamed, local) < 1e-5
     clip = cpu_session(verified_path(artifacts, recording, "clip")).run(
-        None, dict(zip(["video", "behavior", "pupil_center"], (a[None] for a in trial))))[0][0]
-    warmup = manifest["receptive_field"] - 1
+        None, dict(zip(CLIP_INPUTS, (a[None] for a in trial))))[0][0]
+    warmup = manifest.offset
     assert relative_error(streamed[warmup:], clip) < 1e-4
     # The second pass continued the same sequence: after its own warm-up it equals the first.
     assert relative_error(as_bytes[warmup:], streamed[warmup:]) < 1e-5
@@ -59,12 +62,11 @@ def test_clip_model_scores_a_batch_of_clips(served, default_mouse):
     inputs = [np.stack(parts)[:, :100] for parts in zip(*trials)]
     client = grpc.InferenceServerClient(server.url)
     tensors = []
-    for name, array in zip(["video", "behavior", "pupil_center"], inputs):
+    for name, array in zip(CLIP_INPUTS, inputs):
         tensors.append(grpc.InferInput(name, list(array.shape), "FP32"))
         tensors[-1].set_data_from_numpy(array)
     served_out = client.infer(model_names(recording)["clip"], tensors).as_numpy("responses")
-    local = cpu_session(verified_path(artifacts, recording, "clip")).run(
-        None, dict(zip(["video", "behavior", "pupil_center"], inputs)))[0]
+    local = cpu_session(verified_path(artifacts, recording, "clip")).run(None, dict(zip(CLIP_INPUTS, inputs)))[0]
     assert served_out.shape == local.shape and relative_error(served_out, local) < 1e-5
 
 
@@ -117,7 +119,7 @@ def test_bad_input_gets_a_clear_error_and_the_stream_goes_on(served, default_mou
         bad_frames = {
             "unexpected shape": (video[0, :30], behavior[0], pupil[0]),
             "uint8 or floating point": (video[0].astype(np.int16), behavior[0], pupil[0]),
-            "NaN or Inf": (np.where(np.arange(64) == 3, np.nan, video[0]), behavior[0], pupil[0]),
+            "NaN or Inf": (np.where(np.arange(video.shape[2]) == 3, np.nan, video[0]), behavior[0], pupil[0]),
             "pupil_center contains NaN or Inf": (video[0], behavior[0], np.array([np.inf, 0.0])),
         }
         for message, frame in bad_frames.items():
@@ -140,11 +142,11 @@ def test_unknown_model_unstarted_and_idle_streams_are_refused(served, default_mo
     answers = []
     client.start_stream(callback=lambda result, error: answers.append(error))
     tensors = []
-    for name, array in [("frame", video[:1]), ("behavior", behavior[:1]), ("pupil_center", pupil[:1])]:
+    for name, array in zip(STEP_INPUTS, (video[:1], behavior[:1], pupil[:1])):
         tensors.append(grpc.InferInput(name, list(array.shape), "FP32"))
         tensors[-1].set_data_from_numpy(array)
     client.async_stream_infer(model, tensors, sequence_id=987654, sequence_start=False)
-    wrong_dtype = grpc.InferInput("frame", [1, 36, 64], "FP64")
+    wrong_dtype = grpc.InferInput(STEP_INPUTS[0], [1, *video.shape[1:]], "FP64")
     wrong_dtype.set_data_from_numpy(video[:1].astype(np.float64))
     client.async_stream_infer(model, [wrong_dtype, *tensors[1:]], sequence_id=987655, sequence_start=True)
     deadline = time.monotonic() + 10
@@ -192,23 +194,10 @@ def test_tampered_artifacts_are_refused_before_serving(tiny_artifacts, tmp_path)
     artifacts, manifest = tiny_artifacts
     copy = tmp_path / "artifacts"
     shutil.copytree(artifacts, copy)
-    step = next(iter(manifest["recordings"].values()))["graphs"]["step"]["file"]
+    step = next(iter(manifest.recordings.values())).graphs["step"].file
     (copy / step).write_bytes((copy / step).read_bytes()[:-10])
     with pytest.raises(ValueError, match="step.onnx: sha256"):
         write_repository(copy, tmp_path / "repository")
-
-
-def test_stream_benchmark_measures_both_clients_and_realtime_capacity(tmp_path):
-    from twinserve.serving.bench import run_bench
-
-    results = run_bench(tmp_path / "stream.json", presets=("tiny",), neurons=50, frames=20, realtime_limit=2,
-                        realtime_frames=15)
-    tiny = results["presets"]["tiny"]
-    for source in ("client", "perf_analyzer"):
-        assert [row["streams"] for row in tiny[source]] == [1, 4, 16]
-        assert all("error" not in row and 0 < row["p50_ms"] <= row["p99_ms"] for row in tiny[source]), tiny[source]
-    assert 0 <= tiny["realtime"]["max_streams_at_30fps"] <= 2
-    assert json.loads((tmp_path / "stream.json").read_text()) == results
 
 
 def test_async_client_streams_like_the_sync_one(served, default_mouse):
@@ -241,7 +230,73 @@ def test_stream_cli_saves_responses_and_prints_latency(served, default_mouse, tm
     out = tmp_path / "responses.npy"
     assert twin(["stream", "--url", server.url, "--model", model_names(recording)["stream"], "--video",
                  str(tmp_path / "video.npy"), "--out", str(out), "--quiet"]) == 0
-    summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    summary = json.loads(capsys.readouterr().out)  # stdout holds the JSON only
     assert summary["frames"] == 50 and summary["latency"]["p99_ms"] > 0
-    assert np.load(out).shape == (50, manifest["recordings"][recording]["neurons"])
+    assert np.load(out).shape == (50, manifest.recording(recording).neurons)
     assert twin(["stream", "--url", server.url, "--model", "nope", "--video", str(tmp_path / "video.npy")]) == 2
+
+
+def _fake_artifacts(folder, recording):
+    """A manifest with unbounded memory and a non-default frame shape, and one placeholder graph file:
+    all that `write_repository` reads (it checks the hashes, it loads no graph)."""
+    folder.mkdir()
+    (folder / "graph.onnx").write_bytes(b"not a graph")
+    graph = GraphEntry("graph.onnx", sha256(folder / "graph.onnx"), inputs=[], outputs=[], parity={},
+                       parity_against="")
+    entry = RecordingEntry(neurons=3, unit_ids=[5, 6, 7], behavior_mean=[1.5, 2.5], pupil_center_mean=[0.0, -1.0],
+                           graphs={"step": graph, "clip": graph})
+    Manifest(preset="tiny", core="factorized", receptive_field=None, frame_shape=[20, 30], opset=17,
+             parity_tolerance=1e-4, versions={}, recordings={recording: entry}).write(folder)
+    return folder
+
+
+def test_configs_parse_and_carry_the_model_parameters_whatever_the_names(tmp_path):
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    recording = 'mouse "7" \\ day\t2'  # quotes, a backslash and a tab must be escaped in config.pbtxt
+    artifacts = _fake_artifacts(tmp_path / 'arte"facts', recording)
+    models = write_repository(artifacts, tmp_path / "repository", max_clip_frames=99, threads=3)
+    assert models == {name: {"recording": recording, "kind": kind} for kind, name in model_names(recording).items()}
+    for name in models:
+        text = (tmp_path / "repository" / name / "config.pbtxt").read_text()
+        config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
+                                           preserving_proto_field_name=True)
+        assert config["name"] == name
+        clip = models[name]["kind"] == "clip"
+        frames, pixels = ([-1], "video") if clip else ([], "frame")
+        dims = {spec["name"]: [int(d) for d in spec["dims"]] for spec in config["input"] + config["output"]}
+        assert dims == {pixels: frames + [20, 30], f"{pixels}_uint8": frames + [20, 30], "behavior": frames + [2],
+                        "pupil_center": frames + [2], "responses": frames + [3]}
+        parameters = ModelParameters.from_model_config(config)
+        assert replace(parameters, extra={}) == ModelParameters(
+            recording=recording, receptive_field=None, frame_shape=(20, 30), unit_ids=(5, 6, 7),
+            behavior_mean=(1.5, 2.5), pupil_center_mean=(0.0, -1.0), artifacts=artifacts.resolve().as_posix(),
+            threads=3, max_clip_frames=99)
+        assert parameters.extra == ({"EXECUTION_ENV_PATH": sys.prefix} if sys.prefix != sys.base_prefix else {})
+
+
+def test_a_repository_folder_is_replaced_only_if_twinserve_wrote_it(tmp_path, monkeypatch):
+    from twinserve.cli import main as twin
+
+    artifacts = _fake_artifacts(tmp_path / "artifacts", "mouse")
+    ours = tmp_path / "ours"
+    write_repository(artifacts, ours)
+    (ours / "stale_stream").mkdir()
+    monkeypatch.chdir(ours)
+    write_repository(artifacts, ".")  # `twin serve --repository .` inside a repository: replaced, folder kept
+    assert ours.is_dir() and (ours / MARKER).is_file() and not (ours / "stale_stream").exists()
+    assert sorted(p.name for p in ours.iterdir()) == sorted([MARKER, *model_names("mouse").values()])
+    theirs = tmp_path / "theirs"
+    (theirs / "notes").mkdir(parents=True)
+    (theirs / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=re.escape(f"{theirs}: not empty and not a model repository")):
+        write_repository(artifacts, theirs)
+    monkeypatch.chdir(theirs)
+    assert twin(["serve", "--artifacts", str(artifacts), "--repository", "."]) == 2  # refused, nothing deleted
+    assert [p.relative_to(theirs).as_posix() for p in sorted(theirs.rglob("*"))] == ["notes", "notes/keep.txt"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        write_repository(artifacts, tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    assert len(write_repository(artifacts, tmp_path / "empty")) == 2  # an empty folder is used

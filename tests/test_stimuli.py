@@ -3,16 +3,17 @@
 import numpy as np
 import pytest
 
-from twinserve.clients.library import Library, save_library
-from twinserve.clients.stimuli import (directional_pink_noise, drifting_gabor, drifting_grating, flashing_dots, grating_set,
-                             random_dot_kinematogram)
+from twinserve.clients.library import Library, StimulusError, read_video, save_library
+from twinserve.clients.stimuli import (directional_pink_noise, drifting_gabor, drifting_grating, flashing_dots,
+                                       grating_set, random_dot_kinematogram)
+from twinserve.contract import DEFAULT_FRAME_SHAPE, GREY
 
 
 def test_every_generator_gives_display_frames_and_is_seeded():
     movies = [drifting_grating(30), drifting_gabor(30), directional_pink_noise(30, seed=3), flashing_dots()[0],
               random_dot_kinematogram(0.5, "rotation", seed=3)]
     for movie in movies:
-        assert movie.dtype == np.float32 and movie.shape[1:] == (36, 64)
+        assert movie.dtype == np.float32 and movie.shape[1:] == DEFAULT_FRAME_SHAPE
         assert movie.min() >= 0 and movie.max() <= 255 and movie.std() > 5
     np.testing.assert_array_equal(directional_pink_noise(30, seed=3), movies[2])
     assert not np.array_equal(directional_pink_noise(30, seed=4), movies[2])
@@ -34,7 +35,7 @@ def test_motion_goes_the_stated_way(direction, step):
 
 
 def test_pink_noise_bars_lie_across_the_motion():
-    movie = directional_pink_noise(0, frames=1, seed=1)[0] - 128  # rightward: vertical bars
+    movie = directional_pink_noise(0, frames=1, seed=1)[0] - GREY  # rightward: vertical bars
     assert np.abs(np.diff(movie, axis=1)).mean() > 2 * np.abs(np.diff(movie, axis=0)).mean()
 
 
@@ -42,7 +43,7 @@ def test_flashing_dots_are_where_the_parameters_say():
     movie, dots = flashing_dots(grid=(3, 4), dot_frames=5)
     assert len(dots) == 3 * 4 * 2 and movie.shape[0] == 24 * 5
     for dot in dots:
-        frame = movie[dot["start"]] - 128
+        frame = movie[dot["start"]] - GREY
         row, col = np.unravel_index(np.argmax(dot["polarity"] * frame), frame.shape)
         assert abs(row - dot["y"]) <= 0.5 and abs(col - dot["x"]) <= 0.5
 
@@ -52,15 +53,32 @@ def test_a_generated_set_saves_as_a_library(tmp_path):
     library = Library(save_library(tmp_path / "gratings", stimuli, parameters))
     assert library.names == sorted(stimuli)
     loaded = library.load(library.names[1])
-    assert loaded.video.shape == (25, 36, 64) and library.frames(library.names[1]) == 25
+    assert loaded.video.shape == (25, *DEFAULT_FRAME_SHAPE) and library.frames(library.names[1]) == 25
     np.testing.assert_allclose(loaded.video, stimuli[library.names[1]], atol=0.5)
+
+
+def test_a_library_reads_frames_of_its_own_shape(tmp_path):
+    import imageio.v3 as iio
+
+    shape = (20, 30)
+    (tmp_path / "lib").mkdir()
+    np.save(tmp_path / "lib" / "small.npy", np.zeros((7, *shape), np.uint8))
+    np.save(tmp_path / "lib" / "time_last.npy", np.zeros((*shape, 6), np.uint8))  # SENSORIUM's (H, W, T)
+    np.save(tmp_path / "lib" / "default.npy", np.zeros((5, *DEFAULT_FRAME_SHAPE), np.uint8))
+    iio.imwrite(tmp_path / "lib" / "clip.mp4", np.zeros((4, 64, 96, 3), np.uint8), fps=30, codec="libx264")
+    library = Library(tmp_path / "lib", frame_shape=shape)
+    assert library.load("small").video.shape == (7, *shape) and library.frames("time_last") == 6
+    assert library.load("time_last").video.shape == (6, *shape) and library.load("clip").video.shape == (4, *shape)
+    with pytest.raises(StimulusError, match=r"default: expected frames \(T, 20, 30\)"):
+        library.load("default")
+    assert read_video(tmp_path / "lib" / "default.npy").shape == (5, *DEFAULT_FRAME_SHAPE)
+    with pytest.raises(StimulusError, match="expected frames"):
+        read_video(tmp_path / "lib" / "default.npy", frame_shape=shape)
 
 
 def test_libraries_of_video_files_and_hdf5(tmp_path):
     import h5py
     import imageio.v3 as iio
-
-    from twinserve.clients.library import StimulusError
 
     movie = drifting_grating(0, frames=20).astype(np.uint8)
     (tmp_path / "videos").mkdir()
@@ -70,7 +88,7 @@ def test_libraries_of_video_files_and_hdf5(tmp_path):
     library = Library(tmp_path / "videos")
     assert library.names == ["broken", "grating"]
     video = library.load("grating").video
-    assert video.shape == (20, 36, 64) and np.abs(video.astype(float) - movie).mean() < 10  # lossy codec
+    assert video.shape == (20, *DEFAULT_FRAME_SHAPE) and np.abs(video.astype(float) - movie).mean() < 10  # lossy
     with pytest.raises(StimulusError, match="broken: unreadable"):
         library.load("broken")
     with h5py.File(tmp_path / "set.h5", "w") as file:
@@ -91,5 +109,5 @@ def test_stimuli_command_writes_every_standard_set(tmp_path):
     for kind in ("gratings", "gabors", "monet", "dots", "kinematograms"):
         assert twin(["stimuli", kind, "--out", str(tmp_path / kind)]) == 0
         library = Library(tmp_path / kind)
-        assert library.load(library.names[0]).video.shape[1:] == (36, 64)
+        assert library.load(library.names[0]).video.shape[1:] == DEFAULT_FRAME_SHAPE
         assert (tmp_path / kind / "parameters.json").is_file()

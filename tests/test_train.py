@@ -1,6 +1,7 @@
 """End to end: a tiny twin trains, improves, resumes, and runs on another simulator's data."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -49,6 +50,22 @@ def test_run_reloads_without_pickle_and_predicts_the_same(tiny_run, default_mous
     assert config["recordings"][recording.name]["unit_ids"] == recording.unit_ids.tolist()
 
 
+def test_the_run_records_core_and_frame_shape_and_older_runs_still_load(tiny_run, tmp_path):
+    out, _ = tiny_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["core"] == "factorized" and config["frame_shape"] == [36, 64]
+    del config["frame_shape"], config["model"]["core"]  # as written before the core registry
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shutil.copy(out / "model.safetensors", tmp_path)
+    old, old_config = load_run(tmp_path)
+    model, _ = load_run(out)
+    assert old.frame_shape == model.frame_shape and old_config["model"]["core"] == "factorized"
+    inputs = [torch.rand(1, 12, *model.frame_shape) * 255, torch.randn(1, 12, 2), torch.randn(1, 12, 2)]
+    name = next(iter(config["recordings"]))
+    with torch.no_grad():
+        torch.testing.assert_close(old(name, *inputs), model(name, *inputs), rtol=0, atol=0)
+
+
 def test_training_resumes_from_its_checkpoint(small_mouse, tmp_path):
     train(small_mouse, tmp_path, preset="tiny", progress=False, steps=40, eval_every=20)
     first = json.loads((tmp_path / "checkpoint/state.json").read_text())
@@ -63,7 +80,7 @@ def test_training_resumes_from_its_checkpoint(small_mouse, tmp_path):
 def test_initial_readout_positions_find_the_receptive_fields(default_mouse):
     recording = Recording(default_mouse[0])
     positions = readout_positions(recording.load("train"), recording.coordinates)
-    pixels = (positions + 1) / 2 * np.array([64, 36]) - 0.5
+    pixels = (positions + 1) / 2 * np.array(recording.frame_shape[::-1]) - 0.5  # (x, y) in pixels
     truth = np.load(default_mouse[0] / "truth/neurons/rf_center.npy")
     error = np.linalg.norm(pixels - truth, axis=1)
     assert np.median(error) < 3, np.median(error)  # random positions would be ~20 pixels off

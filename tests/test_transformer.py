@@ -1,8 +1,6 @@
 """The transformer twin: causality and the attention window, its two attention forms, export parity
 (PyTorch, clip graph, step graph with the key/value cache), training, and serving unchanged."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -10,19 +8,21 @@ import tritonclient.grpc as grpc
 
 from twinserve.cli import main as twin
 from twinserve.clients.stream import StreamClient
+from twinserve.contract import CLIP_INPUTS, RESPONSES, model_names
 from twinserve.export.graphs import StepGraph
+from twinserve.export.manifest import read_manifest
 from twinserve.export.onnx_export import cpu_session, export_twin, random_inputs, relative_error, stream
-from twinserve.serving.repository import model_names, write_repository
+from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
 from twinserve.training.data import Recording
 from twinserve.training.model import Twin
-from twinserve.training.presets import PRESETS
+from twinserve.training.presets import preset
 from twinserve.training.transformer import TemporalAttention, rotate, use_fused_attention
 
 
-def _twin(preset="vit-tiny", seed=0):
+def _twin(name="vit-tiny", seed=0):
     torch.manual_seed(seed)
-    model = Twin(PRESETS[preset], {"m": 30}).eval()
+    model = Twin(preset(name).model_config(), {"m": 30}).eval()
     for parameter in model.heads["m"].modulator.parameters():  # zero at init: give behaviour a path too
         torch.nn.init.normal_(parameter, std=0.1)
     return model
@@ -37,7 +37,7 @@ def test_a_frame_changes_no_earlier_prediction_and_nothing_beyond_the_receptive_
     model = _twin("vit-small")
     window, receptive_field = model.core.blocks[0].temporal.window, model.receptive_field
     assert receptive_field == 1 + 2 * (window - 1)
-    video, behavior, pupil = map(torch.from_numpy, random_inputs(1, 60))
+    video, behavior, pupil = map(torch.from_numpy, random_inputs(1, 60, model.frame_shape))
     before = _predict(model, video, behavior, pupil)
     changed = 40
     for tensor in (video, behavior):  # the frame and, separately, its behaviour
@@ -45,8 +45,8 @@ def test_a_frame_changes_no_earlier_prediction_and_nothing_beyond_the_receptive_
         altered[:, changed] += 50 if tensor is video else 3
         inputs = [altered if t is tensor else t for t in (video, behavior, pupil)]
         after = _predict(model, *inputs)
-        # Output j predicts input frame j + R - 1.
-        first = changed - receptive_field + 1
+        # Output j predicts input frame j + offset, offset = R - 1.
+        first = changed - model.offset
         assert torch.equal(after[:first], before[:first]), "a frame changed an earlier prediction"
         assert torch.equal(after[changed + 1:], before[changed + 1:]), "a frame reached beyond the receptive field"
         reached = (after[first:changed + 1] - before[first:changed + 1]).abs().amax(1) > 0
@@ -89,7 +89,7 @@ def test_banded_unfolded_and_written_out_attention_agree():
 
 def test_step_with_key_value_cache_equals_the_clip():
     model = _twin("vit-small")
-    video, behavior, pupil = map(torch.from_numpy, random_inputs(2, 45))
+    video, behavior, pupil = map(torch.from_numpy, random_inputs(2, 45, model.frame_shape))
     step = StepGraph(model, "m").eval()
     states = [torch.zeros(2, *shape) for shape in step.state_shapes()]
     assert len(states) == 2 * len(model.core.blocks)
@@ -99,7 +99,7 @@ def test_step_with_key_value_cache_equals_the_clip():
             responses, *states = step(video[:, t], behavior[:, t], pupil[:, t], *states)
             outputs.append(responses)
         clip = model("m", video, behavior, pupil)
-    streamed = torch.stack(outputs, 1)[:, model.receptive_field - 1:]
+    streamed = torch.stack(outputs, 1)[:, model.offset:]
     assert relative_error(streamed.numpy(), clip.numpy()) < 1e-5
 
 
@@ -108,25 +108,26 @@ def test_export_parity_and_the_attention_operator(attention, tmp_path):
     model = _twin()
     manifest = export_twin(model, "vit-tiny", {"m": {"neurons": 30, "unit_ids": list(range(30))}}, tmp_path,
                            attention=attention)
-    assert manifest["core"] == "transformer" and manifest["attention"]["form"] == attention
-    graphs = manifest["recordings"]["m"]["graphs"]
+    assert manifest.core == "transformer" and manifest.attention["form"] == attention
+    assert manifest == read_manifest(tmp_path) and manifest.frame_shape == list(model.frame_shape)
+    graphs = manifest.recordings["m"].graphs
     for name in ("clip", "step"):
-        assert max(graphs[name]["parity"].values()) < 1e-4
-        assert (graphs[name]["op_counts"].get("Attention", 0) > 0) == (attention == "fused")
+        assert max(graphs[name].parity.values()) < 1e-4
+        assert (graphs[name].details["op_counts"].get("Attention", 0) > 0) == (attention == "fused")
     # One spatial and one temporal attention per block, each a single node when fused.
     blocks = len(model.core.blocks)
     if attention == "fused":
-        assert manifest["attention"]["attention_nodes"] == {"m/clip": 2 * blocks, "m/step": 2 * blocks}
+        assert manifest.attention["attention_nodes"] == {"m/clip": 2 * blocks, "m/step": 2 * blocks}
     cache = model.core.cache_shape()
-    assert graphs["step"]["state_bytes_per_stream"] == 4 * 2 * blocks * int(np.prod(cache))
+    assert graphs["step"].details["state_bytes_per_stream"] == 4 * 2 * blocks * int(np.prod(cache))
+    assert graphs["step"].details["warmup_frames"] == model.offset
     # The clip graph against PyTorch on real-looking input: a smooth moving pattern, not noise.
     frames = np.arange(60)[:, None, None]
-    rows, cols = np.mgrid[:36, :64]
+    rows, cols = np.mgrid[:model.frame_shape[0], :model.frame_shape[1]]
     video = (128 + 100 * np.sin(0.3 * cols[None] + 0.2 * rows[None] - 0.4 * frames)).astype(np.float32)[None]
     behavior = np.tile(np.float32([[5.0, 2.0]]), (1, 60, 1))
     pupil = np.zeros((1, 60, 2), np.float32)
-    onnx = cpu_session(tmp_path / "m" / "clip.onnx").run(None, {"video": video, "behavior": behavior,
-                                                                "pupil_center": pupil})[0]
+    onnx = cpu_session(tmp_path / "m" / "clip.onnx").run(None, dict(zip(CLIP_INPUTS, (video, behavior, pupil))))[0]
     reference = _predict(model, *map(torch.from_numpy, (video, behavior, pupil))).numpy()
     assert relative_error(onnx[0], reference) < 1e-4
 
@@ -146,49 +147,16 @@ def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(small_mou
         with StreamClient(server.url, model_names(recording)["stream"]) as client:
             streamed = np.stack(list(client.run(*inputs)))
         tensors = []
-        for name, array in zip(["video", "behavior", "pupil_center"], inputs):
+        for name, array in zip(CLIP_INPUTS, inputs):
             tensors.append(grpc.InferInput(name, [1, *array.shape], "FP32"))
             tensors[-1].set_data_from_numpy(array[None])
         scored = grpc.InferenceServerClient(server.url).infer(model_names(recording)["clip"], tensors)
     clip = cpu_session(artifacts / recording / "clip.onnx").run(
-        None, dict(zip(["video", "behavior", "pupil_center"], (a[None] for a in inputs))))[0]
-    assert relative_error(scored.as_numpy("responses"), clip) < 1e-5
-    manifest = json.loads((artifacts / "manifest.json").read_text())
-    step = manifest["recordings"][recording]["graphs"]["step"]
-    shapes = [tuple(s["shape"][1:]) for s in step["inputs"] if s["name"].startswith("state_")]
+        None, dict(zip(CLIP_INPUTS, (a[None] for a in inputs))))[0]
+    assert relative_error(scored.as_numpy(RESPONSES), clip) < 1e-5
+    shapes = [spec.fixed_shape for spec in read_manifest(artifacts).graph(recording, "step").states]
     local = stream(cpu_session(artifacts / recording / "step.onnx"), *(a[None] for a in inputs), shapes)[0]
     assert relative_error(streamed, local) < 1e-5
-
-
-def test_streamed_frame_arithmetic_matches_pytorchs_flop_counter():
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from twinserve.export.bench import transformer_flops
-
-    model = _twin("vit-small")
-    use_fused_attention(model, False)  # written out, so the counter sees the attention's matrix products
-    caches = [torch.zeros(1, *model.core.cache_shape()) for _ in range(2 * len(model.core.blocks))]
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.core.step(torch.zeros(1, 3, 36, 64), *caches)
-    assert counter.get_total_flops() == transformer_flops(model, 1, neurons=0, streamed=True)
-    # A one-block clip of exactly W frames: its banded attention is exactly the window.
-    model = _twin("vit-tiny")
-    use_fused_attention(model, False)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.core(torch.zeros(1, 3, model.receptive_field, 36, 64))
-    assert counter.get_total_flops() == transformer_flops(model, model.receptive_field, neurons=0)
-
-
-def test_cores_benchmark_trains_both_cores_for_the_same_wall_time(small_mouse, tmp_path):
-    out = tmp_path / "cores.json"
-    assert twin(["bench", "cores", "--presets", "tiny", "vit-tiny", "--minutes", "0.1", "--data",
-                 *map(str, small_mouse), "--out", str(out), "--quiet"]) == 0
-    results = json.loads(out.read_text())
-    assert {p: r["core"] for p, r in results["presets"].items()} == {"tiny": "convolution", "vit-tiny": "transformer"}
-    for result in results["presets"].values():
-        assert 0.1 <= result["training_minutes"] < 0.5 and result["steps"] > 0
-        assert np.isfinite(result["oracle_single_trial_correlation"])
-    assert out.with_suffix(".png").stat().st_size > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -197,7 +165,7 @@ def test_attention_runs_on_the_flash_kernel_on_a_gpu():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     model = _twin("vit-small").cuda()
-    inputs = [torch.from_numpy(a).cuda() for a in random_inputs(2, 40)]
+    inputs = [torch.from_numpy(a).cuda() for a in random_inputs(2, 40, model.frame_shape)]
     with torch.no_grad():
         reference = model("m", *inputs)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", torch.bfloat16):

@@ -1,6 +1,7 @@
 """Run directories: weights as safetensors, everything else as JSON; no pickle anywhere.
 
-    RUN/config.json          model preset, training settings, recordings (neuron counts, unit ids)
+    RUN/config.json          preset, model config (core name and settings), frame shape (H, W),
+                             training settings, receptive field, recordings (neuron counts, unit ids)
     RUN/model.safetensors    the best weights (by validation score)
     RUN/metrics.json         per recording and tier, written by evaluation
     RUN/checkpoint/          last weights, optimizer state and trainer state, for resuming
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from twinserve.contract import DEFAULT_FRAME_SHAPE
 
 from .model import Twin
 
@@ -50,14 +53,24 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def read_config(run: str | Path) -> dict:
+    """A run's config.json; runs written before frame shapes and core names were recorded get the
+    contract's default frame shape and the "factorized" core."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; is {run} a run directory written by `twin train`?")
+    config = json.loads(path.read_text())
+    config.setdefault("frame_shape", list(DEFAULT_FRAME_SHAPE))
+    config["model"] = {"core": "factorized", **config["model"]}
+    return config
+
+
 def load_run(run: str | Path, weights: str = "model.safetensors") -> tuple[Twin, dict]:
     """Rebuild the twin of a run directory in eval mode → (model, config)."""
     run = Path(run)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: missing; is {run} a run directory written by `twin train`?")
-    config = json.loads(config_path.read_text())
-    model = Twin(config["model"], {name: r["neurons"] for name, r in config["recordings"].items()})
+    config = read_config(run)
+    model = Twin(config["model"], {name: r["neurons"] for name, r in config["recordings"].items()},
+                 frame_shape=tuple(config["frame_shape"]))
     weights_path = run / weights
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: missing; the run has no saved weights yet")

@@ -1,31 +1,35 @@
-"""Subcommands of `twin` for data, training and evaluation (imports torch only when run)."""
+"""Subcommands of `twin` for data, training, evaluation and the MEI experiment (imports torch only when run).
+
+Handlers return their result (printed as JSON on stdout by `twinserve.cli`); tables go to stderr.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .presets import PRESETS
 
 
-def _synth(args) -> None:
+def _synth(args) -> list[str]:
     from .virtual_mouse import synthesize
 
     paths = synthesize(args.out, recordings=args.recordings, neurons=args.neurons,
                        train_minutes=args.train_minutes, seed=args.seed, progress=not args.quiet)
-    for path in paths:
-        print(path)
+    return [str(path) for path in paths]
 
 
-def _train(args) -> None:
+def _train(args) -> dict:
     from .train import train
 
     overrides = {k: v for k, v in [("minutes", args.minutes), ("steps", args.steps), ("seed", args.seed)]
                  if v is not None}
     results = train(args.data, args.out, preset=args.preset, progress=not args.quiet, **overrides)
     print_metrics(results)
+    return results
 
 
-def _evaluate(args) -> None:
+def _evaluate(args) -> dict:
     from .checkpoint import load_run, write_json
     from .data import open_recordings
     from .evaluate import evaluate
@@ -35,42 +39,31 @@ def _evaluate(args) -> None:
     if args.out:
         write_json(Path(args.out), results)
     print_metrics(results)
+    return results
 
 
-def _bench(args) -> None:
-    from .bench import run_bench
+def _mei(args) -> dict:
+    from .mei import run_mei
 
-    results = run_bench(args.out, repeats=args.repeats)
-    for preset, r in results["presets"].items():
-        print(f"{preset:<6} train {r['train_output_frames_per_s']:8.0f} output frames/s  "
-              f"inference {r['inference_output_frames_per_s']:8.0f} output frames/s  ({r['parameters']} parameters)")
-    print(f"wrote {args.out}")
-
-
-def _cores_bench(args) -> None:
-    from .cores_bench import run_cores_bench
-
-    results = run_cores_bench(args.out, presets=args.presets, minutes=args.minutes, data=args.data,
-                              progress=not args.quiet)
-    for preset, r in results["presets"].items():
-        print(f"{preset:<10} {r['core']:<12} {r['steps']:6d} steps in {r['training_minutes']:5.1f} min  "
-              f"oracle single-trial correlation {r['oracle_single_trial_correlation']:.3f}")
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    summary = run_mei(args.run, args.recording, args.neuron, args.out, steps=args.steps, rms=args.rms,
+                      smooth_px=args.smooth, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {args.out}/mei.npy, mei.json, mei.png", file=sys.stderr)
+    return summary
 
 
 def print_metrics(results: dict) -> None:
-    """One line per recording and tier with the summary metrics."""
+    """One line per recording and tier with the summary metrics, on stderr."""
     names = ["single_trial_correlation", "correlation_to_average", "fev_e", "cc_norm",
              "ceiling_single_trial_correlation", "fraction_of_ceiling"]
     short = ["single", "to_avg", "fev_e", "cc_norm", "ceiling", "of_ceil"]
-    print(f"{'recording':<22}{'tier':<18}" + "".join(f"{s:>9}" for s in short))
+    print(f"{'recording':<22}{'tier':<18}" + "".join(f"{s:>9}" for s in short), file=sys.stderr)
     for recording, tiers in results.items():
         for tier, summary in tiers.items():
             values = "".join(f"{summary[n]:>9.3f}" if n in summary else f"{'-':>9}" for n in names)
-            print(f"{recording:<22}{tier:<18}{values}")
+            print(f"{recording:<22}{tier:<18}{values}", file=sys.stderr)
 
 
-def register(commands, benchmarks) -> None:
+def register(commands) -> None:
     data = commands.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write virtual-mouse recordings in the SENSORIUM 2023 layout")
     synth.add_argument("--out", required=True, help="folder to write one sub-folder per recording into")
@@ -99,15 +92,16 @@ def register(commands, benchmarks) -> None:
     evaluate.set_defaults(handler=_evaluate)
 
 
-    train_bench = benchmarks.add_parser("train", help="training and inference throughput of the presets")
-    train_bench.add_argument("--out", default="benchmarks/results/train.json")
-    train_bench.add_argument("--repeats", type=int, default=3)
-    train_bench.set_defaults(handler=_bench)
-
-    cores = benchmarks.add_parser("cores", help="convolutional vs transformer twin at equal training wall time")
-    cores.add_argument("--out", default="benchmarks/results/cores.json")
-    cores.add_argument("--presets", nargs="+", default=["small", "vit-small"], choices=sorted(PRESETS))
-    cores.add_argument("--minutes", type=float, default=10.0, help="training wall time per preset")
-    cores.add_argument("--data", nargs="+", help="recording folders (default: the demo's virtual mouse)")
-    cores.add_argument("--quiet", action="store_true")
-    cores.set_defaults(handler=_cores_bench)
+def register_experiments(kinds) -> None:
+    """`twin experiment mei`: most exciting inputs by gradient ascent on the local PyTorch twin."""
+    mei = kinds.add_parser("mei", help="most exciting inputs by gradient ascent on the local PyTorch twin")
+    mei.add_argument("--run", required=True, help="run folder written by `twin train`")
+    mei.add_argument("--recording", required=True)
+    mei.add_argument("--neuron", type=int, nargs="+", required=True, help="one MEI per neuron, optimised together")
+    mei.add_argument("--out", required=True)
+    mei.add_argument("--steps", type=int, default=200)
+    mei.add_argument("--rms", type=float, default=40.0, help="norm budget: RMS deviation from grey, pixel values")
+    mei.add_argument("--smooth", type=float, default=1.0, help="gradient smoothing, pixels")
+    mei.add_argument("--seed", type=int, default=0)
+    mei.add_argument("--quiet", action="store_true")
+    mei.set_defaults(handler=_mei)

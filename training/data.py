@@ -2,7 +2,7 @@
 
 Layout (time on the last axis on disk)::
 
-    <recording>/data/videos/<i>.npy         (H, W, T)  raw pixel values
+    <recording>/data/videos/<i>.npy         (H, W, T)  raw pixel values, the same H×W in every trial
     <recording>/data/responses/<i>.npy      (N, T)
     <recording>/data/behavior/<i>.npy       (2, T)     pupil size, running speed
     <recording>/data/pupil_center/<i>.npy   (2, T)     x, y
@@ -23,6 +23,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+
+from twinserve.contract import BEHAVIOR_CHANNELS, PUPIL_CHANNELS
 
 ARRAYS = ("videos", "responses", "behavior", "pupil_center")
 STATISTICS = ("mean", "std", "min", "max", "median")
@@ -105,6 +107,21 @@ class Recording:
     def neurons(self) -> int:
         return len(self.unit_ids)
 
+    @cached_property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the recording's frames, from the header of its first video file (memory-mapped)."""
+        folder = self.path / "data" / "videos"
+        path = min(folder.glob("*.npy"), default=None)
+        if path is None:
+            raise LayoutError(f"{folder}: no video files")
+        try:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (ValueError, OSError) as error:
+            raise LayoutError(f"{path}: not a readable .npy array ({error})") from None
+        if len(shape) != 3:
+            raise LayoutError(f"{path}: expected 3 dimensions, found shape {shape}")
+        return shape[0], shape[1]
+
     def trials_in(self, tier: str) -> list[int]:
         """Trial indices of a tier; ``live_test`` or ``final_test`` prefixes match all their tiers."""
         return [i for i, t in enumerate(self.tiers) if t == tier or t.startswith(tier + "_")]
@@ -117,7 +134,11 @@ class Recording:
         pupil = _load(files["pupil_center"], ndim=2)
         responses = _load(files["responses"], ndim=2) if files["responses"].is_file() else None
         frames = video.shape[-1]
-        expected = {"behavior": (behavior, 2), "pupil_center": (pupil, 2), "responses": (responses, self.neurons)}
+        if video.shape[:2] != self.frame_shape:
+            raise LayoutError(f"{files['videos']}: frames of {video.shape[:2]} pixels, expected "
+                              f"{self.frame_shape} as in the recording's other videos")
+        expected = {"behavior": (behavior, BEHAVIOR_CHANNELS), "pupil_center": (pupil, PUPIL_CHANNELS),
+                    "responses": (responses, self.neurons)}
         for key, (array, rows) in expected.items():
             if array is not None and array.shape != (rows, frames):
                 raise LayoutError(f"{files[key]}: expected shape ({rows}, {frames}) to match "
@@ -143,7 +164,7 @@ class Recording:
         Accepts both the real release's arrays repeated along time and per-channel arrays.
         """
         per_channel_ndim = {"videos": None, "responses": 1, "behavior": 1, "pupil_center": 1}
-        rows = {"responses": self.neurons, "behavior": 2, "pupil_center": 2}
+        rows = {"responses": self.neurons, "behavior": BEHAVIOR_CHANNELS, "pupil_center": PUPIL_CHANNELS}
         result = {}
         for key, ndim in per_channel_ndim.items():
             result[key] = {}
@@ -184,3 +205,12 @@ def open_recordings(paths) -> list[Recording]:
     if not recordings:
         raise LayoutError("no recording folders given")
     return recordings
+
+
+def common_frame_shape(recordings: list[Recording]) -> tuple[int, int]:
+    """The (H, W) all recordings share (one twin takes one frame shape); a clear error otherwise."""
+    shapes = {r.name: r.frame_shape for r in recordings}
+    if len(set(shapes.values())) != 1:
+        raise LayoutError(f"the recordings have frames of different shapes {shapes}; "
+                          f"train one twin per frame shape")
+    return next(iter(shapes.values()))

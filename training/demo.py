@@ -1,12 +1,14 @@
-"""The training half of `twin demo` (`clients/demo.py` runs the whole job).
+"""The training half of `twin demo` (`twinserve/demo.py` runs the whole job).
 
 virtual mouse → train the `small` twin → evaluate every tier → figures, all under one folder.
-Each stage is skipped or resumed when its output is already there.
+Each stage is skipped or resumed when its output is already there. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from .plots import plot_traces
 def run_training_demo(out: str | Path, neurons: int = 300, train_minutes: float = 6.0, minutes: float | None = None,
              seed: int = 0, stages: int = 3) -> dict:
     """Stages 1–3 of `stages` (the numbering in the printed progress)."""
+    say = partial(print, file=sys.stderr, flush=True)
     from .train import train
     from .virtual_mouse import synthesize
 
@@ -27,16 +30,16 @@ def run_training_demo(out: str | Path, neurons: int = 300, train_minutes: float 
     data = out / "data"
     folders = sorted(p for p in data.glob("virtual-mouse-*") if (p / "meta/trials/tiers.npy").is_file())
     if not folders:
-        print(f"[1/{stages}] writing the virtual mouse to {data}")
+        say(f"[1/{stages}] writing the virtual mouse to {data}")
         folders = synthesize(data, recordings=2, neurons=neurons, train_minutes=train_minutes, seed=seed)
     run = out / "run"
     if (run / "metrics.json").is_file():
-        print(f"[2/{stages}] using the trained twin in {run}")
+        say(f"[2/{stages}] using the trained twin in {run}")
         results = json.loads((run / "metrics.json").read_text())
     else:
-        print(f"[2/{stages}] training the small twin into {run}")
+        say(f"[2/{stages}] training the small twin into {run}")
         results = train(folders, run, preset="small", **({"minutes": minutes} if minutes else {}))
-    print(f"[3/{stages}] figures")
+    say(f"[3/{stages}] figures")
     recording = Recording(folders[0])
     trial = recording.load("oracle")[0]
     model, _ = load_run(run)
@@ -47,8 +50,8 @@ def run_training_demo(out: str | Path, neurons: int = 300, train_minutes: float 
                 run / "traces.png", f"{recording.name}, oracle trial {trial.index}: best-predicted neurons")
     for name, tiers in results.items():
         oracle = tiers["oracle"]
-        print(f"{name}: oracle single-trial correlation {oracle['single_trial_correlation']:.3f}"
+        say(f"{name}: oracle single-trial correlation {oracle['single_trial_correlation']:.3f}"
               + (f" = {oracle['fraction_of_ceiling']:.2f} of the ceiling {oracle['ceiling_single_trial_correlation']:.3f}"
                  if "fraction_of_ceiling" in oracle else ""))
-    print(f"figures: {run / 'training_curve.png'}, {run / 'traces.png'}")
+    say(f"figures: {run / 'training_curve.png'}, {run / 'traces.png'}")
     return results

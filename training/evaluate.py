@@ -1,7 +1,8 @@
 """Evaluation on whole trials (never random crops): predictions and metrics per tier.
 
-A trial's prediction is (T, N) like its responses; the first R - 1 frames, before the receptive
-field is full, are NaN, which the 50-frame burn-in of the metrics excludes anyway.
+A trial's prediction is (T, N) like its responses; its first `offset` frames (R - 1 for a receptive
+field of R frames, before it is full; none for unbounded memory) are NaN, which the 50-frame burn-in
+of the metrics excludes anyway.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ SKIPPED_TIERS = ("none",)
 
 @torch.inference_mode()
 def predict(model: Twin, recording: str, trials: list[Trial]) -> list[np.ndarray]:
-    """Predicted responses per trial, (T, N) each, NaN before the receptive field is full."""
+    """Predicted responses per trial, (T, N) each, NaN in the first `model.offset` frames."""
     model.eval()
     predictions = []
     for trial in trials:
         inputs = [torch.from_numpy(a)[None] for a in (trial.video, trial.behavior, trial.pupil_center)]
         out = model(recording, *inputs)[0].numpy()
         padded = np.full((trial.frames, out.shape[1]), np.nan, dtype=np.float32)
-        padded[trial.frames - len(out):] = out
+        padded[model.offset:] = out
         predictions.append(padded)
     return predictions
 
@@ -78,6 +79,9 @@ def evaluate(model: Twin, recordings: list[Recording], out: Path | None = None, 
         if recording.name not in model.heads:
             raise KeyError(f"the twin has no readout for recording {recording.name!r}; "
                            f"it knows {sorted(model.heads)}")
+        if recording.frame_shape != model.frame_shape:
+            raise ValueError(f"{recording.name} has frames of {recording.frame_shape} pixels; "
+                             f"the twin takes {model.frame_shape}")
         summary, per_neuron = evaluate_tier(model, recording, recording.load(tier))
         if summary:
             results.setdefault(recording.name, {})[tier] = summary

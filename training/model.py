@@ -1,8 +1,9 @@
-"""The twin: a causal factorized 3D-conv core shared by all recordings, one head per recording.
+"""The twin: a causal core shared by all recordings (any registered `Core`), one head per recording.
 
-Shapes: B batch, T input frames, H×W pixels (36×64), C feature channels, N neurons of a recording,
-R = receptive field in frames; a clip of T frames gives T' = T - R + 1 output frames, output frame
-j predicting the responses at input frame j + R - 1 (causal: it sees only frames ≤ that one).
+Shapes: B batch, T input frames, H×W pixels (`frame_shape`), C feature channels, N neurons of a
+recording; offset = `contract.output_offset(receptive_field)` (R - 1 for a receptive field of R
+frames, 0 for unbounded memory); a clip of T frames gives T' = T - offset output frames, output
+frame j predicting the responses at input frame j + offset (causal: it sees only frames ≤ that one).
 
 All normalisation lives in the model: it takes raw pixels and raw behaviour and returns responses in
 the recording's raw units, so an exported graph needs no client-side preprocessing.
@@ -15,44 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transformer import TransformerCore
+from twinserve.contract import BEHAVIOR_CHANNELS, DEFAULT_FRAME_SHAPE, PUPIL_CHANNELS, output_offset
 
-BEHAVIOR_CHANNELS = 2  # pupil size, running speed
-
-
-class FactorizedLayer(nn.Module):
-    """Spatial 1×k×k conv, temporal kt×1×1 conv (valid in time), BatchNorm, ELU.
-
-    (B, C_in, T, H, W) → (B, C_out, T - kt + 1, H / stride, W / stride)
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, spatial_kernel: int, temporal_kernel: int, stride: int):
-        super().__init__()
-        self.spatial = nn.Conv3d(in_channels, out_channels, (1, spatial_kernel, spatial_kernel),
-                                 stride=(1, stride, stride), padding=(0, spatial_kernel // 2, spatial_kernel // 2),
-                                 bias=False)
-        self.temporal = nn.Conv3d(out_channels, out_channels, (temporal_kernel, 1, 1), bias=False)
-        self.norm = nn.BatchNorm3d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(self.norm(self.temporal(self.spatial(x))))
-
-
-class FactorizedCore(nn.Module):
-    """Stack of `FactorizedLayer`s: (B, C_in, T, H, W) → (B, C, T - R + 1, H', W')."""
-
-    def __init__(self, in_channels: int, channels, spatial_kernels, temporal_kernels, first_stride: int = 1):
-        super().__init__()
-        sizes = [in_channels, *channels]
-        self.layers = nn.Sequential(*[
-            FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i],
-                            first_stride if i == 0 else 1)
-            for i in range(len(channels))])
-        self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
-        self.out_channels = sizes[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+from .cores import Core, build_core
 
 
 class GaussianReadout(nn.Module):
@@ -90,10 +56,12 @@ class Head(nn.Module):
 
     def __init__(self, channels: int, neurons: int):
         super().__init__()
-        for name, size in [("video_mean", ()), ("video_std", ()), ("behavior_mean", (2,)), ("behavior_std", (2,)),
-                           ("pupil_mean", (2,)), ("pupil_std", (2,)), ("response_scale", (neurons,))]:
+        behavior, pupil = (BEHAVIOR_CHANNELS,), (PUPIL_CHANNELS,)
+        for name, size in [("video_mean", ()), ("video_std", ()), ("behavior_mean", behavior),
+                           ("behavior_std", behavior), ("pupil_mean", pupil), ("pupil_std", pupil),
+                           ("response_scale", (neurons,))]:
             self.register_buffer(name, torch.ones(size) if "std" in name or "scale" in name else torch.zeros(size))
-        self.shifter = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 2), nn.Tanh())
+        self.shifter = nn.Sequential(nn.Linear(PUPIL_CHANNELS, 5), nn.Tanh(), nn.Linear(5, 2), nn.Tanh())
         nn.init.zeros_(self.shifter[2].weight)
         nn.init.zeros_(self.shifter[2].bias)
         self.readout = GaussianReadout(channels, neurons)
@@ -139,42 +107,58 @@ class Head(nn.Module):
 
 
 class Twin(nn.Module):
-    """Shared causal core (convolutional, or a transformer where the config says `core="transformer"`)
-    + one `Head` per recording.
+    """A shared causal core, built by name from the core registry, + one `Head` per recording.
 
-    config: a `PRESETS` entry; neurons: recording name → neuron count.
+    config: {"core": registered core name, **its settings} (`Preset.model_config()`; without "core":
+    "factorized", as runs written before the registry); neurons: recording name → neuron count;
+    frame_shape: (H, W) of the frames the twin takes.
     """
 
-    def __init__(self, config: dict, neurons: dict[str, int]):
+    def __init__(self, config: dict, neurons: dict[str, int], frame_shape: tuple[int, int] = DEFAULT_FRAME_SHAPE):
         super().__init__()
-        self.config = dict(config)
-        settings = {k: v for k, v in config.items() if k != "core"}
-        if config.get("core", "convolution") == "transformer":
-            self.core = TransformerCore(1 + BEHAVIOR_CHANNELS, **settings)
-        else:
-            self.core = FactorizedCore(1 + BEHAVIOR_CHANNELS, **settings)
+        self.config = {"core": "factorized", **config}
+        self.frame_shape = tuple(frame_shape)
+        settings = {k: v for k, v in self.config.items() if k != "core"}
+        self.core: Core = build_core(self.config["core"], 1 + BEHAVIOR_CHANNELS, self.frame_shape, **settings)
         self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n) for name, n in neurons.items()})
 
     @property
-    def receptive_field(self) -> int:
+    def receptive_field(self) -> int | None:
+        """Frames an output depends on; None for a core with unbounded memory."""
         return self.core.receptive_field
+
+    @property
+    def offset(self) -> int:
+        """Input frames before a clip's first output (`contract.output_offset`)."""
+        return output_offset(self.core.receptive_field)
+
+    def _readout_flops(self) -> int:
+        """FLOPs of every head's readout channel sums on one output frame: 2 · neurons · C."""
+        return 2 * sum(head.response_scale.numel() for head in self.heads.values()) * self.core.out_channels
+
+    def clip_flops(self, frames: int) -> float:
+        """FLOPs (2 × multiply-adds) of the core and every head's readout on a clip of `frames` frames."""
+        return self.core.flops(self.frame_shape, frames) + self._readout_flops() * (frames - self.offset)
+
+    def step_flops(self) -> float:
+        """FLOPs of the core and every head's readout on one streamed frame."""
+        return self.core.step_flops(self.frame_shape) + self._readout_flops()
 
     def rates(self, recording: str, video: torch.Tensor, behavior: torch.Tensor,
               pupil_center: torch.Tensor) -> torch.Tensor:
-        """Raw video (B, T, H, W), behavior (B, T, 2), pupil_center (B, T, 2) → rates (B, T', N) in
-        units of the recording's response scale (the scale the Poisson loss works in)."""
+        """Raw video (B, T, H, W), behavior (B, T, 2), pupil_center (B, T, 2) → rates (B, T - offset, N)
+        in units of the recording's response scale (the scale the Poisson loss works in)."""
         if recording not in self.heads:
             raise KeyError(f"unknown recording {recording!r}; this twin knows {sorted(self.heads)}")
-        if video.shape[1] < self.receptive_field:
-            raise ValueError(f"need at least {self.receptive_field} frames, got {video.shape[1]}")
+        if video.shape[1] <= self.offset:
+            raise ValueError(f"need at least {self.offset + 1} frames, got {video.shape[1]}")
         core_input, behavior, pupil_center = self.core_input(recording, video, behavior, pupil_center)
         features = self.core(core_input)
-        start = self.receptive_field - 1
-        return self.heads[recording](features, behavior[:, start:], pupil_center[:, start:])
+        return self.heads[recording](features, behavior[:, self.offset:], pupil_center[:, self.offset:])
 
     def core_input(self, recording: str, video: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor):
-        """Raw inputs as in `rates` → (core input (B, 3, T, H, W): normalised video and behaviour maps,
-        normalised behavior (B, T, 2), normalised pupil_center (B, T, 2))."""
+        """Raw inputs as in `rates` → (core input (B, 1 + 2, T, H, W): normalised video and behaviour
+        maps, normalised behavior (B, T, 2), normalised pupil_center (B, T, 2))."""
         video, behavior, pupil_center = self.heads[recording].normalize(video, behavior, pupil_center)
         height, width = video.shape[-2:]
         behavior_maps = behavior.transpose(1, 2)[..., None, None].expand(-1, -1, -1, height, width)
@@ -182,5 +166,5 @@ class Twin(nn.Module):
 
     def forward(self, recording: str, video: torch.Tensor, behavior: torch.Tensor,
                 pupil_center: torch.Tensor) -> torch.Tensor:
-        """Raw inputs as in `rates` → predicted responses (B, T', N) in the recording's raw units."""
+        """Raw inputs as in `rates` → predicted responses (B, T - offset, N) in the recording's raw units."""
         return self.rates(recording, video, behavior, pupil_center) * self.heads[recording].response_scale

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 from .data import Trial
 
-GRID = (9, 16)
+CELL = 4                # pixels per side of a cell of the coarse grid: 9×16 cells on 36×64 frames
 LAGS = range(1, 9)
 PERIODS = (10, 18)      # pixels
+PIXEL_SCALE = 64.0      # divides the mean-free pixels (the correlations below do not depend on it)
 ORIENTATIONS = 4
 MAX_TRIALS = 60         # enough for a position estimate; bounds the cost on large recordings
 MIN_FIT_R2 = 0.5
@@ -40,10 +41,15 @@ def gabor_bank(size: int = 15) -> torch.Tensor:
     return torch.tensor(np.array(kernels), dtype=torch.float32)[:, None]
 
 
-def oriented_energy(video: np.ndarray, grid=GRID) -> np.ndarray:
+def grid_for(frame_shape: tuple[int, int]) -> tuple[int, int]:
+    """The coarse grid (rows, columns) of cells of CELL×CELL pixels on frames of (H, W)."""
+    return max(1, frame_shape[0] // CELL), max(1, frame_shape[1] // CELL)
+
+
+def oriented_energy(video: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Lag-summed oriented energy on a coarse grid: video (T, H, W) → (T, K, G), K energy channels."""
     bank = gabor_bank()
-    frames = torch.from_numpy((video - video.mean()) / 64.0)[:, None]
+    frames = torch.from_numpy((video - video.mean()) / PIXEL_SCALE)[:, None]
     with torch.no_grad():
         responses = F.conv2d(frames, bank, padding=bank.shape[-1] // 2)
     energy = responses[:, 0::2] ** 2 + responses[:, 1::2] ** 2
@@ -59,7 +65,7 @@ def _standardize(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=0) + 1e-9)
 
 
-def receptive_field_peaks(trials: list[Trial], grid=GRID) -> tuple[np.ndarray, np.ndarray]:
+def receptive_field_peaks(trials: list[Trial], grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Per neuron the grid cell of the strongest energy correlation → (peaks (N, 2) in grid_sample
     coordinates, strength (N,) the correlation there)."""
     trials = trials[:: max(1, len(trials) // MAX_TRIALS)]
@@ -71,7 +77,7 @@ def receptive_field_peaks(trials: list[Trial], grid=GRID) -> tuple[np.ndarray, n
     return _grid_centres(grid)[best.argmax(1)], best.max(1)
 
 
-def _grid_centres(grid=GRID) -> np.ndarray:
+def _grid_centres(grid: tuple[int, int]) -> np.ndarray:
     """Centres of the grid cells in grid_sample coordinates (x, y) ∈ [-1, 1] → (G, 2)."""
     rows, cols = grid
     y, x = np.meshgrid((np.arange(rows) + 0.5) / rows * 2 - 1, (np.arange(cols) + 0.5) / cols * 2 - 1, indexing="ij")
@@ -94,10 +100,11 @@ def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.nda
     return fitted, float(r2)
 
 
-def readout_positions(trials: list[Trial], coordinates: np.ndarray, grid=GRID) -> np.ndarray:
+def readout_positions(trials: list[Trial], coordinates: np.ndarray,
+                      grid: tuple[int, int] | None = None) -> np.ndarray:
     """Starting readout positions (N, 2) in grid_sample coordinates from training trials and the
-    neurons' cortical coordinates (N, ≥2)."""
-    peaks, strength = receptive_field_peaks(trials, grid)
+    neurons' cortical coordinates (N, ≥2); grid: default `grid_for` the trials' frame shape."""
+    peaks, strength = receptive_field_peaks(trials, grid or grid_for(trials[0].video.shape[1:]))
     if len(peaks) >= 8:
         fitted, r2 = retinotopic_fit(coordinates, peaks, strength)
         if r2 >= MIN_FIT_R2:

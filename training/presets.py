@@ -1,12 +1,73 @@
-"""Twin architectures by name (plain data, so the command line can list them without importing torch)."""
+"""Twins by name: one `Preset` record per name holds the core, its settings and how to train it.
 
-PRESETS = {
-    "tiny": dict(channels=(8, 8), spatial_kernels=(5, 3), temporal_kernels=(3, 3), first_stride=2),
-    "small": dict(channels=(16, 32, 32), spatial_kernels=(9, 5, 5), temporal_kernels=(9, 7, 5), first_stride=2),
+Plain data (no torch), so the command line can list the names without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """How to train. `minutes` and `steps` both bound the run; the schedule follows whichever is nearer."""
+
+    clips: int = 8             # windows per recording per step
+    frames: int = 48           # frames per window (the first `offset` only fill the receptive field)
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.03       # fraction of the run
+    min_lr_ratio: float = 0.02
+    clip_grad: float = 1.0
+    minutes: float = 11.0
+    steps: int = 100_000
+    eval_every: int = 100      # steps between validations
+    patience: int = 6          # validations without improvement before stopping
+    val_trials: int = 20       # oracle trials per recording used for early stopping
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """core: a name in `training.cores.CORES`; model: that core's settings; train: how to train it."""
+
+    core: str
+    model: dict
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def model_config(self) -> dict:
+        """The twin's config: {"core": core, **model} (what `Twin` takes and a run records)."""
+        return {"core": self.core, **self.model}
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("factorized", dict(channels=(8, 8), spatial_kernels=(5, 3), temporal_kernels=(3, 3), first_stride=2),
+                   TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6)),
+    "small": Preset("factorized", dict(channels=(16, 32, 32), spatial_kernels=(9, 5, 5), temporal_kernels=(9, 7, 5),
+                                       first_stride=2)),
     # The SENSORIUM 2023 factorized baseline size.
-    "base": dict(channels=(32, 64, 128), spatial_kernels=(11, 5, 5), temporal_kernels=(11, 5, 5), first_stride=1),
+    "base": Preset("factorized", dict(channels=(32, 64, 128), spatial_kernels=(11, 5, 5), temporal_kernels=(11, 5, 5),
+                                      first_stride=1),
+                   TrainConfig(frames=80, lr=2.4e-3, minutes=60.0, eval_every=50)),
     # Factorized spatial/temporal transformers (`training/transformer.py`); receptive field 1 + depth·(window - 1).
-    "vit-tiny": dict(core="transformer", dim=16, depth=1, heads=2, window=4, patch=4, channels=8, mlp_ratio=2),
-    "vit-small": dict(core="transformer", dim=64, depth=2, heads=4, window=10, patch=4, channels=32),
-    "vit-base": dict(core="transformer", dim=128, depth=4, heads=4, window=8, patch=4, channels=64),
+    "vit-tiny": Preset("transformer", dict(dim=16, depth=1, heads=2, window=4, patch=4, channels=8, mlp_ratio=2),
+                       TrainConfig(clips=4, frames=24, lr=5e-3, minutes=2.0, steps=150, eval_every=25, val_trials=6)),
+    "vit-small": Preset("transformer", dict(dim=64, depth=2, heads=4, window=10, patch=4, channels=32),
+                        TrainConfig(lr=2e-3, weight_decay=0.01)),
+    "vit-base": Preset("transformer", dict(dim=128, depth=4, heads=4, window=8, patch=4, channels=64),
+                       TrainConfig(frames=80, lr=1e-3, weight_decay=0.01, minutes=60.0, eval_every=50)),
 }
+
+
+def register_preset(name: str, preset: Preset) -> None:
+    """Add a preset under a new name (e.g. for a core registered outside this package)."""
+    if name in PRESETS:
+        raise ValueError(f"a preset named {name!r} already exists")
+    PRESETS[name] = preset
+
+
+def preset(name: str) -> Preset:
+    """The preset called `name`; a clear error listing the names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

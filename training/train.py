@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,41 +17,12 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from . import checkpoint, metrics
-from .data import Recording, Trial, open_recordings
+from .data import Recording, Trial, common_frame_shape, open_recordings
 from .evaluate import evaluate, predict
 from .model import Twin
 from .plots import plot_training_curve
 from .positions import readout_positions
-from .presets import PRESETS
-
-
-@dataclass
-class TrainConfig:
-    """How to train. `minutes` and `steps` both bound the run; the schedule follows whichever is nearer."""
-
-    clips: int = 8             # windows per recording per step
-    frames: int = 48           # frames per window (the first R - 1 only fill the receptive field)
-    lr: float = 5e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.03       # fraction of the run
-    min_lr_ratio: float = 0.02
-    clip_grad: float = 1.0
-    minutes: float = 11.0
-    steps: int = 100_000
-    eval_every: int = 100      # steps between validations
-    patience: int = 6          # validations without improvement before stopping
-    val_trials: int = 20       # oracle trials per recording used for early stopping
-    seed: int = 0
-
-
-TRAIN_PRESETS = {
-    "tiny": TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6),
-    "small": TrainConfig(),
-    "base": TrainConfig(frames=80, lr=2.4e-3, minutes=60.0, eval_every=50),
-    "vit-tiny": TrainConfig(clips=4, frames=24, lr=5e-3, minutes=2.0, steps=150, eval_every=25, val_trials=6),
-    "vit-small": TrainConfig(lr=2e-3, weight_decay=0.01),
-    "vit-base": TrainConfig(frames=80, lr=1e-3, weight_decay=0.01, minutes=60.0, eval_every=50),
-}
+from .presets import TrainConfig, preset as find_preset
 
 
 def poisson_loss(rates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -110,8 +81,10 @@ def _validation_subset(trials: list[Trial], count: int) -> list[Trial]:
 
 
 def build_model(preset: str, recordings: list[Recording], train_trials: dict[str, list[Trial]]) -> Twin:
-    """A fresh twin with normalisation and readout positions initialised from the training data."""
-    model = Twin(PRESETS[preset], {r.name: r.neurons for r in recordings})
+    """A fresh twin for the recordings' frame shape, with normalisation and readout positions
+    initialised from the training data."""
+    model = Twin(find_preset(preset).model_config(), {r.name: r.neurons for r in recordings},
+                 frame_shape=common_frame_shape(recordings))
     for recording in recordings:
         positions = readout_positions(train_trials[recording.name], recording.coordinates)
         model.heads[recording.name].initialize(recording.statistics, positions)
@@ -138,13 +111,12 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     overrides: fields of `TrainConfig` (e.g. minutes=5). An existing checkpoint in `out` with the
     same settings is resumed.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = TrainConfig(**{**asdict(TRAIN_PRESETS[preset]), **overrides})
+    config = replace(find_preset(preset).train, **overrides)
     out = Path(out)
     (out / "checkpoint").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     recordings = open_recordings(data)
+    common_frame_shape(recordings)  # refuse recordings of different frame shapes before reading any trial
     train_trials = {r.name: r.load("train") for r in recordings}
     validation = {r.name: _validation_subset(r.load("oracle"), config.val_trials) for r in recordings}
     empty = [name for name, trials in validation.items() if not trials]
@@ -153,7 +125,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
 
     model = build_model(preset, recordings, train_trials)
     run_config = {
-        "preset": preset, "model": model.config, "train": asdict(config),
+        "preset": preset, "model": model.config, "frame_shape": list(model.frame_shape), "train": asdict(config),
         "receptive_field": model.receptive_field,
         "recordings": {r.name: {"neurons": r.neurons, "unit_ids": r.unit_ids.tolist()} for r in recordings},
     }
@@ -161,7 +133,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     state = {"step": 0, "elapsed": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
     state_path = out / "checkpoint" / "state.json"
     if state_path.is_file():
-        _check_resumable(json.loads((out / "config.json").read_text()), run_config, out)
+        _check_resumable(checkpoint.read_config(out), run_config, out)
         model.load_state_dict(load_file(str(out / "checkpoint" / "last.safetensors")))
         checkpoint.load_optimizer(optimizer, out / "checkpoint" / "optimizer.safetensors")
         state = json.loads(state_path.read_text())
@@ -204,7 +176,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         for name, sampler in samplers.items():
             video, behavior, pupil, responses = sampler.sample(config.clips)
             rates = model.rates(name, video, behavior, pupil)
-            target = responses[:, model.receptive_field - 1:] / model.heads[name].response_scale
+            target = responses[:, model.offset:] / model.heads[name].response_scale
             loss = loss + poisson_loss(rates, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

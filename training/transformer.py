@@ -33,11 +33,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return scores.softmax(-1) @ v
 
 
-def use_fused_attention(module: nn.Module, fused: bool) -> None:
-    """Switch every attention layer inside `module` between the fused and the written-out form."""
-    for layer in module.modules():
-        if isinstance(layer, (SpatialAttention, TemporalAttention)):
-            layer.fused = fused
+def use_fused_attention(module: nn.Module, fused: bool) -> int:
+    """Switch every attention layer inside `module` between the fused and the written-out form
+    → how many layers were switched (0: the module has no attention)."""
+    layers = [layer for layer in module.modules() if isinstance(layer, (SpatialAttention, TemporalAttention))]
+    for layer in layers:
+        layer.fused = fused
+    return len(layers)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -156,11 +158,12 @@ class TransformerCore(nn.Module):
     linear map of every token to an s×s patch of C feature channels (pixel shuffle) for the readout.
 
     Behaviour enters as constant input channels, so the patch embedding adds a learned linear
-    function of it to every token (a learned modulation).
+    function of it to every token (a learned modulation). frame_shape (H, W) fixes the patch grid
+    (H/p)×(W/p) and so the learned spatial positions: the core takes frames of that shape only.
     """
 
-    def __init__(self, in_channels: int, dim: int, depth: int, heads: int, window: int, patch: int,
-                 channels: int, upsample: int = 2, mlp_ratio: int = 4, frame_shape=(36, 64)):
+    def __init__(self, in_channels: int, frame_shape: tuple[int, int], dim: int, depth: int, heads: int, window: int,
+                 patch: int, channels: int, upsample: int = 2, mlp_ratio: int = 4):
         super().__init__()
         if dim % heads or (dim // heads) % 2:
             raise ValueError(f"dim {dim} must split into {heads} heads of even width")
@@ -173,11 +176,16 @@ class TransformerCore(nn.Module):
         self.upsample, self.out_channels = upsample, channels
         self.receptive_field = 1 + depth * (window - 1)
 
+    def patches(self, frame_shape: tuple[int, int]) -> int:
+        """P, the tokens of a frame of `frame_shape` (H, W); refused unless it makes this core's patch grid."""
+        patch = self.embed.stride[0]
+        if (frame_shape[0] // patch, frame_shape[1] // patch) != self.grid:
+            raise ValueError(f"frames of {tuple(frame_shape)} pixels do not make the {self.grid} patch grid")
+        return self.grid[0] * self.grid[1]
+
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Frames (N, C_in, H, W) → tokens (N, P, D)."""
-        patch = self.embed.stride[0]
-        if (x.shape[-2] // patch, x.shape[-1] // patch) != self.grid:
-            raise ValueError(f"frames of {tuple(x.shape[-2:])} pixels do not make the {self.grid} patch grid")
+        self.patches(x.shape[-2:])
         return self.embed(x).flatten(2).transpose(1, 2) + self.position
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,3 +216,44 @@ class TransformerCore(nn.Module):
             x, keys, values = block.step(x, keys, values)
             next_caches += [keys, values]
         return (self.features(x), *next_caches)
+
+    def state_shapes(self, frame_shape: tuple[int, int]) -> list[tuple[int, ...]]:
+        """Per block its key cache and its value cache, (P, h, W - 1, d) each, batch left out."""
+        self.patches(frame_shape)
+        return [self.cache_shape()] * (2 * len(self.blocks))
+
+    def stepper(self) -> TransformerStep:
+        """The core for one frame with its key/value caches as explicit state (shares this core's weights;
+        no layer of this core behaves differently in training)."""
+        return TransformerStep(self)
+
+    def flops(self, frame_shape: tuple[int, int], frames: int, streamed: bool = False) -> float:
+        """FLOPs (2 × multiply-adds) on a clip of `frames` input frames (each attention counted over
+        its W-frame window), or with `streamed` of one frame from the key/value caches."""
+        patches, dim = self.patches(frame_shape), self.position.shape[1]
+        window, hidden = self.blocks[0].temporal.window, self.blocks[0].mlp[0].out_features
+        total = frames * 2 * patches * dim * self.embed.weight[0].numel()
+        for _ in self.blocks:
+            outputs = 1 if streamed else frames - window + 1
+            total += frames * 2 * patches * (4 * dim * dim + 2 * patches * dim)  # spatial: qkv, out, scores, sum
+            total += frames * 2 * patches * 3 * dim * dim  # temporal q, k, v projections of every frame
+            total += outputs * 2 * patches * (dim * dim + 2 * window * dim + 2 * dim * hidden)  # out, window, MLP
+            frames = outputs
+        return total + frames * 2 * patches * dim * self.unpatch.out_features
+
+    def step_flops(self, frame_shape: tuple[int, int]) -> float:
+        """FLOPs of one streamed frame."""
+        return self.flops(frame_shape, 1, streamed=True)
+
+
+class TransformerStep(nn.Module):
+    """The transformer core for one frame: x (B, C_in, H, W) and per block its key and value caches
+    of the last W - 1 frames, (B, P, heads, W - 1, d) each → features (B, C, s·H/p, s·W/p), next
+    caches; one new frame costs one frame of attention."""
+
+    def __init__(self, core: TransformerCore):
+        super().__init__()
+        self.core = core
+
+    def forward(self, x: torch.Tensor, *states: torch.Tensor):
+        return self.core.step(x, *states)

@@ -9,9 +9,12 @@ folder; stages already done (data, training, export) are reused.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+from twinserve.contract import FPS, model_names
 
 HELD_OUT_TIERS = ("live_test_main", "final_test_main", "oracle")
 
@@ -28,12 +31,12 @@ def held_out_trial(recording):
 def plot_stream(recorded: np.ndarray, streamed: np.ndarray, latencies_ms: np.ndarray, neurons: list[int],
                 warmup: int, path: Path, title: str) -> None:
     """Recorded vs streamed traces (T, N) for a few neurons, and the per-frame latency histogram."""
-    from twinserve.clients.experiments.common import pyplot
+    from twinserve.clients.plotting import pyplot
 
     plt = pyplot()
 
     figure, axes = plt.subplots(len(neurons) + 1, 1, figsize=(10, 1.8 * (len(neurons) + 1)), constrained_layout=True)
-    time = np.arange(len(recorded)) / 30.0
+    time = np.arange(len(recorded)) / FPS
     for axis, neuron in zip(axes, neurons):
         axis.plot(time, recorded[:, neuron], color="0.6", lw=0.8, label="recorded")
         axis.plot(time[warmup:], streamed[warmup:, neuron], color="C3", lw=1.2, label="streamed twin")
@@ -50,7 +53,7 @@ def plot_stream(recorded: np.ndarray, streamed: np.ndarray, latencies_ms: np.nda
 
 def run_demo(out: str | Path, minutes: float | None = None) -> dict:
     from twinserve.export.onnx_export import export_run
-    from twinserve.serving.repository import model_names, write_repository
+    from twinserve.serving.repository import write_repository
     from twinserve.serving.server import Ports, TritonServer
     from twinserve.training.data import Recording
     from twinserve.training.demo import run_training_demo
@@ -62,20 +65,20 @@ def run_demo(out: str | Path, minutes: float | None = None) -> dict:
     results = run_training_demo(out, minutes=minutes, stages=6)
     artifacts = out / "artifacts"
     if (artifacts / "manifest.json").is_file():
-        print(f"[4/6] using the exported twin in {artifacts}")
+        say(f"[4/6] using the exported twin in {artifacts}")
     else:
-        print(f"[4/6] exporting to {artifacts}")
+        say(f"[4/6] exporting to {artifacts}")
         export_run(out / "run", artifacts)
     recording = Recording(sorted((out / "data").glob("virtual-mouse-*"))[0])
     tier, trial = held_out_trial(recording)
     ports = Ports.free()
-    print(f"[5/6] serving with Triton (gRPC localhost:{ports.grpc})")
+    say(f"[5/6] serving with Triton (gRPC localhost:{ports.grpc})")
     write_repository(artifacts, out / "models")
     with TritonServer(out / "models", ports, log_path=out / "tritonserver.log") as server:
-        print(f"[6/6] streaming {tier} trial {trial.index} ({trial.frames} frames) frame by frame")
+        say(f"[6/6] streaming {tier} trial {trial.index} ({trial.frames} frames) frame by frame")
         with StreamClient(server.url, model_names(recording.name)["stream"]) as client:
             streamed = np.stack(list(client.run(trial.video, trial.behavior, trial.pupil_center)))
-            latency, warmup = client.latency_summary(), client.receptive_field - 1
+            latency, warmup = client.latency_summary(), client.offset
             latencies_ms = np.asarray(client.latencies) * 1e3
     correlation = pearson(trial.responses[warmup:], streamed[warmup:])
     best = np.argsort(-np.nan_to_num(correlation, nan=-1))[:4].tolist()
@@ -84,18 +87,23 @@ def run_demo(out: str | Path, minutes: float | None = None) -> dict:
     summary = {"recording": recording.name, "tier": tier, "trial": trial.index, "frames": trial.frames,
                "warmup_frames": warmup, "correlation_mean": float(np.nanmean(correlation)), "latency": latency}
     (out / "stream.json").write_text(json.dumps(summary, indent=2))
-    print(f"streamed {trial.frames} frames: correlation with the recorded responses {summary['correlation_mean']:.3f} "
+    say(f"streamed {trial.frames} frames: correlation with the recorded responses {summary['correlation_mean']:.3f} "
           f"(mean over {len(correlation)} neurons, after {warmup} warm-up frames); latency p50 "
           f"{latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms")
-    print(f"figures: {out / 'run' / 'traces.png'}, {out / 'stream.png'}")
+    say(f"figures: {out / 'run' / 'traces.png'}, {out / 'stream.png'}")
     return {"training": results, "stream": summary}
 
 
-def _demo(args) -> None:
-    run_demo(args.out, minutes=args.minutes)
+def say(text: str) -> None:
+    """Progress of the demo, on stderr (stdout carries the JSON result)."""
+    print(text, file=sys.stderr, flush=True)
 
 
-def register(commands, benchmarks) -> None:
+def _demo(args) -> dict:
+    return run_demo(args.out, minutes=args.minutes)
+
+
+def register(commands) -> None:
     demo = commands.add_parser("demo", help="the main job end to end: virtual mouse → train → export → serve → stream")
     demo.add_argument("--out", default="demo",
                       help="folder for data, run, artifacts and figures (done stages are reused)")

@@ -1,47 +1,36 @@
-"""`twin experiment ...`: in-silico experiments on a served twin."""
+"""`twin experiment ...`: in-silico experiments on a served twin (`mei`, on the local PyTorch twin, is
+registered by the training room). Summaries as JSON on stdout, prose on stderr."""
 
 from __future__ import annotations
 
-import json
+import sys
 
 
-def _tuning(args) -> int:
+def _tuning(args) -> dict:
     from .tuning import run_tuning
 
     summary = run_tuning(args.url, args.model, args.out, truth=args.truth, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/tuning.npz, tuning.json, tuning_curves.png"
-          + (", tuning_vs_truth.png" if args.truth else ""))
-    return 0
+          + (", tuning_vs_truth.png" if args.truth else ""), file=sys.stderr)
+    return summary
 
 
-def _rf(args) -> int:
+def _rf(args) -> dict:
     from .rf import run_rf
 
     summary = run_rf(args.url, args.model, args.out, truth=args.truth, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}/rf.npz, rf.json, rf_gallery.png" + (", rf_vs_truth.png" if args.truth else ""))
-    return 0
+    print(f"wrote {args.out}/rf.npz, rf.json, rf_gallery.png" + (", rf_vs_truth.png" if args.truth else ""),
+          file=sys.stderr)
+    return summary
 
 
-def _optimize(args) -> int:
+def _optimize(args) -> dict:
     from .optimize import run_optimize
 
     summary = run_optimize(args.url, args.model, args.neuron, args.out, budget=args.budget,
                            population=args.population, contrast=args.contrast, seed=args.seed, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}/optimize.json, optimize_log.json, best_stimulus.npy, optimize.png")
-    return 0
-
-
-def _mei(args) -> int:
-    from .mei import run_mei
-
-    summary = run_mei(args.run, args.recording, args.neuron, args.out, steps=args.steps, rms=args.rms,
-                      smooth_px=args.smooth, seed=args.seed, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}/mei.npy, mei.json, mei.png")
-    return 0
+    print(f"wrote {args.out}/optimize.json, optimize_log.json, best_stimulus.npy, optimize.png", file=sys.stderr)
+    return summary
 
 
 def _common(parser, truth: bool = True) -> None:
@@ -53,7 +42,8 @@ def _common(parser, truth: bool = True) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
-def register(commands, benchmarks) -> None:
+def register(commands):
+    """Add `twin experiment`; → its subparsers, for experiments registered elsewhere."""
     experiment = commands.add_parser("experiment", help="in-silico experiments on a served twin")
     kinds = experiment.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     tuning = kinds.add_parser("tuning",
@@ -71,14 +61,4 @@ def register(commands, benchmarks) -> None:
     optimize.add_argument("--contrast", type=float, default=1.0, help="contrast budget, (0, 1]")
     optimize.add_argument("--seed", type=int, default=0)
     optimize.set_defaults(handler=_optimize)
-    mei = kinds.add_parser("mei", help="most exciting inputs by gradient ascent on the local PyTorch twin")
-    mei.add_argument("--run", required=True, help="run folder written by `twin train`")
-    mei.add_argument("--recording", required=True)
-    mei.add_argument("--neuron", type=int, nargs="+", required=True, help="one MEI per neuron, optimised together")
-    mei.add_argument("--out", required=True)
-    mei.add_argument("--steps", type=int, default=200)
-    mei.add_argument("--rms", type=float, default=40.0, help="norm budget: RMS deviation from grey, pixel values")
-    mei.add_argument("--smooth", type=float, default=1.0, help="gradient smoothing, pixels")
-    mei.add_argument("--seed", type=int, default=0)
-    mei.add_argument("--quiet", action="store_true")
-    mei.set_defaults(handler=_mei)
+    return kinds

@@ -1,25 +1,109 @@
-"""What every experiment does: show a stimulus set to the served twin and read mean responses."""
+"""What every experiment does: show stimuli to the served twin and read responses lined up with them.
+
+Every stimulus is shown after a grey lead-in, so the twin starts from a settled state:
+- a finite receptive field of R frames: R - 1 grey frames, exactly what the clip graph consumes
+  before its first output, so output frame j is movie frame j;
+- unbounded memory (a recurrent twin): `UNBOUNDED_LEAD_IN_S` seconds of grey, a fixed choice long
+  enough for the state to settle from zeros on grey; its outputs (one per input frame, offset 0)
+  are dropped, so again output frame j is movie frame j.
+`ServedTwin` does both and checks that the served model's frame shape is the stimuli's.
+"""
 
 from __future__ import annotations
 
+import queue
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpc
 
-from ..library import save_library
-from ..score import score
+from twinserve.contract import FPS, GREY, RESPONSES, ModelParameters
+
+from ..library import Stimulus, save_library
+from ..score import clip_inputs, model_parameters, score
+from ..stimuli import HEIGHT, WIDTH
+
+UNBOUNDED_LEAD_IN_S = 2.0  # grey before every stimulus for a twin with unbounded memory
 
 
-def responses_to(url: str, model: str, stimuli: dict[str, np.ndarray], parameters: dict, out: Path,
-                 progress: bool = True) -> tuple[list[str], np.ndarray]:
-    """Score a stimulus set through the clip model (library and Zarr store kept under `out`, so a
-    rerun resumes) → (names, responses (S, T', N) with NaN past each stimulus's end)."""
-    import zarr
+def lead_in_frames(receptive_field: int | None) -> int:
+    """Grey frames before every stimulus: R - 1, or `UNBOUNDED_LEAD_IN_S` seconds for unbounded memory."""
+    return round(UNBOUNDED_LEAD_IN_S * FPS) if receptive_field is None else receptive_field - 1
 
-    library = save_library(out / "library", stimuli, parameters)
-    score(url, model, library, out / "responses.zarr", progress=progress, on_error="stop")
-    store = zarr.open_group(out / "responses.zarr", mode="r")
-    return list(store.attrs["stimuli"]), store["responses"][:]
+
+@dataclass(frozen=True)
+class ServedTwin:
+    """The clip model an experiment queries, with its `contract.ModelParameters`."""
+
+    url: str
+    model: str
+    parameters: ModelParameters
+
+    @classmethod
+    def connect(cls, url: str, model: str) -> ServedTwin:
+        """Read the model's parameters; refuses a model whose frame shape is not the stimuli's (H, W)."""
+        client = grpc.InferenceServerClient(url)
+        try:
+            parameters = model_parameters(client, model)
+        finally:
+            client.close()
+        if tuple(parameters.frame_shape) != (HEIGHT, WIDTH):
+            raise ValueError(f"model {model!r} takes frames {tuple(parameters.frame_shape)}, but the experiments' "
+                             f"stimuli are {(HEIGHT, WIDTH)} (contract.DEFAULT_FRAME_SHAPE): run the experiments on "
+                             f"a twin trained at that frame shape")
+        return cls(url, model, parameters)
+
+    @property
+    def lead_in(self) -> int:
+        """Grey frames shown before every stimulus."""
+        return lead_in_frames(self.parameters.receptive_field)
+
+    def clip(self, movie: np.ndarray) -> np.ndarray:
+        """The clip sent for a movie (T, H, W): grey lead-in, then the movie → (lead_in + T, H, W)."""
+        return np.concatenate([np.full((self.lead_in, *movie.shape[1:]), GREY, np.float32), movie])
+
+    def aligned(self, responses: np.ndarray) -> np.ndarray:
+        """Responses (..., lead_in + T - offset, N) to `clip(movie)` → (..., T, N): frame j is movie frame j."""
+        return responses[..., self.lead_in - self.parameters.offset:, :]
+
+    def responses_to(self, stimuli: dict[str, np.ndarray], parameters: dict, out: Path,
+                     progress: bool = True) -> tuple[list[str], np.ndarray]:
+        """Score movies {name: (T, H, W)} through the clip model, each after the lead-in (library and
+        Zarr store kept under `out`, so a rerun resumes) → (names, responses (S, T_max, N), NaN past
+        each movie's end)."""
+        import zarr
+
+        clips = {name: self.clip(movie) for name, movie in stimuli.items()}
+        parameters = {name: {**parameters[name], "lead_in": self.lead_in} for name in stimuli}
+        library = save_library(out / "library", clips, parameters)
+        score(self.url, self.model, library, out / "responses.zarr", progress=progress, on_error="stop")
+        store = zarr.open_group(out / "responses.zarr", mode="r")
+        return list(store.attrs["stimuli"]), self.aligned(store["responses"][:])
+
+    def clip_responses(self, movies: list[np.ndarray], timeout: float = 600.0) -> list[np.ndarray]:
+        """Many movies (T, H, W) through the clip model at once, each after the lead-in (all requests in
+        flight, so the server batches them; the recording's mean behaviour) → responses (T, N) per
+        movie, in order. A refused clip raises `ValueError` naming it."""
+        client, results = grpc.InferenceServerClient(self.url), queue.Queue()
+        answers, errors = [None] * len(movies), {}
+        try:
+            for i, movie in enumerate(movies):
+                inputs = clip_inputs(Stimulus(str(i), self.clip(movie)), self.parameters)
+                client.async_infer(self.model, inputs, client_timeout=timeout,
+                                   callback=lambda result, error, i=i: results.put((i, result, error)))
+            for _ in movies:
+                i, result, error = results.get()
+                if error is not None:
+                    errors[i] = error.message()
+                else:
+                    answers[i] = self.aligned(result.as_numpy(RESPONSES)[0])
+        finally:
+            client.close()
+        if errors:
+            first = min(errors)
+            raise ValueError(f"clip {first} refused: {errors[first]}")
+        return answers
 
 
 def load_truth(recording: str | Path) -> dict[str, np.ndarray]:
@@ -28,41 +112,3 @@ def load_truth(recording: str | Path) -> dict[str, np.ndarray]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no ground truth (only virtual-mouse recordings have it)")
     return {p.stem: np.load(p) for p in folder.glob("*.npy")}
-
-
-def clip_responses(url: str, model: str, videos: list[np.ndarray], behavior=None, pupil_center=None,
-                   timeout: float = 600.0) -> list[np.ndarray]:
-    """Many clips (T, H, W) through the clip model at once (all requests in flight, so the server
-    batches them) → responses (T', N) per clip, in order. Raises on the first refused clip."""
-    import queue
-
-    import tritonclient.grpc as grpc
-
-    from ..library import Stimulus
-    from ..score import clip_inputs, model_parameters
-
-    client = grpc.InferenceServerClient(url)
-    params = model_parameters(client, model)
-    results: queue.Queue = queue.Queue()
-    for i, video in enumerate(videos):
-        stimulus = Stimulus(str(i), video, behavior, pupil_center)
-        client.async_infer(model, clip_inputs(stimulus, params), client_timeout=timeout,
-                           callback=lambda result, error, i=i: results.put((i, result, error)))
-    answers = [None] * len(videos)
-    for _ in videos:
-        i, result, error = results.get()
-        if error is not None:
-            raise ValueError(f"clip {i} refused: {error.message()}")
-        answers[i] = result.as_numpy("responses")[0]
-    client.close()
-    return answers
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (experiments run headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

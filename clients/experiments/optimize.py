@@ -3,9 +3,10 @@
 Gradient-free, through the server: CMA-ES (the `cma` package) over a drifting Gabor patch with six
 parameters — centre x and y, direction, spatial period, temporal frequency and envelope width — each
 mapped from [0, 1] (log scale for period, frequency and width). The contrast is capped by a budget.
-Every candidate is one clip (R - 1 grey frames, then `frames` frames of the patch) sent to the clip
-model; a generation's candidates are in flight together so the server batches them. The objective
-is the mean predicted response of the chosen neurons over the patch frames after `settle`.
+Every candidate is one clip (the grey lead-in of `common.ServedTwin`, then `frames` frames of the
+patch) sent to the clip model; a generation's candidates are in flight together so the server
+batches them. The objective is the mean predicted response of the chosen neurons over the patch
+frames after `settle`.
 
 For comparison the same objective is measured on the reference sets (full-field gratings in 16
 directions × 4 periods, as in `tuning`; single flashed on/off dots on a 6×10 grid, as in `rf`),
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..score import model_parameters
-from ..stimuli import GREY, HEIGHT, WIDTH, directions, drifting_gabor, drifting_grating
-from .common import clip_responses, pyplot
+from twinserve.contract import GREY, PIXEL_RANGE
+
+from ..plotting import pyplot
+from ..stimuli import AMPLITUDE, HEIGHT, WIDTH, directions, drifting_gabor, drifting_grating
+from .common import ServedTwin
 
 BOUNDS = {"x": (0.0, WIDTH - 1.0), "y": (0.0, HEIGHT - 1.0), "direction_deg": (0.0, 360.0),
           "period_px": (4.0, 40.0), "tf_hz": (0.5, 8.0), "sigma_px": (2.0, 30.0)}
@@ -36,52 +39,47 @@ def decode(z: np.ndarray) -> dict[str, float]:
     return params
 
 
-def gabor_clip(params: dict, frames: int, lead_in: int, contrast: float) -> np.ndarray:
-    """Grey lead-in, then the drifting Gabor patch → (lead_in + frames, H, W)."""
-    movie = drifting_gabor(params["direction_deg"], (params["x"], params["y"]), params["sigma_px"],
-                           params["period_px"], params["tf_hz"], frames, contrast)
-    return np.concatenate([np.full((lead_in, HEIGHT, WIDTH), GREY, np.float32), movie])
+def gabor_movie(params: dict, frames: int, contrast: float) -> np.ndarray:
+    """The drifting Gabor patch of decoded parameters → (frames, H, W)."""
+    return drifting_gabor(params["direction_deg"], (params["x"], params["y"]), params["sigma_px"],
+                          params["period_px"], params["tf_hz"], frames, contrast)
 
 
-def reference_clips(frames: int, lead_in: int, contrast: float) -> dict[str, np.ndarray]:
-    """The tuning set's gratings and the rf set's dots (each held for the clip), same length."""
-    grey = np.full((lead_in, HEIGHT, WIDTH), GREY, np.float32)
-    clips = {}
+def reference_movies(frames: int, contrast: float) -> dict[str, np.ndarray]:
+    """The tuning set's gratings and the rf set's dots (each held for the movie), (frames, H, W) each."""
+    movies = {}
     for period in (8.0, 12.0, 16.0, 24.0):
         for direction in directions(16):
-            clips[f"grating p{period:g} {direction:g}°"] = np.concatenate(
-                [grey, drifting_grating(direction, period, 2.0, frames, contrast)])
+            movies[f"grating p{period:g} {direction:g}°"] = drifting_grating(direction, period, 2.0, frames, contrast)
     rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
     for y in np.linspace(4, HEIGHT - 5, 6):
         for x in np.linspace(4, WIDTH - 5, 10):
             blob = np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * 3.0**2))
             for polarity in (1, -1):
-                frame = np.clip(GREY + polarity * contrast * 127 * blob, 0, 255).astype(np.float32)
-                clips[f"dot ({x:.0f}, {y:.0f}) {'on' if polarity > 0 else 'off'}"] = np.concatenate(
-                    [grey, np.repeat(frame[None], frames, 0)])
-    return clips
+                frame = (GREY + polarity * contrast * AMPLITUDE * blob).astype(np.float32)
+                movies[f"dot ({x:.0f}, {y:.0f}) {'on' if polarity > 0 else 'off'}"] = np.repeat(frame[None], frames, 0)
+    return movies
 
 
 def run_optimize(url: str, model: str, neurons: list[int], out: str | Path, budget: int = 2000,
                  population: int = 16, frames: int = 30, settle: int = 10, contrast: float = 1.0, seed: int = 0,
                  progress: bool = True) -> dict:
-    """CMA-ES within `budget` queries → summary; writes the log, the best stimulus and figures under `out`."""
+    """CMA-ES within `budget` queries → summary; writes the log, the best stimulus (as sent: lead-in,
+    then the patch) and figures under `out`."""
     import cma
-    import tritonclient.grpc as grpc
     from tqdm import tqdm
 
     if not 0 < contrast <= 1:
         raise ValueError(f"contrast must be in (0, 1], got {contrast}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    params = model_parameters(grpc.InferenceServerClient(url), model)
-    lead_in = int(params["receptive_field"]) - 1
-    count = len(params["unit_ids"].split(","))
+    twin = ServedTwin.connect(url, model)
+    count = twin.parameters.neurons
     if not neurons or min(neurons) < 0 or max(neurons) >= count:
         raise ValueError(f"neurons must be indices in [0, {count}), got {neurons}")
 
-    def objective(clips: list[np.ndarray]) -> np.ndarray:
-        answers = clip_responses(url, model, clips)
+    def objective(movies: list[np.ndarray]) -> np.ndarray:
+        answers = twin.clip_responses(movies)  # (frames, N) each, frame j = movie frame j
         return np.array([a[settle:, neurons].mean() for a in answers])
 
     strategy = cma.CMAEvolutionStrategy([0.5] * len(BOUNDS), 0.3, {
@@ -91,7 +89,7 @@ def run_optimize(url: str, model: str, neurons: list[int], out: str | Path, budg
     while queries + population <= budget:
         candidates = strategy.ask()
         decoded = [decode(np.asarray(z)) for z in candidates]
-        scores = objective([gabor_clip(p, frames, lead_in, contrast) for p in decoded])
+        scores = objective([gabor_movie(p, frames, contrast) for p in decoded])
         strategy.tell(candidates, (-scores).tolist())
         queries += population
         top = int(np.argmax(scores))
@@ -102,17 +100,18 @@ def run_optimize(url: str, model: str, neurons: list[int], out: str | Path, budg
         bar.update(population)
         bar.set_postfix(best=f"{best['response']:.3f}", refresh=False)
     bar.close()
-    references = reference_clips(frames, lead_in, contrast)
+    references = reference_movies(frames, contrast)
     reference_scores = dict(zip(references, objective(list(references.values())).tolist()))
     best_reference = max(reference_scores, key=reference_scores.get)
     summary = {"model": model, "neurons": neurons, "queries": queries, "budget": budget, "contrast": contrast,
                "seed": seed, "best": best, "best_reference": {"stimulus": best_reference,
                                                               "response": reference_scores[best_reference]},
                "ratio_to_best_reference": best["response"] / reference_scores[best_reference]}
-    np.save(out / "best_stimulus.npy", gabor_clip(best["params"], frames, lead_in, contrast))
+    best_movie = gabor_movie(best["params"], frames, contrast)
+    np.save(out / "best_stimulus.npy", twin.clip(best_movie))
     (out / "optimize_log.json").write_text(json.dumps(log, indent=1))
     (out / "optimize.json").write_text(json.dumps(summary, indent=2))
-    plot_optimization(log, summary, np.load(out / "best_stimulus.npy")[lead_in:], out / "optimize.png")
+    plot_optimization(log, summary, best_movie, out / "optimize.png")
     return summary
 
 
@@ -132,7 +131,7 @@ def plot_optimization(log: list[dict], summary: dict, stimulus: np.ndarray, path
     curve.legend(fontsize=8)
     for k, t in enumerate(np.linspace(0, len(stimulus) - 1, 4).astype(int)):
         axis = figure.add_subplot(grid[k // 2, 2 + k % 2])
-        axis.imshow(stimulus[t], cmap="gray", vmin=0, vmax=255)
+        axis.imshow(stimulus[t], cmap="gray", vmin=PIXEL_RANGE[0], vmax=PIXEL_RANGE[1])
         axis.set_title(f"frame {t}", fontsize=8)
         axis.axis("off")
     figure.savefig(path, dpi=110)

@@ -1,9 +1,11 @@
 """`twin experiment rf`: receptive fields from flashing Gaussian dots.
 
-On and off dots are flashed one at a time on a grid covering the screen (after R - 1 grey frames, so
-output frame j is movie frame j). A neuron's response to a dot is its mean predicted response in a
-window of the dot's length, `lag` frames after onset, minus its mean over dots; the lag (responses
-trail the dots) is the one whose RF maps peak most sharply. From those:
+On and off dots are flashed one at a time on a grid covering the screen (after the grey lead-in of
+`common.ServedTwin`, so output frame j is movie frame j). A neuron's response to a dot is its mean
+predicted response in a window of the dot's length, `lag` frames after onset, minus its mean over
+dots; the lag (responses trail the dots) is the one whose RF maps peak most sharply among lags
+shorter than a dot (the dots follow each other without a gap, so a longer lag reads the next dot's
+window, whose maps peak as sharply at the previous dot's place: the wrong one). From those:
 - the spike-triggered average STA (H, W) = Σ_dots r · (dot image − grey) / Σ |r|: on subfields
   positive, off subfields negative;
 - the RF map = Σ_dots max(r, 0) · |dot image|: where any dot excites the neuron;
@@ -21,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..score import model_parameters
-from ..stimuli import GREY, HEIGHT, WIDTH, flashing_dots
-from .common import load_truth, pyplot, responses_to
+from twinserve.contract import GREY
+
+from ..plotting import pyplot
+from ..stimuli import HEIGHT, WIDTH, flashing_dots
+from .common import ServedTwin, load_truth
 
 CLEAR_RF_R2 = 0.5
 
@@ -37,7 +41,8 @@ def fit_centre(rf_map: np.ndarray) -> tuple[float, float, float, float]:
     """2D Gaussian fit to a map (H, W) → (x, y, sigma, R²); NaNs where the fit fails."""
     from scipy.optimize import curve_fit
 
-    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    height, width = rf_map.shape
+    rows, cols = np.mgrid[0:height, 0:width]
     y0, x0 = np.unravel_index(np.argmax(rf_map), rf_map.shape)
     start = [rf_map.max() - rf_map.min(), x0, y0, 4.0, rf_map.min()]
     try:
@@ -45,7 +50,7 @@ def fit_centre(rf_map: np.ndarray) -> tuple[float, float, float, float]:
             warnings.simplefilter("ignore")
             parameters, _ = curve_fit(gaussian_2d, (cols.ravel(), rows.ravel()), rf_map.ravel(), p0=start,
                                       bounds=([0, -10, -10, 0.5, -np.inf],
-                                              [np.inf, WIDTH + 10, HEIGHT + 10, 40, np.inf]),
+                                              [np.inf, width + 10, height + 10, 40, np.inf]),
                                       maxfev=4000)
     except (RuntimeError, ValueError):
         return np.nan, np.nan, np.nan, np.nan
@@ -59,7 +64,7 @@ def spatial_selectivity(sta: np.ndarray) -> float:
     weight = np.abs(sta).ravel()
     if weight.sum() <= 0:
         return float("nan")
-    rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
+    rows, cols = np.mgrid[0:sta.shape[0], 0:sta.shape[1]]
     positions = np.stack([cols.ravel(), rows.ravel()])
     covariance = np.cov(positions, aweights=weight)
     return float(-np.log(max(np.linalg.det(covariance), 1e-12)))
@@ -85,19 +90,16 @@ def peak_contrast(maps: np.ndarray) -> float:
 def run_rf(url: str, model: str, out: str | Path, grid=(9, 16), sigma_px: float = 2.0, dot_frames: int = 9,
            repeats: int = 2, max_lag: int = 15, truth: str | Path | None = None, progress: bool = True) -> dict:
     """Run the experiment → summary; writes rf.npz, rf.json and figures under `out`."""
-    import tritonclient.grpc as grpc
-
     out = Path(out)
-    receptive_field = int(model_parameters(grpc.InferenceServerClient(url), model)["receptive_field"])
+    twin = ServedTwin.connect(url, model)
     stimuli, parameters, all_dots = {}, {}, {}
-    lead_in = np.full((receptive_field - 1, HEIGHT, WIDTH), GREY, np.float32)
     tail = np.full((max_lag, HEIGHT, WIDTH), GREY, np.float32)  # so the last dot's late window exists
     for seed in range(repeats):
         movie, dots = flashing_dots(grid, sigma_px, dot_frames, seed=seed)
         name = f"dots_seed{seed}"
-        stimuli[name], all_dots[name] = np.concatenate([lead_in, movie, tail]), dots
+        stimuli[name], all_dots[name] = np.concatenate([movie, tail]), dots
         parameters[name] = {"kind": "flashing_dots", "grid": list(grid), "sigma_px": sigma_px, "dots": dots}
-    names, responses = responses_to(url, model, stimuli, parameters, out, progress)
+    names, responses = twin.responses_to(stimuli, parameters, out, progress)  # (S, T, N), frame j = movie frame j
     rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
     images = np.stack([d["polarity"] * np.exp(-((cols - d["x"]) ** 2 + (rows - d["y"]) ** 2) / (2 * sigma_px**2))
                        for name in names for d in all_dots[name]])  # (dots, H, W), signed
@@ -106,7 +108,7 @@ def run_rf(url: str, model: str, out: str | Path, grid=(9, 16), sigma_px: float 
         return np.concatenate([dot_responses(responses[i], all_dots[name], lag) for i, name in enumerate(names)])
 
     # Responses lag the dots (calcium, temporal filtering): take the lag whose maps are sharpest.
-    lag = max(range(max_lag + 1), key=lambda k: peak_contrast(rf_maps(per_dot(k), images)))
+    lag = max(range(min(max_lag, dot_frames - 1) + 1), key=lambda k: peak_contrast(rf_maps(per_dot(k), images)))
     r = per_dot(lag)  # (dots, N)
     sta = np.einsum("dn,dhw->nhw", r, images) / np.maximum(np.abs(r).sum(0), 1e-12)[:, None, None]
     rf_map = rf_maps(r, images)

@@ -1,8 +1,8 @@
 """`twin experiment tuning`: orientation and direction tuning of every neuron, from drifting gratings.
 
-Gratings drift in 16 directions at several spatial periods, each after R - 1 grey frames so the
-first output frame is the first grating frame. A neuron's response to a grating is its mean predicted
-response after `settle` frames; its tuning curve is the one at its best spatial period.
+Gratings drift in 16 directions at several spatial periods, each after the grey lead-in of
+`common.ServedTwin` (so output frame j is grating frame j). A neuron's response to a grating is its
+mean predicted response after `settle` frames; its tuning curve is the one at its best spatial period.
 OSI = |Σ r e^{2iθ}| / Σ r and DSI = |Σ r e^{iθ}| / Σ r (vector sums), with r the tuning curve minus its
 minimum (the twin predicts fluorescence-like responses with an offset that would dilute both indices);
 the preferred direction comes from a two-peak von Mises fit (paper 003, "Parametric tuning"),
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..score import model_parameters
+from ..plotting import pyplot
 from ..stimuli import directions, grating_set
-from .common import load_truth, pyplot, responses_to
+from .common import ServedTwin, load_truth
 
 TRUE_OSI_THRESHOLD = 0.3
 
@@ -67,17 +67,15 @@ def run_tuning(url: str, model: str, out: str | Path, count: int = 16, periods=(
                tf_hz: float = 2.0, frames: int = 45, settle: int = 10, truth: str | Path | None = None,
                progress: bool = True) -> dict:
     """Run the experiment → summary; writes tuning.npz, tuning.json and figures under `out`."""
-    import tritonclient.grpc as grpc
-
     out = Path(out)
-    receptive_field = int(model_parameters(grpc.InferenceServerClient(url), model)["receptive_field"])
+    twin = ServedTwin.connect(url, model)
     stimuli, parameters = {}, {}
     for period in periods:
-        movies, params = grating_set(count, period, tf_hz, frames, lead_in=receptive_field - 1)
+        movies, params = grating_set(count, period, tf_hz, frames)
         for name, movie in movies.items():
             stimuli[f"p{period:04.1f}_{name}"] = movie
             parameters[f"p{period:04.1f}_{name}"] = params[name]
-    names, responses = responses_to(url, model, stimuli, parameters, out, progress)
+    names, responses = twin.responses_to(stimuli, parameters, out, progress)  # (S, frames, N)
     mean = np.nanmean(responses[:, settle:], axis=1)  # (S, N)
     angles = directions(count)
     row = {name: i for i, name in enumerate(names)}

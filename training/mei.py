@@ -5,7 +5,8 @@ from grey plus a little seeded noise. Each step: the gradient of the neuron's me
 over the output frames, smoothed spatially with a Gaussian of `smooth_px`, an Adam step, then the
 constraints — the movie's deviation from grey projected onto an L2 ball of radius `rms` · √(pixels),
 and the pixels clipped to [0, 255]. Behaviour and pupil position are held at the recording's means.
-Needs torch (the `train` extra) and a run folder, not a server.
+Needs torch (the `train` extra) and a run folder, not a server: it lives with the trainer, and
+`twin experiment mei` reaches it through the composition root.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-GREY = 128.0
+from twinserve.contract import BEHAVIOR_CHANNELS, GREY, PIXEL_RANGE, PUPIL_CHANNELS
 
 
 def _blur(gradient, sigma: float):
@@ -43,7 +44,7 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
     import torch
     from tqdm import tqdm
 
-    from twinserve.training.checkpoint import load_run
+    from .checkpoint import load_run
 
     twin, _ = load_run(run)
     twin.eval().requires_grad_(False)
@@ -55,13 +56,13 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
         raise ValueError(f"neurons must be indices in [0, {count}), got {neurons}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frames = twin.receptive_field + extra
+    frames = twin.offset + 1 + extra
     generator = torch.Generator().manual_seed(seed)
-    video = (GREY + 2.0 * torch.randn(len(neurons), frames, 36, 64, generator=generator)).requires_grad_(True)
-    behavior = head.behavior_mean.expand(len(neurons), frames, 2)
-    pupil = head.pupil_mean.expand(len(neurons), frames, 2)
+    video = (GREY + 2.0 * torch.randn(len(neurons), frames, *twin.frame_shape, generator=generator)).requires_grad_(True)
+    behavior = head.behavior_mean.expand(len(neurons), frames, BEHAVIOR_CHANNELS)
+    pupil = head.pupil_mean.expand(len(neurons), frames, PUPIL_CHANNELS)
     index = torch.tensor(neurons)
-    budget = rms * np.sqrt(frames * 36 * 64)
+    budget = rms * np.sqrt(frames * int(np.prod(twin.frame_shape)))
     optimizer = torch.optim.Adam([video], lr=learning_rate)
     history = []
     for _ in tqdm(range(steps), disable=not progress, desc="MEI", unit="step"):
@@ -74,7 +75,7 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
         with torch.no_grad():
             deviation = video - GREY
             norms = deviation.flatten(1).norm(dim=1).clamp(min=1e-6)
-            video.copy_((GREY + deviation * (budget / norms).clamp(max=1.0)[:, None, None, None]).clamp(0, 255))
+            video.copy_((GREY + deviation * (budget / norms).clamp(max=1.0)[:, None, None, None]).clamp(*PIXEL_RANGE))
         history.append(drive.detach().numpy().tolist())
     with torch.no_grad():
         final = twin(recording, video, behavior, pupil)[torch.arange(len(neurons)), :, index].mean(1).numpy()
@@ -92,15 +93,13 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
 
 def plot_meis(meis: np.ndarray, summary: dict, history: np.ndarray, path: Path) -> None:
     """The last frame of each MEI (the one the response is read at) and the ascent curves."""
-    from .common import pyplot
-
-    plt = pyplot()
+    from .plots import plt
 
     shown = min(len(meis), 8)
     figure, axes = plt.subplots(1, shown + 1, figsize=(2.6 * (shown + 1), 2.4), constrained_layout=True)
     axes = np.atleast_1d(axes)
     for axis, mei, neuron in zip(axes, meis, summary["neurons"]):
-        axis.imshow(mei[-1], cmap="gray", vmin=0, vmax=255)
+        axis.imshow(mei[-1], cmap="gray", vmin=PIXEL_RANGE[0], vmax=PIXEL_RANGE[1])
         axis.set_title(f"neuron {neuron}", fontsize=8)
         axis.axis("off")
     axes[-1].plot(history)

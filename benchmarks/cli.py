@@ -1,0 +1,124 @@
+"""`twin bench train|cores|export|stream|score`: the benchmark subcommands.
+
+`register` adds them to the `twin bench` subparsers; each handler runs its benchmark (imported only
+then: the command line starts without torch), prints a summary to stderr and returns the results,
+which `twin` prints as JSON on stdout. Results land in benchmarks/results/ unless `--out` says otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from twinserve.training.presets import PRESETS
+
+from .harness import RESULTS
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _train(args) -> dict:
+    from .train import run_bench
+
+    results = run_bench(args.out, repeats=args.repeats)
+    for preset, r in results["presets"].items():
+        _say(f"{preset:<6} train {r['train_output_frames_per_s']:8.0f} output frames/s  "
+             f"inference {r['inference_output_frames_per_s']:8.0f} output frames/s  ({r['parameters']} parameters)")
+    _say(f"wrote {args.out}")
+    return results
+
+
+def _cores(args) -> dict:
+    from .cores import run_bench
+
+    results = run_bench(args.out, presets=args.presets, minutes=args.minutes, data=args.data, progress=not args.quiet)
+    for preset, r in results["presets"].items():
+        _say(f"{preset:<10} {r['core']:<12} {r['steps']:6d} steps in {r['training_minutes']:5.1f} min  "
+             f"oracle single-trial correlation {r['oracle_single_trial_correlation']:.3f}")
+    _say(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    return results
+
+
+def _export(args) -> dict:
+    from .export import run_bench
+
+    results = run_bench(args.out, presets=args.presets, neurons=args.neurons)
+    for preset, result in results["presets"].items():
+        _say(f"{preset} (receptive field {result['receptive_field']}, "
+             f"state {result['state_bytes_per_stream'] / 1e6:.1f} MB per stream)")
+        for name, path in result["paths"].items():
+            _say(f"  {name:<28}{path['output_frames_per_s']:9.1f} output frames/s  {path['gflops']:6.1f} GFLOP/s "
+                 f"({100 * path['fraction_of_matmul_rate']:.0f}% of matmul, spread {100 * path['spread']:.0f}%)")
+        for name, reason in result.get("skipped", {}).items():
+            _say(f"  {name:<28}skipped: {reason}")
+        for name, value in result["ratios"].items():
+            _say(f"  {name:<40}{value:6.2f}")
+    _say(f"wrote {args.out}")
+    return results
+
+
+def _stream(args) -> dict:
+    from .stream import run_bench
+
+    results = run_bench(args.out, presets=args.presets, neurons=args.neurons, frames=args.frames)
+    for preset, result in results["presets"].items():
+        for source in ("client", "perf_analyzer"):
+            for row in result[source]:
+                text = row.get("error", "")[:100] or (f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
+                                                      f"{row['frames_per_s']:7.1f} frames/s")
+                _say(f"{preset:<10}{source:<14}{row['streams']:>3} streams  {text}")
+        realtime = result["realtime"]
+        _say(f"{preset:<10}real-time streams with p99 < {realtime['p99_budget_ms']:.0f} ms: "
+             f"{realtime['max_streams_at_30fps']}")
+    _say(f"wrote {args.out}")
+    return results
+
+
+def _score(args) -> dict:
+    from .score import run_bench
+
+    results = run_bench(args.out, preset=args.preset, neurons=args.neurons, stimuli=args.stimuli)
+    _say(f"local ONNX Runtime {results['local_onnxruntime']['frames_per_s']:.0f} frames/s, twin score via Triton "
+         f"{results['twin_score_via_triton']['frames_per_s']:.0f} frames/s: {results['server_over_local']:.2f} "
+         f"(target ≥ {results['target']})")
+    _say(f"wrote {args.out}")
+    return results
+
+
+def register(benchmarks) -> None:
+    """Add the benchmark subcommands to `benchmarks`, the subparsers of `twin bench`."""
+    presets = sorted(PRESETS)
+    train = benchmarks.add_parser("train", help="training and inference throughput of the presets")
+    train.add_argument("--out", default=f"{RESULTS}/train.json")
+    train.add_argument("--repeats", type=int, default=3)
+    train.set_defaults(handler=_train)
+
+    cores = benchmarks.add_parser("cores", help="convolutional vs transformer twin at equal training wall time")
+    cores.add_argument("--out", default=f"{RESULTS}/cores.json")
+    cores.add_argument("--presets", nargs="+", default=["small", "vit-small"], choices=presets)
+    cores.add_argument("--minutes", type=float, default=10.0, help="training wall time per preset")
+    cores.add_argument("--data", nargs="+", help="recording folders (default: the demo's virtual mouse)")
+    cores.add_argument("--quiet", action="store_true")
+    cores.set_defaults(handler=_cores)
+
+    export = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")
+    export.add_argument("--out", default=f"{RESULTS}/export.json")
+    export.add_argument("--presets", nargs="+", default=["base", "vit-base"], choices=presets)
+    export.add_argument("--neurons", type=int, default=8000)
+    export.set_defaults(handler=_export)
+
+    stream = benchmarks.add_parser("stream", help="streaming latency through Triton: own client and perf_analyzer")
+    stream.add_argument("--out", default=f"{RESULTS}/stream.json")
+    stream.add_argument("--presets", nargs="+", default=["small", "base"], choices=presets)
+    stream.add_argument("--neurons", type=int, default=8000)
+    stream.add_argument("--frames", type=int, default=150, help="frames per stream in the closed-loop runs")
+    stream.set_defaults(handler=_stream)
+
+    score = benchmarks.add_parser("score", help="twin score through Triton vs the clip graph run locally")
+    score.add_argument("--out", default=f"{RESULTS}/score.json")
+    score.add_argument("--preset", default="small", choices=presets)
+    score.add_argument("--neurons", type=int, default=8000)
+    score.add_argument("--stimuli", type=int, default=24)
+    score.set_defaults(handler=_score)

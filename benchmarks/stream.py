@@ -1,0 +1,179 @@
+"""`twin bench stream`: per-frame latency of twins streamed through Triton, in one run on this machine.
+
+For each preset (random weights, 8,000 neurons: speed does not depend on the weights) the twin is
+exported and served (`ServedTwin`), then measured at C concurrent streams (1, 4, 16), the two
+clients taking turns at each C:
+- the project's client: each stream sends its next frame as soon as the previous answer is back
+  → per-frame round-trip latency p50/p99 and frames/s over all streams;
+- `perf_analyzer` (Triton's load generator, `--streaming --sequence-length`);
+then the real-time capacity: N streams paced at the frame rate, started out of phase like
+independent cameras; the largest N whose p99 latency stays under one frame, by doubling then bisection.
+→ benchmarks/results/stream.json
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from twinserve.clients.stream import StreamClient
+from twinserve.contract import BEHAVIOR, FPS, FRAME_UINT8, PUPIL_CENTER
+
+from .harness import RESULTS, Stopwatch, interleave, machine, write_results
+from .served import ServedTwin
+from .twins import RECORDING, random_inputs
+
+CONCURRENCY = (1, 4, 16)
+NOTE = "server and clients share this machine's cores; latency is the client's round trip per frame"
+
+
+def _frames(frame_shape, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One stream's raw inputs: frames (T, H, W) uint8, behavior (T, 2), pupil_center (T, 2)."""
+    return tuple(a[0] for a in random_inputs(frame_shape, 1, count, seed, dtype=np.uint8))
+
+
+def _streams(served: ServedTwin, count: int, frames: int, fps: float | None) -> dict:
+    """`count` concurrent streams of `frames` frames; paced at `fps` or closed-loop (fps None)."""
+    latencies, errors = [[] for _ in range(count)], []
+    barrier = threading.Barrier(count + 1)
+    url, model = served.url, served.model("stream")
+
+    def run(i):
+        try:
+            with StreamClient(url, model) as client:
+                video, behavior, pupil = _frames(served.manifest.frame_shape, frames, seed=i)
+                barrier.wait()
+                start = time.perf_counter() + (i / count / fps if fps else 0)  # out of phase
+                for t in range(frames):
+                    if fps:
+                        time.sleep(max(0.0, start + t / fps - time.perf_counter()))
+                    client.send(video[t], behavior[t], pupil[t])
+                latencies[i] = client.latencies
+        except Exception as error:  # noqa: BLE001 — reported in the results
+            errors.append(repr(error))
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        barrier.wait(120)
+    except threading.BrokenBarrierError:
+        pass
+    with Stopwatch() as watch:
+        for thread in threads:
+            thread.join()
+    if errors:
+        return {"streams": count, "error": errors[0]}
+    ms = np.concatenate(latencies) * 1e3
+    return {"streams": count, "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "frames": int(len(ms)), "frames_per_s": float(len(ms) / watch.seconds)}
+
+
+def realtime_capacity(served: ServedTwin, frames: int, limit: int, budget_ms: float = 1e3 / FPS) -> dict:
+    """Largest number of streams at the frame rate with p99 under `budget_ms` (≤ limit), and every probe made."""
+    probes = {}
+
+    def passes(n: int) -> bool:
+        probes[n] = _streams(served, n, frames, FPS)
+        return "error" not in probes[n] and probes[n]["p99_ms"] < budget_ms
+
+    good, n = 0, 1
+    while n <= limit and passes(n):
+        good, n = n, n * 2
+    bad = min(n, limit + 1)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if passes(middle) else (good, middle)
+    return {"max_streams_at_30fps": good, "p99_budget_ms": budget_ms, "probes": [probes[k] for k in sorted(probes)]}
+
+
+def perf_analyzer_env(workdir: Path) -> dict[str, str]:
+    """perf_analyzer links libb64.so.0d and libcudart.so.12: point them at the copies the
+    nvidia-pytriton wheel ships (renamed by auditwheel), so no system package is needed."""
+    import pytriton
+
+    libs, target = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs", workdir / "lib"
+    target.mkdir(exist_ok=True)
+    for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+        found = sorted(libs.glob(pattern))
+        if found and not (target / name).exists():
+            (target / name).symlink_to(found[0])
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (str(target), env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+def perf_analyzer(served: ServedTwin, concurrency: int, workdir: Path, sequence_length: int = 300) -> dict:
+    """perf_analyzer over gRPC streaming with sequences → throughput and client latency percentiles."""
+    binary, model = Path(sys.executable).parent / "perf_analyzer", served.model("stream")
+    data, report = workdir / "input.json", workdir / f"perf_{model}_{concurrency}.csv"
+    frame, behavior, pupil = _frames(served.manifest.frame_shape, 1, seed=0)
+    data.write_text(json.dumps({"data": [{FRAME_UINT8: {"content": frame[0].ravel().tolist(),
+                                                        "shape": list(frame[0].shape)},
+                                          BEHAVIOR: behavior[0].tolist(), PUPIL_CENTER: pupil[0].tolist()}]}))
+    command = [str(binary), "-m", model, "-u", served.url, "-i", "grpc", "--streaming", "--sequence-length",
+               str(sequence_length), "--concurrency-range", f"{concurrency}:{concurrency}", "--input-data", str(data),
+               "--measurement-interval", "4000", "--stability-percentage", "50", "--max-trials", "5",
+               "--percentile", "99", "-f", str(report)]
+    try:
+        result = subprocess.run(command, env=perf_analyzer_env(workdir), capture_output=True, text=True, timeout=150)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return {"streams": concurrency, "error": repr(error)}
+    if result.returncode != 0 or not report.is_file():
+        return {"streams": concurrency, "error": (result.stdout + result.stderr)[-800:]}
+    row = next(csv.DictReader(report.open()))
+    return {"streams": concurrency, "frames_per_s": float(row["Inferences/Second"]),
+            **{f"{p}_ms": float(row[f"{p} latency"]) / 1e3 for p in ("p50", "p90", "p99")}}
+
+
+def _perf_analyzer_surviving(served: ServedTwin, concurrency: int, workdir: Path, crashes: list) -> dict:
+    """`perf_analyzer`; if the server died under it, record that, restart the server and measure again.
+
+    The bundled tritonserver has aborted under perf_analyzer's streams (a glibc assertion in
+    TRITONBACKEND_ResponseSend, twice in ~8 runs)."""
+    row = perf_analyzer(served, concurrency, workdir)
+    if served.crashed():
+        crashes.append({"streams": concurrency, "log": served.restart()})
+        row = perf_analyzer(served, concurrency, workdir)
+    return row
+
+
+def bench_preset(preset: str, neurons: int, frames: int, workdir: Path, realtime_limit: int = 64,
+                 realtime_frames: int = 90) -> dict:
+    """One preset served: both clients at every concurrency, then the real-time capacity."""
+    result = {"preset": preset, "neurons": neurons, "client": [], "perf_analyzer": [], "server_crashes": []}
+    with ServedTwin(preset, neurons, workdir / preset) as served:
+        result["receptive_field"] = served.manifest.receptive_field
+        step = served.manifest.graph(RECORDING, "step")
+        result["state_bytes_per_stream"] = step.details["state_bytes_per_stream"]
+        for concurrency in CONCURRENCY:
+            rows = interleave({
+                "client": lambda: _streams(served, concurrency, frames, None),
+                "perf_analyzer": lambda: _perf_analyzer_surviving(served, concurrency, workdir,
+                                                                  result["server_crashes"])}, repeats=1)
+            for source, (row,) in rows.items():
+                result[source].append(row)
+        result["realtime"] = realtime_capacity(served, realtime_frames, realtime_limit)
+    return result
+
+
+def run_bench(out: str | Path = f"{RESULTS}/stream.json", presets=("small", "base"), neurons: int = 8000,
+              frames: int = 150, **options) -> dict:
+    """Every preset, one after the other → results (also written to `out`).
+    options: `bench_preset`'s realtime_limit and realtime_frames."""
+    results = {"machine": machine(), "note": NOTE, "presets": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for preset in presets:
+            results["presets"][preset] = bench_preset(preset, neurons, frames, Path(folder), **options)
+    write_results(results, out)
+    return results

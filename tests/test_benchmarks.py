@@ -1,0 +1,188 @@
+"""`twin bench`: the harness (interleaving, minimum duration, atomic writer), the FLOP arithmetic the
+benchmarks report, and every benchmark run small. Benchmarks that start a Triton server are slow."""
+
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+
+from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
+from twinserve.cli import main as twin
+from twinserve.contract import BEHAVIOR_CHANNELS
+
+CORE_INPUTS = 1 + BEHAVIOR_CHANNELS  # a core sees the video and one map per behaviour channel
+
+
+# --- the harness -------------------------------------------------------------------------------
+def test_workloads_take_turns_after_warming_up():
+    calls = []
+    workloads = {name: Workload(lambda name=name: calls.append(name)) for name in "abc"}
+    rates = measure(workloads, seconds=0.0, repeats=3, warmup=2)
+    assert calls == list("aabbcc") + list("abc") * 3
+    assert all(len(rate.rates) == 3 for rate in rates.values())
+
+
+def test_every_measurement_lasts_at_least_the_minimum_duration_of_timed_calls():
+    log = []
+
+    def workload(name, sleep, units, prepare=None):
+        return Workload(lambda: (log.append(name), time.sleep(sleep)), units, prepare)
+
+    seconds, prepare_s = 0.05, 0.01
+    workloads = {"fast": workload("fast", 0.001, 2.0, lambda: time.sleep(prepare_s)),
+                 "slow": workload("slow", 0.02, 1.0)}
+    rates = measure(workloads, seconds=seconds, repeats=2, warmup=0)
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(log)]
+    assert [name for name, _ in runs] == ["fast", "slow"] * 2  # round robin, one measurement per turn
+    measured = [rate for pair in zip(rates["fast"].rates, rates["slow"].rates) for rate in pair]
+    for (name, calls), rate in zip(runs, measured):
+        assert calls > 1 and workloads[name].units * calls / rate >= seconds  # timed seconds of the measurement
+    # The untimed preparation (10 ms before every call) is left out of the fast path's rate.
+    assert max(rates["fast"].rates) > 2.0 / prepare_s
+
+
+def test_rate_reports_the_median_and_the_spread_over_rounds():
+    rate = Rate((10.0, 30.0, 20.0))
+    assert rate.median == 20.0 and rate.spread == pytest.approx(1.0)
+    paths = {"x": iter(range(3)).__next__, "y": iter("pqr").__next__}
+    assert interleave(paths, 3) == {"x": [0, 1, 2], "y": ["p", "q", "r"]}
+
+
+def test_results_are_written_atomically_into_a_new_folder(tmp_path):
+    out = tmp_path / "deep" / "results" / "bench.json"
+    assert write_results({"rate": 1.5}, out) == out
+    assert json.loads(out.read_text()) == {"rate": 1.5}
+    with pytest.raises(TypeError):  # not JSON: the old file stays whole, no temporary is left behind
+        write_results({"rate": object()}, out)
+    assert json.loads(out.read_text()) == {"rate": 1.5}
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]
+
+
+# --- FLOP arithmetic -----------------------------------------------------------------------------
+def _counted_flops(module, *inputs) -> int:
+    """FLOPs PyTorch's counter sees (matrix products and convolutions), attention written out."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from twinserve.training.transformer import use_fused_attention
+
+    use_fused_attention(module, False)  # written out, so the counter sees the attention's matrix products
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("preset", ["small", "vit-small"])
+def test_streamed_frame_arithmetic_matches_pytorchs_flop_counter(preset):
+    import torch
+
+    from twinserve.benchmarks.twins import random_twin
+
+    model = random_twin(preset, {"m": 30}).eval()
+    core, shape = model.core, model.frame_shape
+    states = [torch.zeros(1, *s) for s in core.state_shapes(shape)]
+    assert _counted_flops(core.stepper(), torch.zeros(1, CORE_INPUTS, *shape), *states) == core.step_flops(shape)
+
+
+# A transformer clip is counted exactly when one block sees exactly W frames: its banded attention is the window.
+@pytest.mark.parametrize("preset, extra_frames", [("small", 5), ("vit-tiny", 0)])
+def test_clip_arithmetic_matches_pytorchs_flop_counter(preset, extra_frames):
+    import torch
+
+    from twinserve.benchmarks.twins import random_twin
+
+    model = random_twin(preset, {"m": 30}).eval()
+    frames = model.receptive_field + extra_frames
+    video = torch.zeros(1, CORE_INPUTS, frames, *model.frame_shape)
+    assert _counted_flops(model.core, video) == model.core.flops(model.frame_shape, frames)
+
+
+def test_re_running_the_window_costs_what_the_issue_counts_for_base():
+    from twinserve.benchmarks.twins import random_twin
+
+    model = random_twin("base", {"m": 8000})
+    # The issue's count for base: 19 frames through layer 1, 9 through layer 2, 5 through layer 3.
+    assert 5.0 < model.clip_flops(model.receptive_field) / model.step_flops() < 6.0
+
+
+# --- the benchmarks ------------------------------------------------------------------------------
+def test_bench_commands_keep_their_flags_and_defaults():
+    from twinserve.cli import build_parser
+
+    parser = build_parser()
+    defaults = {"train": {"repeats": 3}, "cores": {"presets": ["small", "vit-small"], "minutes": 10.0, "data": None},
+                "export": {"presets": ["base", "vit-base"], "neurons": 8000},
+                "stream": {"presets": ["small", "base"], "neurons": 8000, "frames": 150},
+                "score": {"preset": "small", "neurons": 8000, "stimuli": 24}}
+    for command, expected in defaults.items():
+        args = vars(parser.parse_args(["bench", command]))
+        assert args["out"] == f"benchmarks/results/{command}.json"
+        assert {key: args[key] for key in expected} == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "export", "--presets", "no-such-preset"])
+
+
+def test_train_benchmark_measures_every_preset(tmp_path):
+    from twinserve.benchmarks.train import run_bench
+
+    results = run_bench(tmp_path / "train.json", presets=("tiny", "vit-tiny"), repeats=2, seconds=0.0)
+    for result in results["presets"].values():
+        assert result["train_output_frames_per_s"] > 0 and result["inference_output_frames_per_s"] > 0
+        assert result["step_seconds"] > 0 and result["parameters"] > 0
+    assert json.loads((tmp_path / "train.json").read_text()) == results
+
+
+def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
+    from twinserve.benchmarks.export import run_bench
+
+    results = run_bench(tmp_path / "export.json", presets=("tiny", "vit-tiny"), neurons=50, seconds=0.1,
+                        window_outputs=3, repeats=2)
+    for preset in ("tiny", "vit-tiny"):
+        paths = results["presets"][preset]["paths"]
+        assert set(paths) == {"pytorch_eager_clip", "onnxruntime_clip", "onnxruntime_step_stream",
+                              "onnxruntime_window_rerun", "pytorch_eager_window_rerun"}
+        assert all(p["output_frames_per_s"] > 0 and p["gflop_per_output_frame"] > 0 for p in paths.values())
+        assert results["presets"][preset]["state_bytes_per_stream"] > 0
+    assert results["machine"]["matmul_fp32_gflops"] > 0
+    assert json.loads((tmp_path / "export.json").read_text())["presets"] == results["presets"]
+
+
+@pytest.mark.slow
+def test_cores_benchmark_trains_both_cores_for_the_same_wall_time(small_mouse, tmp_path):
+    out = tmp_path / "cores.json"
+    assert twin(["bench", "cores", "--presets", "tiny", "vit-tiny", "--minutes", "0.1", "--data",
+                 *map(str, small_mouse), "--out", str(out), "--quiet"]) == 0
+    results = json.loads(out.read_text())
+    assert {p: r["core"] for p, r in results["presets"].items()} == {"tiny": "factorized", "vit-tiny": "transformer"}
+    for result in results["presets"].values():
+        assert 0.1 <= result["training_minutes"] < 0.5 and result["steps"] > 0
+        assert np.isfinite(result["oracle_single_trial_correlation"])
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_stream_benchmark_measures_both_clients_and_realtime_capacity(tmp_path):
+    from twinserve.benchmarks.stream import run_bench
+
+    results = run_bench(tmp_path / "stream.json", presets=("tiny",), neurons=50, frames=20, realtime_limit=2,
+                        realtime_frames=15)
+    tiny = results["presets"]["tiny"]
+    for source in ("client", "perf_analyzer"):
+        assert [row["streams"] for row in tiny[source]] == [1, 4, 16]
+        assert all("error" not in row and 0 < row["p50_ms"] <= row["p99_ms"] for row in tiny[source]), tiny[source]
+    assert 0 <= tiny["realtime"]["max_streams_at_30fps"] <= 2
+    assert tiny["state_bytes_per_stream"] > 0
+    assert json.loads((tmp_path / "stream.json").read_text()) == results
+
+
+@pytest.mark.slow
+def test_score_benchmark_compares_the_served_and_the_local_path(tmp_path):
+    from twinserve.benchmarks.score import run_bench
+
+    results = run_bench(tmp_path / "score.json", preset="tiny", neurons=50, stimuli=3, frames=40, repeats=2)
+    for path in ("local_onnxruntime", "twin_score_via_triton"):
+        assert results[path]["frames_per_s"] > 0 and results[path]["seconds"] > 0
+    assert results["server_over_local"] > 0 and results["target"] == 0.7
+    assert json.loads((tmp_path / "score.json").read_text()) == results

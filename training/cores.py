@@ -1,0 +1,65 @@
+"""The core interface every twin's shared core implements, and the registry of cores by name.
+
+A core turns the per-frame input maps of a clip into feature maps, causally; the twin adds one
+readout head per recording. Export, FLOP counting and the benchmarks use only this interface, so
+adding a core means one module and one `register_core` call (or an entry in `CORES`).
+
+Shapes: B batch, C_in input channels (video + behaviour maps), T input frames, H×W pixels of a
+frame (`frame_shape`), C = `out_channels`, H'×W' the feature maps' size;
+offset = `twinserve.contract.output_offset(receptive_field)` (R - 1, or 0 for unbounded memory).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .factorized import FactorizedCore
+from .transformer import TransformerCore
+
+
+class Core(Protocol):
+    """What a core provides. Its constructor takes (in_channels, frame_shape, **settings)."""
+
+    receptive_field: int | None
+    """Input frames an output depends on; None for unbounded memory (e.g. a recurrent core)."""
+
+    out_channels: int
+    """C, the feature channels the readout reads."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, T, H, W) → features (B, C, T - offset, H', W'); output frame j depends only on
+        input frames ≤ j + offset."""
+
+    def state_shapes(self, frame_shape: tuple[int, int]) -> list[tuple[int, ...]]:
+        """The shape of every state tensor one stream holds (batch left out), for frames of (H, W)."""
+
+    def stepper(self) -> nn.Module:
+        """An inference module (eval behaviour) whose forward(x (B, C_in, H, W), *states (B, ...))
+        returns (features (B, C, H', W'), *next_states): one frame with the core's memory as explicit
+        state. From zero states, streamed frame t equals clip output t - offset once t ≥ offset."""
+
+    def flops(self, frame_shape: tuple[int, int], frames: int) -> float:
+        """FLOPs (2 × multiply-adds) of the core on a clip of `frames` input frames of (H, W)."""
+
+    def step_flops(self, frame_shape: tuple[int, int]) -> float:
+        """FLOPs of the core on one streamed frame of (H, W)."""
+
+
+CORES: dict[str, type] = {"factorized": FactorizedCore, "transformer": TransformerCore}
+
+
+def register_core(name: str, cls: type) -> None:
+    """Make a core class buildable by name (e.g. from a preset or a run's config)."""
+    if name in CORES:
+        raise ValueError(f"a core named {name!r} is already registered ({CORES[name].__name__})")
+    CORES[name] = cls
+
+
+def build_core(name: str, in_channels: int, frame_shape: tuple[int, int], **settings) -> Core:
+    """A new core of the registered class `name` → `cls(in_channels, frame_shape, **settings)`."""
+    if name not in CORES:
+        raise ValueError(f"unknown core {name!r}; known cores: {sorted(CORES)}")
+    return CORES[name](in_channels, tuple(frame_shape), **settings)

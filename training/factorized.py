@@ -1,0 +1,135 @@
+"""The factorized core: a causal stack of spatial 1×k×k and temporal kt×1×1 convolutions (valid in
+time), and its streaming step.
+
+Shapes: B batch, C channels, T input frames, H×W pixels of a frame, H'×W' of the feature maps
+(H / first_stride, W / first_stride); R = 1 + Σ (kt_l - 1) frames of receptive field. A clip of T
+frames gives T - R + 1 output frames. A streamed frame needs, per layer, the last kt_l - 1 outputs
+of its spatial convolution as state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FactorizedLayer(nn.Module):
+    """Spatial 1×k×k conv, temporal kt×1×1 conv (valid in time), BatchNorm, ELU.
+
+    (B, C_in, T, H, W) → (B, C_out, T - kt + 1, H / stride, W / stride)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_kernel: int, temporal_kernel: int, stride: int):
+        super().__init__()
+        self.spatial = nn.Conv3d(in_channels, out_channels, (1, spatial_kernel, spatial_kernel),
+                                 stride=(1, stride, stride), padding=(0, spatial_kernel // 2, spatial_kernel // 2),
+                                 bias=False)
+        self.temporal = nn.Conv3d(out_channels, out_channels, (temporal_kernel, 1, 1), bias=False)
+        self.norm = nn.BatchNorm3d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.norm(self.temporal(self.spatial(x))))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) of the input → (H', W') of the output (the spatial conv's arithmetic)."""
+        (_, kh, kw), (_, sh, sw), (_, ph, pw) = self.spatial.kernel_size, self.spatial.stride, self.spatial.padding
+        return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+
+
+class FactorizedCore(nn.Module):
+    """Stack of `FactorizedLayer`s: (B, C_in, T, H, W) → (B, C, T - R + 1, H', W').
+
+    frame_shape is not needed to build it (convolutions take frames of any size); the core
+    protocol's methods take it where the arithmetic depends on it.
+    """
+
+    def __init__(self, in_channels: int, frame_shape: tuple[int, int], channels, spatial_kernels, temporal_kernels,
+                 first_stride: int = 1):
+        super().__init__()
+        sizes = [in_channels, *channels]
+        self.layers = nn.Sequential(*[
+            FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i],
+                            first_stride if i == 0 else 1)
+            for i in range(len(channels))])
+        self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
+        self.out_channels = sizes[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def _layer_costs(self, frame_shape: tuple[int, int]) -> list[tuple[int, int, int, tuple[int, int]]]:
+        """Per layer: FLOPs (2 × multiply-adds) of its spatial conv per input frame and of its
+        temporal conv per output frame, its kt, and its output (H', W')."""
+        costs, size = [], tuple(frame_shape)
+        for layer in self.layers:
+            size = layer.output_size(*size)
+            c_in, c_out, k = layer.spatial.in_channels, layer.spatial.out_channels, layer.spatial.kernel_size[-1]
+            kt = layer.temporal.kernel_size[0]
+            positions = size[0] * size[1]
+            costs.append((2 * positions * c_out * c_in * k * k, 2 * positions * c_out * c_out * kt, kt, size))
+        return costs
+
+    def state_shapes(self, frame_shape: tuple[int, int]) -> list[tuple[int, ...]]:
+        """Per layer its last kt - 1 spatial outputs: (C_l, kt_l - 1, H', W'), batch left out."""
+        return [(layer.spatial.out_channels, kt - 1, *size)
+                for layer, (_, _, kt, size) in zip(self.layers, self._layer_costs(frame_shape))]
+
+    def flops(self, frame_shape: tuple[int, int], frames: int) -> float:
+        """FLOPs of a clip of `frames` input frames (valid in time: each layer sees fewer frames)."""
+        total = 0.0
+        for spatial, temporal, kt, _ in self._layer_costs(frame_shape):
+            total += spatial * frames
+            frames -= kt - 1
+            total += temporal * frames
+        return total
+
+    def step_flops(self, frame_shape: tuple[int, int]) -> float:
+        """FLOPs of one streamed frame: every layer's spatial conv on one frame and one temporal output."""
+        return sum(spatial + temporal for spatial, temporal, _, _ in self._layer_costs(frame_shape))
+
+    def stepper(self) -> FactorizedStep:
+        """The core for one frame with its memory as explicit state (BatchNorm folded; eval mode)."""
+        return FactorizedStep(self).eval()
+
+
+class StepLayer(nn.Module):
+    """One factorized layer for streaming: the spatial conv on the new frame (a 2D conv, which ONNX
+    Runtime runs in its blocked-channel layout), then the temporal conv over [buffer, new frame] as
+    one matrix product with the layer's BatchNorm folded in (its running statistics, as in eval mode).
+
+    x (B, C_in, H, W), state (B, C, kt - 1, H', W') → (B, C, H', W'), next state (same shape as state)
+    """
+
+    def __init__(self, layer: FactorizedLayer):
+        super().__init__()
+        conv = layer.spatial
+        self.spatial = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[1:],
+                                 stride=conv.stride[1:], padding=conv.padding[1:], bias=False)
+        self.spatial.weight.data.copy_(conv.weight[:, :, 0])
+        scale = layer.norm.weight / torch.sqrt(layer.norm.running_var + layer.norm.eps)
+        weight = layer.temporal.weight[..., 0, 0] * scale[:, None, None]  # (C_out, C_in, kt)
+        self.register_buffer("weight", weight.flatten(1).detach().clone())
+        self.register_buffer("bias", (layer.norm.bias - layer.norm.running_mean * scale).detach().clone())
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        window = torch.cat([state, self.spatial(x)[:, :, None]], dim=2)  # (B, C, kt, H', W')
+        batch, channels, taps, rows, cols = window.shape
+        mixed = self.weight @ window.reshape(batch, channels * taps, rows * cols)
+        return F.elu(mixed + self.bias[:, None]).reshape(batch, -1, rows, cols), window[:, :, 1:]
+
+
+class FactorizedStep(nn.Module):
+    """The factorized core for one frame: x (B, C_in, H, W), per layer its state
+    (B, C_l, kt_l - 1, H', W') → features (B, C, H', W'), next states (same shapes)."""
+
+    def __init__(self, core: FactorizedCore):
+        super().__init__()
+        self.layers = nn.ModuleList(StepLayer(layer) for layer in core.layers)
+
+    def forward(self, x: torch.Tensor, *states: torch.Tensor):
+        next_states = []
+        for layer, state in zip(self.layers, states):
+            x, state = layer(x, state)
+            next_states.append(state)
+        return (x, *next_states)
