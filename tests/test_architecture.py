@@ -9,7 +9,6 @@ import textwrap
 import pytest
 
 from import_rules import ROOT, lint, package_dirs
-from twinserve.cli import main as twin
 from twinserve.contract import ModelParameters, model_names, output_offset, state_names
 
 

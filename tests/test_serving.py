@@ -18,10 +18,11 @@ from twinserve.contract import CLIP_INPUTS, STEP_INPUTS, ModelParameters, model_
 from twinserve.export.manifest import GraphEntry, Manifest, RecordingEntry, sha256, verified_path
 from twinserve.export.onnx_export import cpu_session, relative_error, stream
 from twinserve.serving.repository import MARKER, write_repository
-from twinserve.serving.server import Ports, TritonServer
+from twinserve.serving.server import Ports
 from twinserve.training.data import Recording
 
 from conftest import IDLE_TIMEOUT_S
+from crash import stream_through_a_crash
 
 
 def _trials(recording_path, count):
@@ -167,25 +168,10 @@ def test_a_stream_survives_a_server_crash_and_restart(tiny_artifacts, default_mo
     recording = default_mouse[0].name
     repository = tmp_path / "repository"
     write_repository(artifacts, repository)
-    ports = Ports.free()
     trial = _trials(default_mouse[0], 1)[0]
-    servers = [TritonServer(repository, ports)]
-    try:
-        with StreamClient(servers[0].url, model_names(recording)["stream"], reconnect_timeout=120) as client:
-            outputs = []
-            for t, responses in enumerate(client.run(*trial)):
-                outputs.append(responses)
-                if t == 100:
-                    servers[0].kill()
-                    threading.Timer(1.0, lambda: servers.append(TritonServer(repository, ports))).start()
-            assert client.reconnects == 1
-    finally:
-        deadline = time.monotonic() + 60
-        while len(servers) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for server in servers:
-            server.stop()
-    assert relative_error(np.stack(outputs), _local_stream(artifacts, manifest, recording, trial)) < 1e-5
+    outputs, reconnects = stream_through_a_crash(repository, model_names(recording)["stream"], trial, crash_at=100)
+    assert reconnects == 1
+    assert relative_error(outputs, _local_stream(artifacts, manifest, recording, trial)) < 1e-5
 
 
 def test_tampered_artifacts_are_refused_before_serving(tiny_artifacts, tmp_path):

@@ -2,17 +2,14 @@
 export, stream through the step graph, serve through Triton, recover after a server crash — with no
 change to export/, serving/ or clients/."""
 
-import threading
-import time
-
 import numpy as np
 import pytest
 import tritonclient.grpc as grpc
 from tritonclient.utils import InferenceServerException
 
 import toy_core
-from twinserve.clients.stream import StreamClient
-from twinserve.contract import model_names
+from crash import stream_through_a_crash
+from twinserve.contract import CLIP_INPUTS, model_names
 from twinserve.export.onnx_export import cpu_session, export_run, relative_error, stream
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
@@ -37,11 +34,19 @@ def _trial(small_mouse):
     return trial.video[:FRAMES], trial.behavior[:FRAMES], trial.pupil_center[:FRAMES]
 
 
+def _clip_request(inputs, frames: int) -> list:
+    """The first `frames` frames of the inputs as one clip request."""
+    tensors = []
+    for name, array in zip(CLIP_INPUTS, inputs):
+        tensors.append(grpc.InferInput(name, [1, frames, *array.shape[1:]], "FP32"))
+        tensors[-1].set_data_from_numpy(np.ascontiguousarray(array[None, :frames]))
+    return tensors
+
+
 def _local(artifacts, manifest, recording, inputs):
     """The exported graphs on ONNX Runtime → (clip graph responses (T, N), step graph streamed (T, N))."""
     folder = artifacts / recording
-    clip = cpu_session(folder / "clip.onnx").run(None, {"video": inputs[0][None], "behavior": inputs[1][None],
-                                                        "pupil_center": inputs[2][None]})[0][0]
+    clip = cpu_session(folder / "clip.onnx").run(None, {n: a[None] for n, a in zip(CLIP_INPUTS, inputs)})[0][0]
     shapes = [spec.fixed_shape for spec in manifest.graph(recording, "step").states]
     streamed = stream(cpu_session(folder / "step.onnx"), *(a[None] for a in inputs), shapes)[0]
     return clip, streamed
@@ -64,35 +69,15 @@ def test_served_toy_twin_streams_recovers_and_refuses_clips_it_cannot_cut(toy_ar
     clip, streamed = _local(artifacts, manifest, recording, inputs)
     repository = tmp_path / "repository"
     write_repository(artifacts, repository, max_clip_frames=64)
-    ports = Ports.free()
-    servers = [TritonServer(repository, ports)]
-    try:
-        client = grpc.InferenceServerClient(servers[0].url)
+    with TritonServer(repository, Ports.free()) as server:
+        client = grpc.InferenceServerClient(server.url)
         names = model_names(recording)
-        short = [grpc.InferInput(n, [1, 50, *a.shape[1:]], "FP32") for n, a in zip(("video", "behavior",
-                                                                                  "pupil_center"), inputs)]
-        for tensor, array in zip(short, inputs):
-            tensor.set_data_from_numpy(np.ascontiguousarray(array[None, :50]))
-        assert relative_error(client.infer(names["clip"], short).as_numpy("responses")[0], clip[:50]) < 1e-5
-        long = [grpc.InferInput(n, [1, FRAMES, *a.shape[1:]], "FP32") for n, a in zip(("video", "behavior",
-                                                                                     "pupil_center"), inputs)]
-        for tensor, array in zip(long, inputs):
-            tensor.set_data_from_numpy(np.ascontiguousarray(array[None]))
+        assert relative_error(client.infer(names["clip"], _clip_request(inputs, 50)).as_numpy("responses")[0],
+                              clip[:50]) < 1e-5
         with pytest.raises(InferenceServerException, match="max_clip_frames"):  # no pieces without a finite window
-            client.infer(names["clip"], long)
+            client.infer(names["clip"], _clip_request(inputs, FRAMES))
         client.close()
-        with StreamClient(servers[0].url, names["stream"], reconnect_timeout=120) as stream_client:
-            outputs = []
-            for t, responses in enumerate(stream_client.run(*inputs)):
-                outputs.append(responses)
-                if t == 80:  # the whole stream so far must be replayed: no window would do
-                    servers[0].kill()
-                    threading.Timer(1.0, lambda: servers.append(TritonServer(repository, ports))).start()
-            assert stream_client.reconnects == 1
-    finally:
-        deadline = time.monotonic() + 60
-        while len(servers) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for server in servers:
-            server.stop()
-    assert relative_error(np.stack(outputs), streamed) < 1e-5
+    # The whole stream so far must be replayed after the crash: no window of frames would do.
+    outputs, reconnects = stream_through_a_crash(repository, names["stream"], inputs, crash_at=80)
+    assert reconnects == 1
+    assert relative_error(outputs, streamed) < 1e-5
