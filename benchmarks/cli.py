@@ -19,26 +19,30 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def _report(results: dict, lines, *written) -> dict:
+    """Print a summary line per item of `lines` and the files written, on stderr → the results."""
+    for line in lines:
+        _say(line)
+    _say(f"wrote {' and '.join(map(str, written))}")
+    return results
+
+
 def _train(args) -> dict:
     from .train import run_bench
 
     results = run_bench(args.out, repeats=args.repeats)
-    for preset, r in results["presets"].items():
-        _say(f"{preset:<6} train {r['train_output_frames_per_s']:8.0f} output frames/s  "
-             f"inference {r['inference_output_frames_per_s']:8.0f} output frames/s  ({r['parameters']} parameters)")
-    _say(f"wrote {args.out}")
-    return results
+    return _report(results, (f"{preset:<6} train {r['train_output_frames_per_s']:8.0f} output frames/s  "
+                             f"inference {r['inference_output_frames_per_s']:8.0f} output frames/s  "
+                             f"({r['parameters']} parameters)" for preset, r in results["presets"].items()), args.out)
 
 
 def _cores(args) -> dict:
     from .cores import run_bench
 
     results = run_bench(args.out, presets=args.presets, minutes=args.minutes, data=args.data, progress=not args.quiet)
-    for preset, r in results["presets"].items():
-        _say(f"{preset:<10} {r['core']:<12} {r['steps']:6d} steps in {r['training_minutes']:5.1f} min  "
-             f"oracle single-trial correlation {r['oracle_single_trial_correlation']:.3f}")
-    _say(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
-    return results
+    return _report(results, (f"{preset:<10} {r['core']:<12} {r['steps']:6d} steps in {r['training_minutes']:5.1f} min  "
+                             f"oracle single-trial correlation {r['oracle_single_trial_correlation']:.3f}"
+                             for preset, r in results["presets"].items()), args.out, Path(args.out).with_suffix(".png"))
 
 
 def _export(args) -> dict:
@@ -55,8 +59,7 @@ def _export(args) -> dict:
             _say(f"  {name:<28}skipped: {reason}")
         for name, value in result["ratios"].items():
             _say(f"  {name:<40}{value:6.2f}")
-    _say(f"wrote {args.out}")
-    return results
+    return _report(results, (), args.out)
 
 
 def _stream(args) -> dict:
@@ -72,19 +75,16 @@ def _stream(args) -> dict:
         realtime = result["realtime"]
         _say(f"{preset:<10}real-time streams with p99 < {realtime['p99_budget_ms']:.0f} ms: "
              f"{realtime['max_streams_at_30fps']}")
-    _say(f"wrote {args.out}")
-    return results
+    return _report(results, (), args.out)
 
 
 def _score(args) -> dict:
     from .score import run_bench
 
     results = run_bench(args.out, preset=args.preset, neurons=args.neurons, stimuli=args.stimuli)
-    _say(f"local ONNX Runtime {results['local_onnxruntime']['frames_per_s']:.0f} frames/s, twin score via Triton "
-         f"{results['twin_score_via_triton']['frames_per_s']:.0f} frames/s: {results['server_over_local']:.2f} "
-         f"(target ≥ {results['target']})")
-    _say(f"wrote {args.out}")
-    return results
+    return _report(results, [f"local ONNX Runtime {results['local_onnxruntime']['frames_per_s']:.0f} frames/s, twin "
+                             f"score via Triton {results['twin_score_via_triton']['frames_per_s']:.0f} frames/s: "
+                             f"{results['server_over_local']:.2f} (target ≥ {results['target']})"], args.out)
 
 
 def register(benchmarks) -> None:

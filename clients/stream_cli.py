@@ -9,6 +9,8 @@ import numpy as np
 
 
 def _stream(args) -> dict:
+    from tqdm import tqdm
+
     from .library import read_video
     from .stream import StreamClient
 
@@ -17,8 +19,6 @@ def _stream(args) -> dict:
         behavior, pupil = client.default_behavior
         behavior = np.load(args.behavior) if args.behavior else np.tile(behavior, (len(video), 1))
         pupil = np.load(args.pupil_center) if args.pupil_center else np.tile(pupil, (len(video), 1))
-        from tqdm import tqdm
-
         responses = np.stack(list(tqdm(client.run(video, behavior, pupil), total=len(video), unit="frame",
                                        disable=args.quiet)))
         summary = {"model": args.model, "frames": len(video), "neurons": responses.shape[1],
@@ -34,7 +34,7 @@ def register(commands) -> None:
     stream = commands.add_parser("stream", help="stream a video through a served twin, frame by frame")
     stream.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
     stream.add_argument("--model", required=True, help="stream model, e.g. <recording>_stream")
-    stream.add_argument("--video", required=True, help=".npy (T, 36, 64) or a video file")
+    stream.add_argument("--video", required=True, help=".npy (T, H, W) at the model's frame shape, or a video file (converted to grey and resized)")
     stream.add_argument("--behavior",
                         help=".npy (T, 2) raw pupil size and running speed (default: the recording's mean)")
     stream.add_argument("--pupil-center", help=".npy (T, 2) raw pupil position (default: the recording's mean)")

@@ -63,6 +63,12 @@ def print_metrics(results: dict) -> None:
             print(f"{recording:<22}{tier:<18}{values}", file=sys.stderr)
 
 
+def _seed_and_quiet(parser, default_seed: int | None) -> None:
+    parser.add_argument("--seed", type=int, default=default_seed,
+                        help="random seed" + (" (default: the preset's)" if default_seed is None else ""))
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def register(commands) -> None:
     data = commands.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write virtual-mouse recordings in the SENSORIUM 2023 layout")
@@ -70,8 +76,7 @@ def register(commands) -> None:
     synth.add_argument("--recordings", type=int, default=2)
     synth.add_argument("--neurons", type=int, default=300, help="neurons of the first recording")
     synth.add_argument("--train-minutes", type=float, default=6.0, help="minutes of training movies per recording")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--quiet", action="store_true")
+    _seed_and_quiet(synth, default_seed=0)
     synth.set_defaults(handler=_synth)
 
     train = commands.add_parser("train", help="train a twin on recordings")
@@ -80,8 +85,7 @@ def register(commands) -> None:
     train.add_argument("--preset", default="small", choices=sorted(PRESETS))
     train.add_argument("--minutes", type=float, help="wall-time budget (default: the preset's)")
     train.add_argument("--steps", type=int, help="optimizer-step budget (default: the preset's)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--quiet", action="store_true")
+    _seed_and_quiet(train, default_seed=None)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained twin per recording and tier")
@@ -102,6 +106,5 @@ def register_experiments(kinds) -> None:
     mei.add_argument("--steps", type=int, default=200)
     mei.add_argument("--rms", type=float, default=40.0, help="norm budget: RMS deviation from grey, pixel values")
     mei.add_argument("--smooth", type=float, default=1.0, help="gradient smoothing, pixels")
-    mei.add_argument("--seed", type=int, default=0)
-    mei.add_argument("--quiet", action="store_true")
+    _seed_and_quiet(mei, default_seed=0)
     mei.set_defaults(handler=_mei)
