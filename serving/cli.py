@@ -15,19 +15,24 @@ from pathlib import Path
 
 from twinserve.errors import TwinError
 
+from .server import LOOPBACK, Ports, TritonServer, is_loopback
+
 
 def _serve(args) -> None:
     from .repository import write_repository
-    from .server import Ports, TritonServer
 
+    if not is_loopback(args.host):
+        print(f"twin serve: warning: listening on {args.host}: anyone who reaches these ports can call every "
+              f"endpoint (no key or TLS yet); prefer the default {LOOPBACK} behind a proxy", file=sys.stderr)
     repository = Path(args.repository or tempfile.mkdtemp(prefix="twinserve-models-"))
     models = write_repository(args.artifacts, repository, max_streams=args.max_streams,
                               idle_timeout_s=args.idle_timeout, threads=args.threads,
                               max_clip_frames=args.max_clip_frames)
     ports = Ports(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port)
-    with TritonServer(repository, ports, log_path=args.log) as server:
-        endpoints = {"grpc": f"localhost:{ports.grpc}", "http": f"localhost:{ports.http}",
-                     "metrics": f"localhost:{ports.metrics}/metrics", "models": sorted(models),
+    with TritonServer(repository, ports, log_path=args.log, host=args.host) as server:
+        endpoints = {"grpc": server.url, "http": f"{server.local_host}:{ports.http}",
+                     "metrics": f"{server.local_host}:{ports.metrics}/metrics", "host": args.host,
+                     "models": sorted(models),
                      "repository": str(repository), "log": str(server.log_path)}
         print(json.dumps(endpoints, indent=2), flush=True)
         print(f"serving {len(models)} models; SIGTERM or Ctrl-C stops", file=sys.stderr)
@@ -47,6 +52,8 @@ def register(commands) -> None:
     serve.add_argument("--artifacts", required=True, help="artifacts folder written by `twin export`")
     serve.add_argument("--repository", help="where to write the model repository (default: a temporary folder); "
                                             "an existing folder is replaced only if twinserve wrote it")
+    serve.add_argument("--host", default=LOOPBACK,
+                       help=f"address gRPC, HTTP and metrics listen on (default {LOOPBACK}: this machine only)")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)

@@ -4,11 +4,18 @@ The embedded default is the `tritonserver` binary that the `nvidia-pytriton` whe
 Python backend; in the NGC image (`Dockerfile`) the container's own `/opt/tritonserver` is used.
 The server runs in its own process group, so `stop()` ends it and every backend stub it started:
 SIGTERM, then SIGKILL after `grace` seconds (a Triton server may ignore SIGTERM while streams are open).
+Started from the main thread, it also dies with the process that started it, even on SIGKILL
+(`PR_SET_PDEATHSIG`), so a killed `twin serve` leaves no server holding the ports.
+
+It listens on `host`: the loopback address 127.0.0.1 unless told otherwise, for gRPC, HTTP and
+metrics alike (Triton itself would bind every interface).
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ipaddress
 import os
 import shutil
 import signal
@@ -16,12 +23,35 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 NGC_ROOT = Path("/opt/tritonserver")
+LOOPBACK = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when the thread that started it ends
+
+try:  # looked up here, not in the forked child (no dynamic loading between fork and exec)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) reaches this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the thread that started it ends."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -35,7 +65,7 @@ class Ports:
         """Three ports nothing listens on right now."""
         sockets = [socket.socket() for _ in range(3)]
         for s in sockets:
-            s.bind(("localhost", 0))
+            s.bind((LOOPBACK, 0))
         ports = cls(*(s.getsockname()[1] for s in sockets))
         for s in sockets:
             s.close()
@@ -61,8 +91,9 @@ def _bundled() -> tuple[Path, Path, dict[str, Path]]:
     return root / "bin" / "tritonserver", Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs", files
 
 
-def server_command(repository: Path, ports: Ports, workdir: Path) -> tuple[list[str], dict[str, str]]:
-    """The tritonserver command line and environment for this machine."""
+def server_command(repository: Path, ports: Ports, workdir: Path,
+                   host: str = LOOPBACK) -> tuple[list[str], dict[str, str]]:
+    """The tritonserver command line and environment for this machine, every endpoint bound to `host`."""
     env = dict(os.environ)
     if (NGC_ROOT / "bin" / "tritonserver").exists():
         binary, backends = NGC_ROOT / "bin" / "tritonserver", NGC_ROOT / "backends"
@@ -78,6 +109,7 @@ def server_command(repository: Path, ports: Ports, workdir: Path) -> tuple[list[
         paths = [str(Path(sys.base_prefix) / "lib"), str(libs), env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = ":".join(p for p in paths if p)
     command = [str(binary), f"--model-repository={repository}", f"--backend-directory={backends}",
+               f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
                f"--http-port={ports.http}", f"--grpc-port={ports.grpc}", f"--metrics-port={ports.metrics}",
                "--allow-metrics=true", "--allow-gpu-metrics=false", "--strict-readiness=true",
                "--exit-timeout-secs=5", "--log-verbose=0"]
@@ -87,18 +119,22 @@ def server_command(repository: Path, ports: Ports, workdir: Path) -> tuple[list[
 class TritonServer:
     """A running tritonserver; use as a context manager or call `stop()`.
 
-    repository: a model repository (`serving.repository.write_repository`); log goes to `log_path`.
+    repository: a model repository (`serving.repository.write_repository`); log goes to `log_path`;
+    host: the address every endpoint binds to (default loopback only).
     """
 
     def __init__(self, repository: str | Path, ports: Ports = Ports(), log_path: str | Path | None = None,
-                 ready_timeout: float = 120.0):
-        self.repository, self.ports = Path(repository).resolve(), ports
+                 ready_timeout: float = 120.0, host: str = LOOPBACK):
+        self.repository, self.ports, self.host = Path(repository).resolve(), ports, host
         self._workdir = Path(tempfile.mkdtemp(prefix="twinserve-triton-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
-        command, env = server_command(self.repository, ports, self._workdir)
+        command, env = server_command(self.repository, ports, self._workdir, host)
         self._log = open(self.log_path, "ab")
+        # A thread's death would fire PR_SET_PDEATHSIG too: bind the server's life to the main thread only.
+        bound = _prctl is not None and threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent if bound else None)
         atexit.register(self.stop)
         try:
             self.wait_ready(ready_timeout)
@@ -107,12 +143,19 @@ class TritonServer:
             raise
 
     @property
+    def local_host(self) -> str:
+        """The address this machine reaches the server at (loopback when bound to every interface)."""
+        return LOOPBACK if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
     def url(self) -> str:
-        return f"localhost:{self.ports.grpc}"
+        """gRPC address for clients on this machine."""
+        return f"{self.local_host}:{self.ports.grpc}"
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://localhost:{self.ports.http}/v2/health/ready", timeout=1) as reply:
+            with urllib.request.urlopen(f"http://{self.local_host}:{self.ports.http}/v2/health/ready",
+                                        timeout=1) as reply:
                 return reply.status == 200
         except OSError:
             return False

@@ -1,0 +1,99 @@
+"""`twin serve` as a process: closed by default (loopback only), and no orphan `tritonserver` when it is
+killed with SIGKILL."""
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from twinserve.serving.server import Ports
+
+
+def listening(port: int) -> set[str]:
+    """The addresses sockets on this machine listen on at `port`, read from /proc/net/tcp and tcp6
+    (no traffic needed): IPv4 dotted, v4-mapped IPv6 as IPv4, "0.0.0.0" for every interface."""
+    addresses = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path("/proc/net", table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, local_port = local.split(":")
+            if state != "0A" or int(local_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+            ip = ipaddress.ip_address(raw)
+            ip = getattr(ip, "ipv4_mapped", None) or ip
+            addresses.add("0.0.0.0" if ip.is_unspecified else str(ip))
+    return addresses
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def servers_of(repository: Path) -> list[int]:
+    """Pids of live `tritonserver` processes serving `repository`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and "tritonserver" in command and f"--model-repository={repository}" in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def start_serve(artifacts: Path, repository: Path, ports: Ports, *options: str) -> tuple[subprocess.Popen, dict]:
+    """`twin serve` in its own process → (process, the endpoints it printed as JSON)."""
+    process = subprocess.Popen([sys.executable, "-m", "twinserve.cli", "serve", "--artifacts", str(artifacts),
+                                "--repository", str(repository), "--grpc-port", str(ports.grpc), "--http-port",
+                                str(ports.http), "--metrics-port", str(ports.metrics), *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:  # the endpoints, one JSON object, once the server is ready
+        lines.append(line)
+        if line.rstrip() == "}":
+            return process, json.loads("".join(lines))
+    process.kill()
+    raise AssertionError(f"twin serve printed no endpoints: {''.join(lines)} {process.stderr.read()}")
+
+
+def test_serve_listens_on_loopback_only_and_dies_with_no_orphan_on_sigkill(tiny_artifacts, tmp_path):
+    artifacts, _ = tiny_artifacts
+    ports, repository = Ports.free(), (tmp_path / "models").resolve()
+    process, endpoints = start_serve(artifacts, repository, ports)
+    try:
+        assert endpoints["grpc"] == f"127.0.0.1:{ports.grpc}"
+        for port in (ports.grpc, ports.http, ports.metrics):
+            assert listening(port) == {"127.0.0.1"} and accepts(port)
+        assert servers_of(repository)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        deadline = time.monotonic() + 20
+        while (servers_of(repository) or listening(ports.grpc)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not servers_of(repository), "tritonserver outlived a SIGKILLed `twin serve`"
+        assert not listening(ports.grpc)
+    finally:
+        process.kill()
+        for pid in servers_of(repository):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_on_every_interface_is_asked_for_and_warned_about(tiny_artifacts, tmp_path):
+    artifacts, _ = tiny_artifacts
+    ports = Ports.free()
+    process, endpoints = start_serve(artifacts, tmp_path / "models", ports, "--host", "0.0.0.0")
+    try:
+        assert endpoints["host"] == "0.0.0.0" and listening(ports.grpc) == {"0.0.0.0"} and accepts(ports.grpc)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert "warning: listening on 0.0.0.0" in process.stderr.read()
