@@ -113,6 +113,8 @@ class StreamModel:
                 frames.append(_checked(request, STEP_INPUTS))
             except BadRequest as error:
                 responses[i] = _error(str(error))
+                if _input(request, END).flat[0]:  # END frees the stream even when its frame is refused
+                    self._forget(sequence)
                 continue
             sequences.append((i, sequence))
             ends.append(bool(_input(request, END).flat[0]))
@@ -127,7 +129,8 @@ class StreamModel:
             if end:
                 self._forget(sequence)
             else:
-                self.states[sequence] = [r[row:row + 1] for r in results[1:]]
+                # A copy, not a view: a stalled stream must not pin the whole batch's arrays.
+                self.states[sequence] = [r[row:row + 1].copy() for r in results[1:]]
 
     def _forget(self, sequence: int) -> None:
         self.states.pop(sequence, None)

@@ -2,12 +2,14 @@
 recovery after a server crash, bounded shutdown; the model repository's configs and its marker."""
 
 import json
+import queue
 import re
 import sys
 import threading
 import time
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +163,53 @@ def test_unknown_model_unstarted_and_idle_streams_are_refused(served, default_mo
         with pytest.raises(StreamError, match="START"):
             idle.send(video[1], behavior[1], pupil[1])
     assert client.is_server_live()
+
+
+def _resident_mb(server, model: str) -> float:
+    """Resident memory (MB) of the backend process that runs `model`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if entry.name.isdigit() and f"{server.repository}/{model}/1/model.py" in command:
+                status = (entry / "status").read_text()
+                return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        except OSError:
+            continue
+    raise AssertionError(f"no backend process for {model}")
+
+
+def test_end_frees_a_stream_even_with_a_refused_frame(served, default_mouse):
+    """START with a valid frame, END with a NaN frame, many times: the refused END still frees the state."""
+    server, _, manifest = served
+    recording = default_mouse[0].name
+    model = model_names(recording)["stream"]
+    video, behavior, pupil = _trials(default_mouse[0], 1)[0]
+    client = grpc.InferenceServerClient(server.url)
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put(error))
+
+    def send(sequence, frame, **flags):
+        tensors = []
+        for name, array in zip(STEP_INPUTS, (frame, behavior[:1], pupil[:1])):
+            tensors.append(grpc.InferInput(name, list(array.shape), "FP32"))
+            tensors[-1].set_data_from_numpy(np.ascontiguousarray(array))
+        client.async_stream_infer(model, tensors, sequence_id=sequence, **flags)
+        return answers.get(timeout=30)
+
+    def open_and_end_badly(sequences):
+        for sequence in sequences:
+            assert send(sequence, video[:1], sequence_start=True) is None
+            assert "NaN" in str(send(sequence, bad, sequence_end=True))
+
+    bad, streams = np.full_like(video[:1], np.nan), 400
+    open_and_end_badly(range(1, 51))  # warm-up: the allocator's own growth is not a leak
+    before = _resident_mb(server, model)
+    open_and_end_badly(range(51, 51 + streams))
+    grown = _resident_mb(server, model) - before
+    print(f"backend memory grew {grown:.1f} MB")
+    client.stop_stream()
+    state_mb = manifest.graph(recording, "step").details["state_bytes_per_stream"] / 2**20
+    assert grown < 0.3 * streams * state_mb, f"{grown:.1f} MB kept after {streams} ended streams"
 
 
 def test_a_stream_survives_a_server_crash_and_restart(tiny_artifacts, default_mouse, tmp_path):
