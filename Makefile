@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(VENV)/bin/twin demo --out demo
 
-# Import rules first (lint-imports over the installed layout), then the tests; benchmarks (`slow`) stay out.
+# Import rules first (contracts in pyproject.toml), then the tests; benchmarks (`slow`) stay out.
 test: venv
-	$(PY) tests/import_rules.py
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

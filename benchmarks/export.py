@@ -24,9 +24,10 @@ import torch
 
 from twinserve.contract import CLIP_INPUTS, RESPONSES, STEP_INPUTS, state_names
 from twinserve.export.manifest import verified_path
+from twinserve.export.onnx_export import random_inputs
 
 from .harness import RESULTS, Workload, machine, measure, write_results
-from .twins import RECORDING, export_random_twin, random_inputs
+from .twins import RECORDING, export_random_twin
 
 NOTE = ("GFLOP/s counts direct arithmetic: convolutions without fast algorithms (which can exceed the measured "
         "matrix-product rate), attention over each query's W-frame window only")
@@ -42,7 +43,7 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
 def _paths(twin, manifest, folder: Path, frames: int, window_outputs: int) -> dict[str, tuple[Workload, float]]:
     """Every path of one exported twin → {name: (workload in output frames, FLOPs per output frame)}."""
     clip, step = _session(verified_path(folder, RECORDING, "clip")), _session(verified_path(folder, RECORDING, "step"))
-    video, behavior, pupil = random_inputs(twin.frame_shape, 1, frames)
+    video, behavior, pupil = random_inputs(1, frames, twin.frame_shape)
     shapes = [spec.fixed_shape for spec in manifest.graph(RECORDING, "step").states]
     state_in, state_out = state_names(len(shapes))
     states = {name: np.zeros((1, *shape), np.float32) for name, shape in zip(state_in, shapes)}

@@ -27,10 +27,11 @@ import numpy as np
 
 from twinserve.clients.stream import StreamClient
 from twinserve.contract import BEHAVIOR, FPS, FRAME_UINT8, PUPIL_CENTER
+from twinserve.export.onnx_export import random_inputs
 
 from .harness import RESULTS, Stopwatch, interleave, machine, write_results
 from .served import ServedTwin
-from .twins import RECORDING, random_inputs
+from .twins import RECORDING
 
 CONCURRENCY = (1, 4, 16)
 NOTE = "server and clients share this machine's cores; latency is the client's round trip per frame"
@@ -38,7 +39,8 @@ NOTE = "server and clients share this machine's cores; latency is the client's r
 
 def _frames(frame_shape, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One stream's raw inputs: frames (T, H, W) uint8, behavior (T, 2), pupil_center (T, 2)."""
-    return tuple(a[0] for a in random_inputs(frame_shape, 1, count, seed, dtype=np.uint8))
+    video, behavior, pupil = (a[0] for a in random_inputs(1, count, frame_shape, seed))
+    return np.rint(video).astype(np.uint8), behavior, pupil
 
 
 def _streams(served: ServedTwin, count: int, frames: int, fps: float | None) -> dict:

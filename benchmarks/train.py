@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from twinserve.contract import FPS
+from twinserve.export.onnx_export import random_inputs
 from twinserve.training.presets import PRESETS
 from twinserve.training.train import poisson_loss
 
 from .harness import RESULTS, Workload, machine, measure, write_results
-from .twins import random_inputs, random_twin
+from .twins import random_twin
 
 NEURONS = {"a": 300, "b": 345}  # the virtual mouse's default recordings
 TRIAL_FRAMES = round(10 * FPS)  # a SENSORIUM trial: 10 s
@@ -24,7 +25,7 @@ TRIAL_FRAMES = round(10 * FPS)  # a SENSORIUM trial: 10 s
 
 def _batch(frame_shape, frames: int, clips: int, neurons: int, seed: int) -> list[torch.Tensor]:
     """Random raw inputs and targets: video, behavior, pupil_center and responses (B, T, N)."""
-    arrays = random_inputs(frame_shape, clips, frames, seed)
+    arrays = random_inputs(clips, frames, frame_shape, seed)
     responses = np.random.default_rng(seed).random((clips, frames, neurons), dtype=np.float32)
     return [torch.from_numpy(a) for a in (*arrays, responses)]
 

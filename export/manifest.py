@@ -8,8 +8,8 @@
                         parity errors, and graph-specific facts in `details`
 
 Read and written here only (torch-free: the server's models import it). Every file path stays
-inside the artifacts folder, and a file is hashed and then read from the same bytes
-(`verified_bytes`), so a file swapped after the check is never loaded.
+inside the artifacts folder. Only the graph files named here are hashed: the exporter's external
+weight files beside them (`clip.onnx.data`, `step.onnx.data`) are not yet covered.
 """
 
 from __future__ import annotations
@@ -111,10 +111,6 @@ class Manifest:
         """Input frames before a clip's first output (`contract.output_offset`)."""
         return output_offset(self.receptive_field)
 
-    @property
-    def finite_memory(self) -> bool:
-        return self.receptive_field is not None
-
     def recording(self, name: str) -> RecordingEntry:
         if name not in self.recordings:
             raise ArtifactError(f"no recording {name!r} in the manifest; recordings: {sorted(self.recordings)}")
@@ -176,9 +172,8 @@ def artifact_path(artifacts: str | Path, file: str) -> Path:
     return path
 
 
-def verified_bytes(artifacts: str | Path, recording: str, graph: str) -> bytes:
-    """The content of one graph file, read once and checked against the manifest's sha256."""
-    entry = read_manifest(artifacts).graph(recording, graph)
+def _verified(artifacts: str | Path, entry: GraphEntry) -> tuple[Path, bytes]:
+    """(path, content) of one graph file, read once and checked against its manifest entry's sha256."""
     path = artifact_path(artifacts, entry.file)
     if not path.is_file():
         raise ArtifactError(f"{path}: missing")
@@ -187,19 +182,24 @@ def verified_bytes(artifacts: str | Path, recording: str, graph: str) -> bytes:
     if actual != entry.sha256:
         raise ArtifactError(f"{path}: sha256 {actual[:16]}… does not match the manifest's {entry.sha256[:16]}…; "
                             f"the file was changed or corrupted after export")
-    return content
+    return path, content
+
+
+def verified_bytes(artifacts: str | Path, recording: str, graph: str) -> bytes:
+    """The content of one graph file, read once and checked against the manifest's sha256."""
+    return _verified(artifacts, read_manifest(artifacts).graph(recording, graph))[1]
 
 
 def verified_path(artifacts: str | Path, recording: str, graph: str) -> Path:
-    """Path of one graph file after checking it against the manifest's sha256."""
-    verified_bytes(artifacts, recording, graph)
-    return artifact_path(artifacts, read_manifest(artifacts).graph(recording, graph).file)
+    """Path of one graph file after checking it against the manifest's sha256 (for tools that take
+    a path; the file could still change after the check)."""
+    return _verified(artifacts, read_manifest(artifacts).graph(recording, graph))[0]
 
 
 def verify_all(artifacts: str | Path) -> Manifest:
     """Check every graph file of the manifest → the manifest."""
     manifest = read_manifest(artifacts)
-    for recording, entry in manifest.recordings.items():
-        for graph in entry.graphs:
-            verified_bytes(artifacts, recording, graph)
+    for entry in manifest.recordings.values():
+        for graph in entry.graphs.values():
+            _verified(artifacts, graph)
     return manifest

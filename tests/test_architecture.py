@@ -1,15 +1,30 @@
 """The seams: import rules (import-linter), torch-free serving and clients, the wire contract, the CLI's exit codes."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from import_rules import ROOT, lint, package_dirs
 from twinserve.contract import ModelParameters, model_names, output_offset, state_names
+
+ROOT = Path(__file__).resolve().parents[1]
+# The folders that install as twinserve (pyproject's package-dir): twinserve/ itself, whose links
+# (training -> ../training, …) show import-linter the installed layout, and the rooms they point to.
+PACKAGE_DIRS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+PACKAGE = sorted(set(PACKAGE_DIRS.values()))
+
+
+def lint(root: Path = ROOT) -> subprocess.CompletedProcess:
+    """`lint-imports` with `root`'s pyproject.toml over `root`'s code (put first on the import path)."""
+    linter = Path(sys.executable).parent / "lint-imports"
+    return subprocess.run([str(linter), "--no-cache"], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_the_import_rules_hold():
@@ -20,8 +35,9 @@ def test_the_import_rules_hold():
 
 def test_a_wrong_import_breaks_the_rules(tmp_path):
     """A copy of the code where the server's models import the trainer's model: lint-imports must fail."""
-    for name in ["twinserve", *(folder.name for folder in package_dirs(ROOT).values())]:
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
+    for name in PACKAGE:
+        shutil.copytree(ROOT / name, tmp_path / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "results"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     models = tmp_path / "serving" / "models.py"
     models.write_text(models.read_text() + "\nfrom twinserve.training.model import Twin  # noqa: E402,F401\n")

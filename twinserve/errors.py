@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 # The extra of pyproject.toml that brings each optional top-level module.
 EXTRAS = {"torch": "train", "safetensors": "train", "matplotlib": "train", "scipy": "train",
@@ -21,10 +21,6 @@ class TwinError(Exception):
     """A failure with a message for the user and an exit code (`exit_code`)."""
 
     exit_code = EXIT_FAILURE
-
-
-class UsageError(TwinError):
-    exit_code = EXIT_USAGE
 
 
 class Unavailable(TwinError):
