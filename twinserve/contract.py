@@ -51,6 +51,10 @@ def describe_memory(receptive_field: int | None) -> str:
     return "unbounded (recurrent)" if receptive_field is None else f"{receptive_field} frames"
 
 
+# --- access -------------------------------------------------------------------------------------
+API_KEY_HEADER = "twinserve-api-key"   # request header (gRPC metadata key) that carries the API key
+API_KEY_ENV = "TWINSERVE_API_KEY"      # where `twin serve` and the clients read the key by default
+
 # --- Triton models -------------------------------------------------------------------------------
 MODEL_KINDS = ("stream", "clip")
 
