@@ -1,38 +1,70 @@
 """`twin serve`: a model repository from an artifacts folder, served by the real Triton server.
 
-On start it prints the endpoints and models as JSON on stdout; prose goes to stderr. It runs until
+On start it prints the endpoints and models as JSON on stdout: where each endpoint listens, whether
+it has TLS and asks for the API key (never the key itself); prose goes to stderr. It runs until
 SIGTERM or Ctrl-C, then stops the server (bounded: `TritonServer.stop`).
+
+The API key comes from `--api-key-file` or the environment variable `contract.API_KEY_ENV`, never
+from the command line (where `ps` would show it); it is required as soon as gRPC or HTTP listen
+beyond loopback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from twinserve.contract import API_KEY_ENV
 from twinserve.errors import TwinError
 
-from .server import LOOPBACK, Ports, TritonServer, is_loopback
+from . import limits
+from .server import LOOPBACK, Access, Listen, Ports, TritonServer
+
+
+def read_api_key(path: str | None) -> str | None:
+    """The key in the file at `path` (its first line), else in the environment variable `API_KEY_ENV`, else None."""
+    if path is None:
+        return os.environ.get(API_KEY_ENV) or None
+    lines = Path(path).read_text().splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{path}: the API key file is empty")
+    return lines[0].strip()
+
+
+def _warn_about(listen: Listen, access: Access) -> None:
+    """Say on stderr what listens beyond this machine and what travels in clear there."""
+    warnings = []
+    if "grpc" in listen.exposed and not access.tls:
+        warnings.append(f"gRPC listens on {listen.grpc} without TLS: the API key and the data travel in clear "
+                        f"(add --tls-cert/--tls-key, or put a TLS proxy in front)")
+    if "http" in listen.exposed:
+        warnings.append(f"HTTP listens on {listen.http}: Triton's HTTP has no TLS, so the API key and the data "
+                        f"travel in clear")
+    if "metrics" in listen.exposed:
+        warnings.append(f"metrics listen on {listen.metrics}: no key guards them")
+    for warning in warnings:
+        print(f"twin serve: warning: {warning}", file=sys.stderr)
 
 
 def _serve(args) -> None:
     from .repository import write_repository
 
-    if not is_loopback(args.host):
-        print(f"twin serve: warning: listening on {args.host}: anyone who reaches these ports can call every "
-              f"endpoint (no key or TLS yet); prefer the default {LOOPBACK} behind a proxy", file=sys.stderr)
+    access = Access(read_api_key(args.api_key_file), args.tls_cert, args.tls_key)
+    listen = Listen.on(args.host, access.tls, args.http_host, args.metrics_host)
+    access.check(listen)  # before any work: a key is needed beyond loopback
+    _warn_about(listen, access)
     repository = Path(args.repository or tempfile.mkdtemp(prefix="twinserve-models-"))
-    models = write_repository(args.artifacts, repository, max_streams=args.max_streams,
-                              idle_timeout_s=args.idle_timeout, threads=args.threads,
-                              max_clip_frames=args.max_clip_frames)
+    models = write_repository(args.artifacts, repository, limits.from_args(args), threads=args.threads)
     ports = Ports(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port)
-    with TritonServer(repository, ports, log_path=args.log, host=args.host) as server:
-        endpoints = {"grpc": server.url, "http": f"{server.local_host}:{ports.http}",
-                     "metrics": f"{server.local_host}:{ports.metrics}/metrics", "host": args.host,
-                     "models": sorted(models),
+    with TritonServer(repository, ports, log_path=args.log, host=args.host, access=access,
+                      http_host=args.http_host, metrics_host=args.metrics_host) as server:
+        endpoints = {"grpc": server.url, "http": server.http_url, "metrics": server.metrics_url, "host": args.host,
+                     **server.describe(), "models": sorted(models),
                      "repository": str(repository), "log": str(server.log_path)}
         print(json.dumps(endpoints, indent=2), flush=True)
         print(f"serving {len(models)} models; SIGTERM or Ctrl-C stops", file=sys.stderr)
@@ -53,15 +85,20 @@ def register(commands) -> None:
     serve.add_argument("--repository", help="where to write the model repository (default: a temporary folder); "
                                             "an existing folder is replaced only if twinserve wrote it")
     serve.add_argument("--host", default=LOOPBACK,
-                       help=f"address gRPC, HTTP and metrics listen on (default {LOOPBACK}: this machine only)")
+                       help=f"address gRPC listens on, and HTTP and metrics unless said otherwise (default "
+                            f"{LOOPBACK}: this machine only); any other needs an API key")
+    serve.add_argument("--http-host", help=f"address HTTP listens on (default: --host, but {LOOPBACK} when gRPC has "
+                                           "TLS on another address: Triton's HTTP has no TLS)")
+    serve.add_argument("--metrics-host", help=f"address Prometheus metrics listen on (default: --host if that is "
+                                              f"loopback, else {LOOPBACK}: metrics have no key)")
+    serve.add_argument("--api-key-file", help=f"file whose first line is the API key every call but metrics must "
+                                              f"carry (default: the environment variable {API_KEY_ENV}, if set)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) for TLS on gRPC; with --tls-key")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
-    serve.add_argument("--max-streams", type=int, default=64, help="streams batched together at most")
-    serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds before an idle stream is freed")
-    serve.add_argument("--max-clip-frames", type=int, default=512,
-                       help="input frames per clip-graph call; longer clips run in overlapping pieces (finite "
-                            "receptive field) or are refused (unbounded memory)")
+    limits.add_flags(serve.add_argument_group("limits (a request beyond one is refused with an error naming it)"))
     serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per model (0: one per core)")
     serve.add_argument("--log", help="server log file (default: in a temporary folder)")
     serve.set_defaults(handler=_serve)

@@ -12,6 +12,7 @@ is kept. Both read their `contract.ModelParameters` from the model config.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ from twinserve.contract import (CLIP_INPUTS, RESPONSES, STEP_INPUTS, UINT8_SUFFI
 from twinserve.export.manifest import read_manifest, verified_path
 
 from .repository import CORRID, END, START
+from .state_pool import PoolError, StatePool
 
 
 class BadRequest(ValueError):
@@ -47,21 +49,32 @@ def _input(request, name: str) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
-def _pixels(request, name: str) -> np.ndarray:
-    """The FP32 or the UINT8 variant of a video input, as float32."""
-    as_float, as_bytes = _input(request, name), _input(request, name + UINT8_SUFFIX)
+def _received(request, names: tuple[str, ...], max_bytes: int) -> list[np.ndarray]:
+    """The inputs `names` of a request as sent: the first one pixels, its FP32 or its UINT8 variant
+    (exactly one of them); together at most `max_bytes`."""
+    as_float, as_bytes, *rest = (_input(request, n) for n in (names[0], names[0] + UINT8_SUFFIX, *names[1:]))
     if (as_float is None) == (as_bytes is None):
-        raise BadRequest(f"send exactly one of {name!r} (FP32) and '{name}{UINT8_SUFFIX}' (UINT8)")
-    return as_bytes.astype(np.float32) if as_float is None else as_float
+        raise BadRequest(f"send exactly one of {names[0]!r} (FP32) and '{names[0]}{UINT8_SUFFIX}' (UINT8)")
+    arrays = [as_float if as_bytes is None else as_bytes, *rest]
+    size = sum(array.nbytes for array in arrays)
+    if size > max_bytes:
+        raise BadRequest(f"a request of {size} bytes is larger than max_request_bytes = {max_bytes}: send less per "
+                         "request, or serve with a larger --max-request-bytes")
+    return arrays
 
 
-def _checked(request, names: tuple[str, ...]) -> list[np.ndarray]:
-    """The inputs `names` of a request (the first one pixels, FP32 or UINT8), all finite."""
-    arrays = [_pixels(request, names[0])] + [_input(request, n) for n in names[1:]]
+def _finite(arrays: list[np.ndarray], names: tuple[str, ...]) -> list[np.ndarray]:
+    """`_received` arrays as float32, refused if any value is NaN or Inf."""
+    arrays = [array.astype(np.float32, copy=False) for array in arrays]
     for name, array in zip(names, arrays):
         if not np.isfinite(array).all():
             raise BadRequest(f"{name} contains NaN or Inf")
     return arrays
+
+
+def _bind_output(binding, name: str, array: np.ndarray) -> None:
+    """Have the graph write output `name` into `array` (float32, C-contiguous) in place."""
+    binding.bind_output(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
 
 
 def _error(message: str):
@@ -73,76 +86,90 @@ def _responses(values: np.ndarray):
 
 
 class StreamModel:
+    """Streams batched into one step-graph call per round, their states in a `StatePool` of
+    `max_batch_size` slots that the graph reads and writes in place (ONNX Runtime I/O binding).
+    A timer frees streams idle for the sequence batcher's idle timeout (by the arrival of their
+    last frame: the time `execute` received it)."""
+
     def initialize(self, args) -> None:
         config, params = _configure(args)
         self.idle_timeout = int(config["sequence_batching"]["max_sequence_idle_microseconds"]) / 1e6
+        self.max_request_bytes = params.max_request_bytes
         specs = read_manifest(params.artifacts).graph(params.recording, "step").states
         self.session = _session(params, "step")
-        self.state_names = [s.name for s in specs]
-        self.state_shapes = [s.fixed_shape for s in specs]
-        self.outputs = [RESPONSES, *state_names(len(specs))[1]]  # responses (B, N), then the next states
-        self.states: dict[int, list[np.ndarray]] = {}  # sequence id → state tensors (1, ...)
-        self.last_seen: dict[int, float] = {}
+        self.state_inputs, self.state_outputs = state_names(len(specs))
+        shapes, slots = [s.fixed_shape for s in specs], int(config["max_batch_size"])
+        pool_bytes = StatePool.nbytes(shapes, slots)
+        if pool_bytes > params.max_state_bytes:
+            raise ValueError(f"a state pool of {slots} streams needs {pool_bytes} bytes, more than max_state_bytes = "
+                             f"{params.max_state_bytes}: serve with a smaller --max-streams or a larger "
+                             "--max-state-bytes")
+        self.pool = StatePool(shapes, slots)
+        self.responses = np.zeros((slots, params.neurons), np.float32)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.evictor = threading.Thread(target=self._evict_idle, name="evict-idle-streams", daemon=True)
+        self.evictor.start()
 
     def execute(self, requests):
-        self._forget_idle()
+        now = time.monotonic()
         responses = [None] * len(requests)
         pending = list(range(len(requests)))
-        while pending:  # rounds of at most one frame per stream, in arrival order
-            batch, later, streams = [], [], set()
-            for i in pending:
-                sequence = int(_input(requests[i], CORRID).flat[0])
-                (later if sequence in streams else batch).append(i)
-                streams.add(sequence)
-            self._step(requests, batch, responses)
-            pending = later
+        with self.lock:
+            while pending:  # rounds of at most one frame per stream, in arrival order
+                batch, later, streams = [], [], set()
+                for i in pending:
+                    sequence = int(_input(requests[i], CORRID).flat[0])
+                    (later if sequence in streams else batch).append(i)
+                    streams.add(sequence)
+                self._step(requests, batch, responses, now)
+                pending = later
         return responses
 
-    def _step(self, requests, indices: list[int], responses: list) -> None:
-        frames, sequences, ends = [], [], []
+    def _step(self, requests, indices: list[int], responses: list, now: float) -> None:
+        members = []  # (slot, request index, inputs, end)
         for i in indices:
             request = requests[i]
-            sequence = int(_input(request, CORRID).flat[0])
-            if _input(request, START).flat[0]:
-                self.states[sequence] = [np.zeros((1, *s), np.float32) for s in self.state_shapes]
-            self.last_seen[sequence] = time.monotonic()
+            sequence, end = int(_input(request, CORRID).flat[0]), bool(_input(request, END).flat[0])
             try:
-                if sequence not in self.states:
-                    raise BadRequest(f"sequence {sequence} was never started, or it ended or idled out; "
-                                     "open it with sequence_start=True")
-                frames.append(_checked(request, STEP_INPUTS))
-            except BadRequest as error:
+                inputs = _finite(_received(request, STEP_INPUTS, self.max_request_bytes), STEP_INPUTS)
+                if _input(request, START).flat[0]:
+                    self.pool.open(sequence, now)
+                members.append((self.pool.slot(sequence), i, inputs, end, sequence))
+                self.pool.last_seen[sequence] = now
+            except (BadRequest, PoolError) as error:
                 responses[i] = _error(str(error))
-                if _input(request, END).flat[0]:  # END frees the stream even when its frame is refused
-                    self._forget(sequence)
-                continue
-            sequences.append((i, sequence))
-            ends.append(bool(_input(request, END).flat[0]))
-        if not sequences:
+                if end:  # END frees the stream even when its frame is refused
+                    self.pool.close(sequence)
+        if not members:
             return
-        feeds = {name: np.concatenate(parts) for name, parts in zip(STEP_INPUTS, zip(*frames))}
-        for layer, name in enumerate(self.state_names):
-            feeds[name] = np.concatenate([self.states[s][layer] for _, s in sequences])
-        results = self.session.run(self.outputs, feeds)
-        for row, ((i, sequence), end) in enumerate(zip(sequences, ends)):
-            responses[i] = _responses(results[0][row:row + 1])
+        members.sort(key=lambda member: member[0])
+        buffers = self.pool.step_buffers([slot for slot, *_ in members])
+        count = len(members)
+        binding = self.session.io_binding()
+        for name, parts in zip(STEP_INPUTS, zip(*(inputs for _, _, inputs, _, _ in members))):
+            binding.bind_cpu_input(name, np.ascontiguousarray(np.concatenate(parts), np.float32))
+        _bind_output(binding, RESPONSES, self.responses[:count])
+        for name, array in zip(self.state_inputs, buffers.inputs):
+            binding.bind_input(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+        for name, array in zip(self.state_outputs, buffers.outputs):
+            _bind_output(binding, name, array)
+        self.session.run_with_iobinding(binding)
+        buffers.finish()
+        for row, (_, i, _, end, sequence) in enumerate(members):
+            responses[i] = _responses(self.responses[row:row + 1].copy())  # the buffer is reused next round
             if end:
-                self._forget(sequence)
-            else:
-                # A copy, not a view: a stalled stream must not pin the whole batch's arrays.
-                self.states[sequence] = [r[row:row + 1].copy() for r in results[1:]]
+                self.pool.close(sequence)
 
-    def _forget(self, sequence: int) -> None:
-        self.states.pop(sequence, None)
-        self.last_seen.pop(sequence, None)
-
-    def _forget_idle(self) -> None:
-        now = time.monotonic()
-        for sequence in [s for s, seen in self.last_seen.items() if now - seen > self.idle_timeout]:
-            self._forget(sequence)
+    def _evict_idle(self) -> None:
+        period = min(1.0, self.idle_timeout / 4)
+        while not self.stopping.wait(period):
+            with self.lock:
+                for sequence in self.pool.idle(time.monotonic(), self.idle_timeout):
+                    self.pool.close(sequence)
 
     def finalize(self) -> None:
-        self.states.clear()
+        self.stopping.set()
 
 
 class ClipModel:
@@ -164,8 +191,9 @@ class ClipModel:
         responses, groups = [None] * len(requests), {}
         for i, request in enumerate(requests):
             try:
-                clip = _checked(request, CLIP_INPUTS)
-                groups.setdefault(self._frames(clip), []).append((i, clip))
+                clip = _received(request, CLIP_INPUTS, self.params.max_request_bytes)
+                frames = self._frames(clip)
+                groups.setdefault(frames, []).append((i, _finite(clip, CLIP_INPUTS)))
             except BadRequest as error:
                 responses[i] = _error(str(error))
         for frames, members in groups.items():
@@ -184,6 +212,10 @@ class ClipModel:
         """The length T of a clip [video (B, T, H, W), behavior (B, T, 2), pupil_center (B, T, 2)], checked."""
         video, behavior, pupil = clip
         frames, shortest = video.shape[1], self.params.offset + 1
+        if video.shape[0] * frames > self.params.max_request_frames:
+            raise BadRequest(f"a request of {video.shape[0]} clips × {frames} frames is more than max_request_frames "
+                             f"= {self.params.max_request_frames}: send shorter clips or fewer per request, or serve "
+                             f"with a larger --max-request-frames")
         if behavior.shape[1] != frames or pupil.shape[1] != frames:
             raise BadRequest(f"video has {frames} frames but behavior {behavior.shape[1]} and "
                              f"pupil_center {pupil.shape[1]}")

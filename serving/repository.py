@@ -25,6 +25,9 @@ from twinserve.contract import (BEHAVIOR, BEHAVIOR_CHANNELS, FRAME, FRAME_UINT8,
                                 RESPONSES, VIDEO, VIDEO_UINT8, ModelParameters, model_names)
 from twinserve.export.manifest import Manifest, verify_all
 
+from .limits import Limits
+from .state_pool import StatePool
+
 MARKER = ".twinserve-repository"
 # Control tensors of the stream model's sequence batcher (Triton's names, read by `serving.models`).
 START, END, CORRID = "START", "END", "CORRID"
@@ -62,8 +65,12 @@ def _parameters(parameters: ModelParameters) -> str:
                      for key, value in parameters.encode().items())
 
 
-def stream_config(name: str, parameters: ModelParameters, max_streams: int, idle_us: int, delay_us: int) -> str:
-    """config.pbtxt of a stream model: frames of many sequences batched into one step-graph call."""
+def stream_config(name: str, parameters: ModelParameters, limits: Limits, delay_us: int) -> str:
+    """config.pbtxt of a stream model: frames of many sequences batched into one step-graph call.
+
+    The sequence batcher has no queue policy: a sequence beyond its candidates waits in its backlog.
+    Twice `max_streams` candidates let a START beyond the state pool reach the model, which refuses
+    it at once (`serving.state_pool`), instead of waiting there."""
     controls = [f"{{ name: {quoted(name)}, control [ {{ kind: {kind}, {value} }} ] }}" for name, kind, value in (
         (START, "CONTROL_SEQUENCE_START", "fp32_false_true: [ 0, 1 ]"),
         (END, "CONTROL_SEQUENCE_END", "fp32_false_true: [ 0, 1 ]"),
@@ -71,12 +78,12 @@ def stream_config(name: str, parameters: ModelParameters, max_streams: int, idle
     return f"""\
 name: {quoted(name)}
 backend: "python"
-max_batch_size: {max_streams}
+max_batch_size: {limits.max_streams}
 input {_inputs((FRAME, FRAME_UINT8), (), parameters.frame_shape)}
 output {_tensors([_tensor(RESPONSES, "TYPE_FP32", (parameters.neurons,))])}
 sequence_batching {{
-  max_sequence_idle_microseconds: {idle_us}
-  oldest {{ max_candidate_sequences: {max_streams}, max_queue_delay_microseconds: {delay_us} }}
+  max_sequence_idle_microseconds: {_microseconds(limits.idle_timeout_s)}
+  oldest {{ max_candidate_sequences: {2 * limits.max_streams}, max_queue_delay_microseconds: {delay_us} }}
   control_input {_tensors(controls, indent="  ")}
 }}
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
@@ -84,22 +91,31 @@ instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 """
 
 
-def clip_config(name: str, parameters: ModelParameters, max_batch: int, delay_us: int) -> str:
-    """config.pbtxt of a clip model: clips of equal length batched into one clip-graph call."""
+def clip_config(name: str, parameters: ModelParameters, limits: Limits, max_batch: int, delay_us: int) -> str:
+    """config.pbtxt of a clip model: clips of equal length batched into one clip-graph call; at most
+    `max_queue` requests wait, none longer than `queue_timeout_s` (refused, not queued without end)."""
     return f"""\
 name: {quoted(name)}
 backend: "python"
 max_batch_size: {max_batch}
 input {_inputs((VIDEO, VIDEO_UINT8), (-1,), parameters.frame_shape)}
 output {_tensors([_tensor(RESPONSES, "TYPE_FP32", (-1, parameters.neurons))])}
-dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+dynamic_batching {{
+  max_queue_delay_microseconds: {delay_us}
+  default_queue_policy {{ timeout_action: REJECT, default_timeout_microseconds: {_microseconds(limits.queue_timeout_s)},
+                         allow_timeout_override: true, max_queue_size: {limits.max_queue} }}
+}}
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 {_parameters(parameters)}
 """
 
 
+def _microseconds(seconds: float) -> int:
+    return int(round(seconds * 1e6))
+
+
 def recording_parameters(manifest: Manifest, artifacts: Path, recording: str, threads: int,
-                     max_clip_frames: int) -> ModelParameters:
+                         limits: Limits) -> ModelParameters:
     """The parameters both models of a recording carry (and their clients read)."""
     entry = manifest.recording(recording)
     extra = {}
@@ -108,8 +124,9 @@ def recording_parameters(manifest: Manifest, artifacts: Path, recording: str, th
     return ModelParameters(recording=recording, receptive_field=manifest.receptive_field,
                            frame_shape=tuple(manifest.frame_shape), unit_ids=tuple(entry.unit_ids),
                            behavior_mean=tuple(entry.behavior_mean), pupil_center_mean=tuple(entry.pupil_center_mean),
-                           artifacts=artifacts.as_posix(), threads=threads, max_clip_frames=max_clip_frames,
-                           extra=extra)
+                           artifacts=artifacts.as_posix(), threads=threads, max_clip_frames=limits.max_clip_frames,
+                           max_request_frames=limits.max_request_frames, max_request_bytes=limits.max_request_bytes,
+                           max_state_bytes=limits.max_state_bytes, extra=extra)
 
 
 def prepare_folder(out: Path) -> None:
@@ -131,26 +148,27 @@ def prepare_folder(out: Path) -> None:
     (out / MARKER).write_text("A Triton model repository written by twinserve; `twin serve` may replace it.\n")
 
 
-def write_repository(artifacts: str | Path, out: str | Path, max_streams: int = 64, idle_timeout_s: float = 60.0,
-                     max_clip_batch: int = 8, queue_delay_us: int = 500, threads: int = 0,
-                     max_clip_frames: int = 512) -> dict[str, dict]:
+def write_repository(artifacts: str | Path, out: str | Path, limits: Limits = Limits(), threads: int = 0,
+                     max_clip_batch: int = 8, queue_delay_us: int = 500) -> dict[str, dict]:
     """Write the model repository → {model name: {"recording", "kind"}}. Refuses tampered artifacts,
-    and an existing non-empty `out` that twinserve did not write (`prepare_folder`).
+    a state pool beyond `limits.max_state_bytes` (ValueError naming the flags), and an existing
+    non-empty `out` that twinserve did not write (`prepare_folder`).
 
+    limits: every bound the served models enforce (`serving.limits`).
     threads: ONNX Runtime intra-op threads per model (0: ONNX Runtime's default, one per core).
-    max_clip_frames: input frames per clip-graph call; longer clips run in overlapping pieces when the
-    receptive field is finite, and are refused when the memory is unbounded.
     """
     artifacts, out = Path(artifacts).resolve(), Path(out)
     manifest = verify_all(artifacts)
+    for recording in manifest.recordings:
+        states = manifest.graph(recording, "step").states
+        limits.check_pool(StatePool.nbytes([s.fixed_shape for s in states], 1))
     prepare_folder(out)
     models = {}
     for recording in manifest.recordings:
-        parameters = recording_parameters(manifest, artifacts, recording, threads, max_clip_frames)
+        parameters = recording_parameters(manifest, artifacts, recording, threads, limits)
         names = model_names(recording)
-        configs = {"stream": stream_config(names["stream"], parameters, max_streams, int(idle_timeout_s * 1e6),
-                                           queue_delay_us),
-                   "clip": clip_config(names["clip"], parameters, max_clip_batch, queue_delay_us)}
+        configs = {"stream": stream_config(names["stream"], parameters, limits, queue_delay_us),
+                   "clip": clip_config(names["clip"], parameters, limits, max_clip_batch, queue_delay_us)}
         for kind, config in configs.items():
             folder = out / names[kind]
             (folder / "1").mkdir(parents=True)

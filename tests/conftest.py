@@ -50,12 +50,13 @@ def served(tiny_artifacts, tmp_path_factory):
     """The tiny twin served by a real Triton server → (server, artifacts folder, manifest)."""
     import os
 
+    from twinserve.serving.limits import Limits
     from twinserve.serving.repository import write_repository
     from twinserve.serving.server import Ports, TritonServer
 
     artifacts, manifest = tiny_artifacts
     repository = tmp_path_factory.mktemp("repository")
-    write_repository(artifacts, repository, idle_timeout_s=IDLE_TIMEOUT_S)
+    write_repository(artifacts, repository, Limits(idle_timeout_s=IDLE_TIMEOUT_S))
     with TritonServer(repository, Ports.free()) as server:
         yield server, artifacts, manifest
     with pytest.raises(ProcessLookupError):  # no orphan: the whole process group is gone

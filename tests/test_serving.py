@@ -19,6 +19,7 @@ from twinserve.clients.stream import ServerGone, StreamClient, StreamError
 from twinserve.contract import CLIP_INPUTS, STEP_INPUTS, ModelParameters, model_names
 from twinserve.export.manifest import GraphEntry, Manifest, RecordingEntry, sha256, verified_path
 from twinserve.export.onnx_export import cpu_session, relative_error, stream
+from twinserve.serving.limits import Limits
 from twinserve.serving.repository import MARKER, write_repository
 from twinserve.serving.server import Ports
 from twinserve.training.data import Recording
@@ -291,7 +292,7 @@ def test_configs_parse_and_carry_the_model_parameters_whatever_the_names(tmp_pat
 
     recording = 'mouse "7" \\ day\t2'  # quotes, a backslash and a tab must be escaped in config.pbtxt
     artifacts = _fake_artifacts(tmp_path / 'arte"facts', recording)
-    models = write_repository(artifacts, tmp_path / "repository", max_clip_frames=99, threads=3)
+    models = write_repository(artifacts, tmp_path / "repository", Limits(max_clip_frames=99), threads=3)
     assert models == {name: {"recording": recording, "kind": kind} for kind, name in model_names(recording).items()}
     for name in models:
         text = (tmp_path / "repository" / name / "config.pbtxt").read_text()

@@ -11,6 +11,7 @@ import toy_core
 from crash import stream_through_a_crash
 from twinserve.contract import CLIP_INPUTS, model_names
 from twinserve.export.onnx_export import cpu_session, export_run, relative_error, stream
+from twinserve.serving.limits import Limits
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
 from twinserve.training.data import Recording
@@ -68,7 +69,7 @@ def test_served_toy_twin_streams_recovers_and_refuses_clips_it_cannot_cut(toy_ar
     inputs = _trial(small_mouse)
     clip, streamed = _local(artifacts, manifest, recording, inputs)
     repository = tmp_path / "repository"
-    write_repository(artifacts, repository, max_clip_frames=64)
+    write_repository(artifacts, repository, Limits(max_clip_frames=64))
     with TritonServer(repository, Ports.free()) as server:
         client = grpc.InferenceServerClient(server.url)
         names = model_names(recording)

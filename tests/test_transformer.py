@@ -12,6 +12,7 @@ from twinserve.contract import CLIP_INPUTS, RESPONSES, model_names
 from twinserve.export.graphs import StepGraph
 from twinserve.export.manifest import read_manifest
 from twinserve.export.onnx_export import cpu_session, export_twin, random_inputs, relative_error, stream
+from twinserve.serving.limits import Limits
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
 from twinserve.training.data import Recording
@@ -142,7 +143,7 @@ def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(small_mou
     recording = small_mouse[0].name
     trial = next(t for t in Recording(small_mouse[0]).load("oracle") if t.frames >= 100)
     inputs = [a[:100] for a in (trial.video, trial.behavior, trial.pupil_center)]
-    write_repository(artifacts, tmp_path / "repository", max_clip_frames=40)  # a 100-frame clip in 3 pieces
+    write_repository(artifacts, tmp_path / "repository", Limits(max_clip_frames=40))  # a 100-frame clip in 3 pieces
     with TritonServer(tmp_path / "repository", Ports.free()) as server:
         with StreamClient(server.url, model_names(recording)["stream"]) as client:
             streamed = np.stack(list(client.run(*inputs)))

@@ -80,6 +80,9 @@ class ModelParameters:
     artifacts: str = ""                  # server side only: where the graphs are
     threads: int = 0                     # server side only: ONNX Runtime intra-op threads (0: default)
     max_clip_frames: int = 512           # server side only: input frames per clip-graph call
+    max_request_frames: int = 9000       # server side only: frames (batch × time) per clip request
+    max_request_bytes: int = 2**29       # server side only: input bytes per request
+    max_state_bytes: int = 2**31         # server side only: the stream model's state pool
     extra: dict = field(default_factory=dict)  # e.g. EXECUTION_ENV_PATH for the Python backend
 
     @property
