@@ -55,6 +55,9 @@ def _received(request, names: tuple[str, ...], max_bytes: int) -> list[np.ndarra
     as_float, as_bytes, *rest = (_input(request, n) for n in (names[0], names[0] + UINT8_SUFFIX, *names[1:]))
     if (as_float is None) == (as_bytes is None):
         raise BadRequest(f"send exactly one of {names[0]!r} (FP32) and '{names[0]}{UINT8_SUFFIX}' (UINT8)")
+    missing = [name for name, array in zip(names[1:], rest) if array is None]
+    if missing:
+        raise BadRequest(f"missing input {', '.join(map(repr, missing))}: send {', '.join(names[1:])} with the pixels")
     arrays = [as_float if as_bytes is None else as_bytes, *rest]
     size = sum(array.nbytes for array in arrays)
     if size > max_bytes:
@@ -192,8 +195,8 @@ class ClipModel:
         for i, request in enumerate(requests):
             try:
                 clip = _received(request, CLIP_INPUTS, self.params.max_request_bytes)
-                frames = self._frames(clip)
-                groups.setdefault(frames, []).append((i, _finite(clip, CLIP_INPUTS)))
+                frames, clip = self._frames(clip), _finite(clip, CLIP_INPUTS)
+                groups.setdefault(frames, []).append((i, clip))
             except BadRequest as error:
                 responses[i] = _error(str(error))
         for frames, members in groups.items():

@@ -33,6 +33,7 @@ MARKER = ".twinserve-repository"
 START, END, CORRID = "START", "END", "CORRID"
 MODEL_PY = "from twinserve.serving.models import {cls} as TritonPythonModel  # noqa: F401\n"
 MODEL_CLASSES = {"stream": "StreamModel", "clip": "ClipModel"}
+CANDIDATES_PER_STREAM = 16  # sequences the stream model's batcher tracks per state slot (see `stream_config`)
 
 
 def quoted(text: str) -> str:
@@ -68,9 +69,11 @@ def _parameters(parameters: ModelParameters) -> str:
 def stream_config(name: str, parameters: ModelParameters, limits: Limits, delay_us: int) -> str:
     """config.pbtxt of a stream model: frames of many sequences batched into one step-graph call.
 
-    The sequence batcher has no queue policy: a sequence beyond its candidates waits in its backlog.
-    Twice `max_streams` candidates let a START beyond the state pool reach the model, which refuses
-    it at once (`serving.state_pool`), instead of waiting there."""
+    Triton 2.51's sequence batcher has no queue policy: a sequence beyond its candidates waits in
+    its backlog, and a sequence holds its candidate until END or the idle timeout, even when the
+    model refused its START. `CANDIDATES_PER_STREAM` × `max_streams` candidates let STARTs beyond
+    the state pool reach the model, which refuses them at once (`serving.state_pool`); only a flood
+    beyond that many unfinished sequences waits in the backlog (until idle ones time out)."""
     controls = [f"{{ name: {quoted(name)}, control [ {{ kind: {kind}, {value} }} ] }}" for name, kind, value in (
         (START, "CONTROL_SEQUENCE_START", "fp32_false_true: [ 0, 1 ]"),
         (END, "CONTROL_SEQUENCE_END", "fp32_false_true: [ 0, 1 ]"),
@@ -83,7 +86,7 @@ input {_inputs((FRAME, FRAME_UINT8), (), parameters.frame_shape)}
 output {_tensors([_tensor(RESPONSES, "TYPE_FP32", (parameters.neurons,))])}
 sequence_batching {{
   max_sequence_idle_microseconds: {_microseconds(limits.idle_timeout_s)}
-  oldest {{ max_candidate_sequences: {2 * limits.max_streams}, max_queue_delay_microseconds: {delay_us} }}
+  oldest {{ max_candidate_sequences: {CANDIDATES_PER_STREAM * limits.max_streams}, max_queue_delay_microseconds: {delay_us} }}
   control_input {_tensors(controls, indent="  ")}
 }}
 instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
