@@ -12,6 +12,10 @@ field of R frames, 0 for unbounded memory), so a stimulus needs at least offset 
 frames must have the served model's frame shape. Many requests are kept in flight so
 the server's dynamic batcher fills. A stimulus is listed in `scored.txt` only after its row is
 written, so a killed run, started again, skips what is done and redoes at most the rows in flight.
+
+Requests carry no deadline, so none is cancelled while the server works on it (cancelling requests
+in flight can crash the bundled Triton 2.51); only a server that answers nothing for `timeout`
+seconds stops the run, and its requests then end with the connection.
 """
 
 from __future__ import annotations
@@ -28,18 +32,25 @@ from tritonclient.utils import InferenceServerException
 from twinserve.contract import (BEHAVIOR, PUPIL_CENTER, RESPONSES, VIDEO, VIDEO_UINT8, ModelParameters,
                                 describe_memory)
 
+from .connection import Connection, connection_lost, key_refused
 from .library import Library, StimulusError
-from .stream import connection_lost
 
 DONE, FAILED = "scored.txt", "failed.txt"
 
 
-def model_parameters(client: grpc.InferenceServerClient, model: str) -> ModelParameters:
-    """The served model's parameters (receptive field, frame shape, unit ids, behaviour means)."""
+def model_parameters(url: str | Connection, model: str) -> ModelParameters:
+    """The served model's parameters (receptive field, frame shape, unit ids, behaviour means), read
+    from the server at `url` (a gRPC address or a `Connection`)."""
+    connection = Connection.of(url)
+    client = connection.client()
     try:
         config = client.get_model_config(model, as_json=True)["config"]
     except InferenceServerException as error:
-        raise ValueError(f"model {model!r}: {error.message()}") from None
+        if key_refused(error):
+            raise connection.refused() from None
+        raise ValueError(f"model {model!r}: {connection.hint(error.message())}") from None
+    finally:
+        client.close()
     try:
         return ModelParameters.from_model_config(config)
     except ValueError as error:
@@ -120,19 +131,21 @@ def clip_inputs(stimulus, params: ModelParameters) -> list[grpc.InferInput]:
     return tensors
 
 
-def score(url: str, model: str, library: str | Path, out: str | Path, in_flight: int = 4, on_error: str = "skip",
-          progress: bool = True, timeout: float = 600.0) -> dict:
+def score(url: str | Connection, model: str, library: str | Path, out: str | Path, in_flight: int = 4,
+          on_error: str = "skip", progress: bool = True, timeout: float = 600.0) -> dict:
     """Score every stimulus not yet in the store → summary {scored, skipped, failed: {name: reason}, ...}.
 
+    url: the server's gRPC address or a `Connection` (API key, TLS).
     on_error: "skip" records an unreadable or refused stimulus in failed.txt and goes on; "stop"
     finishes the requests in flight, writes them, then raises `StimulusError`.
+    timeout: seconds to wait for the next answer before giving up (`ConnectionError`).
     """
     from tqdm import tqdm
 
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', not {on_error!r}")
-    client = grpc.InferenceServerClient(url)
-    params = model_parameters(client, model)
+    connection = Connection.of(url)
+    params = model_parameters(connection, model)
     library = Library(library, params.frame_shape)  # stimuli are checked against the served frame shape
     shortest = params.offset + 1
     failed: dict[str, str] = {}
@@ -153,8 +166,9 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
     if failed and on_error == "stop":
         raise StimulusError(f"stopping before scoring: {'; '.join(failed.values())}")
     results: queue.Queue = queue.Queue()
+    client = connection.client()
     bar = tqdm(total=len(todo), unit="stimulus", disable=not progress, desc=f"scoring with {model}")
-    pending, frames, started, stop, lost = 0, 0, time.perf_counter(), None, None
+    pending, frames, started, stop, lost, refused = 0, 0, time.perf_counter(), None, None, None
     remaining = iter(todo)
     while True:
         while pending < in_flight and stop is None and (name := next(remaining, None)) is not None:
@@ -166,15 +180,22 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
                 stop = failed[name] if on_error == "stop" else None
                 bar.update()
                 continue
-            client.async_infer(model, clip_inputs(stimulus, params), client_timeout=timeout,
+            client.async_infer(model, clip_inputs(stimulus, params),
                                callback=functools.partial(_deliver, results, name))
             pending += 1
         if pending == 0:
             break
-        name, result, error = results.get()
+        try:
+            name, result, error = results.get(timeout=timeout)
+        except queue.Empty:  # the server is stuck: its requests end with the connection
+            bar.close()
+            raise ConnectionError(f"no answer from {connection.url} within {timeout:.0f} s; the rows written so "
+                                  f"far are kept: run again to resume") from None
         pending -= 1
-        if error is not None and connection_lost(error):
-            stop = lost = f"lost the server at {url}: {error.message()}"
+        if error is not None and key_refused(error):
+            stop = refused = connection.refused()
+        elif error is not None and connection_lost(error):
+            stop = lost = f"lost the server at {connection.url}: {error.message()}"
         elif error is not None:
             failed[name] = f"{name}: refused by the server: {error.message()}"
             store.fail(name, failed[name])
@@ -187,6 +208,9 @@ def score(url: str, model: str, library: str | Path, out: str | Path, in_flight:
         elapsed = time.perf_counter() - started
         bar.set_postfix(frames_per_s=f"{frames / elapsed:.0f}", refresh=False)
     bar.close()
+    client.close()  # nothing in flight: closing cancels nothing
+    if refused:
+        raise refused
     if lost:
         raise ConnectionError(f"{lost}; the rows written so far are kept: run again to resume")
     if stop:

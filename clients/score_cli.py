@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 
+from . import connection
+
 
 def _score(args) -> dict:
     from .score import score
 
-    return score(args.url, args.model, args.library, args.out, in_flight=args.in_flight,
+    return score(connection.Connection.from_args(args), args.model, args.library, args.out, in_flight=args.in_flight,
                  on_error=args.on_error, progress=not args.quiet)
 
 
@@ -27,7 +29,7 @@ def _stimuli(args) -> dict:
 
 def register(commands) -> None:
     score = commands.add_parser("score", help="score a stimulus library through a served twin (resumable)")
-    score.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
+    connection.add_arguments(score)
     score.add_argument("--model", required=True, help="clip model, e.g. <recording>_clip")
     score.add_argument("--library", required=True, help="folder of .npy/.npz/video files, or an .h5 file")
     score.add_argument("--out", required=True, help="Zarr store; an existing one of the same run is resumed")

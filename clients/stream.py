@@ -1,6 +1,6 @@
 """Stream frames to a twin's stream model over gRPC and get per-neuron responses per frame.
 
-    with StreamClient("localhost:8001", "mouse-0_stream") as stream:
+    with StreamClient("localhost:8001", "mouse-0_stream") as stream:   # or a `Connection` (key, TLS)
         for responses in stream.run(video, behavior, pupil_center):   # video (T, H, W)
             ...                                                         # responses (N,)
         print(stream.latency_summary())
@@ -18,8 +18,15 @@ quarter of that for uint8), about 1 GiB per hour at the default frame shape and 
 replay takes as long as the stream so far; a new stream starts from a blank state and an empty
 history.
 
+The client never cancels a request in flight (cancelling in-flight stream requests crashes the
+bundled Triton 2.51: server issues 7368, 8034): it closes a stream by waiting, at most
+`response_timeout`, for the answers still due. When an answer does not come within
+`response_timeout`, it first ENDs the old sequence (best effort: that frees its state on a server
+that is still alive; a dead one has nothing to free), then reconnects and replays as above.
+
 A frame the server rejects (bad shape or dtype, NaN) raises `StreamError` and leaves the stream as
-it was: the next valid frame continues it. uint8 frames travel as UINT8, others as FP32.
+it was: the next valid frame continues it. uint8 frames travel as UINT8, others as FP32. A server
+that asks for an API key this client lacks raises `AccessRefused` at once (no reconnect loop).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -37,9 +45,12 @@ from tritonclient.utils import InferenceServerException
 
 from twinserve.contract import BEHAVIOR, FRAME, FRAME_UINT8, PUPIL_CENTER, RESPONSES, ModelParameters
 
+from .connection import AccessRefused, Connection, connection_lost, key_refused
+
+__all__ = ["AccessRefused", "AsyncStreamClient", "Connection", "ServerGone", "StreamClient", "StreamError",
+           "connection_lost"]
+
 REPLAY_IN_FLIGHT = 64  # replayed frames on the wire at once after a reconnect
-# gRPC statuses that mean the connection or the server is gone, not that the request was bad.
-CONNECTION_LOST = ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED", "StatusCode.DEADLINE_EXCEEDED")
 
 
 class StreamError(ValueError):
@@ -50,24 +61,33 @@ class ServerGone(ConnectionError):
     """The server did not come back within the reconnect timeout."""
 
 
-def connection_lost(error: Exception) -> bool:
-    """Whether an error means the server or the connection is gone (rather than a refused request)."""
-    status = getattr(error, "status", lambda: None)()
-    text = str(error)
-    return status in CONNECTION_LOST or any(s in text for s in ("UNAVAILABLE", "Socket closed", "Connection reset",
-                                                                   "failed to connect", "Broken pipe",
-                                                                   "no longer in valid state"))
+class ResponseTimeout(ConnectionError):
+    """No answer within the response timeout (the server may be alive but stuck, or gone)."""
+
+
+def _close_quietly(client: grpc.InferenceServerClient) -> None:
+    """Close the stream without cancelling it (blocks until the server has answered every request on
+    it, or the stream broke), then the connection."""
+    try:
+        client.stop_stream(cancel_requests=False)
+        client.close()
+    except Exception:  # the connection may already be gone
+        pass
 
 
 class StreamClient:
-    """A stream of frames to `model` (a `<recording>_stream` model) at `url` (host:grpc-port)."""
+    """A stream of frames to `model` (a `<recording>_stream` model) at `url`: a gRPC address
+    (host:port; API key from the environment, no TLS) or a `Connection`."""
 
-    def __init__(self, url: str, model: str, reconnect_timeout: float = 60.0, response_timeout: float = 30.0):
-        self.url, self.model = url, model
+    def __init__(self, url: str | Connection, model: str, reconnect_timeout: float = 60.0,
+                 response_timeout: float = 30.0):
+        self.connection = Connection.of(url)
+        self.url, self.model = self.connection.url, model
         self.reconnect_timeout, self.response_timeout = reconnect_timeout, response_timeout
         self.latencies: list[float] = []  # seconds, one per answered frame
         self.reconnects = 0
         self._client, self._sequence, self._started = None, 0, False
+        self._last_sent = None  # the last frame sent on the open sequence: END travels with it again
         self._results: queue.Queue = queue.Queue()
         self._connect(wait=False)
         self.parameters = ModelParameters.from_model_config(
@@ -99,6 +119,8 @@ class StreamClient:
                     sent[-1][1] = self._send(sent[-1][0])
                 result = self._receive()
             except (ConnectionError, InferenceServerException) as error:
+                if key_refused(error):
+                    raise self.connection.refused() from None
                 if not connection_lost(error):
                     raise
                 self._recover([f for f, _ in sent])
@@ -112,14 +134,9 @@ class StreamClient:
             yield result
 
     def close(self) -> None:
-        """End the sequence (frees its state on the server) and the connection."""
-        if self._started and self.history:
-            try:  # END travels with a request: repeat the last frame and drop its answer
-                self._send(self.history[-1], end=True)
-                self._receive()
-            except (StreamError, ConnectionError, InferenceServerException):
-                pass
-        self._started = False
+        """End the sequence (frees its state on the server) and the connection, waiting (at most
+        `response_timeout`) for the answers still due rather than cancelling them."""
+        self._end_sequence()
         self._disconnect()
 
     def latency_summary(self) -> dict[str, float]:
@@ -138,36 +155,55 @@ class StreamClient:
 
     # --- internals --------------------------------------------------------------------------
     def _connect(self, wait: bool) -> None:
-        """Open a client and a gRPC stream; with `wait`, retry until the server is back or the timeout."""
+        """Open a client and a gRPC stream; with `wait`, retry until the server is back or the timeout.
+        A refused API key raises `AccessRefused` at once: waiting would not change it."""
         deadline = time.monotonic() + (self.reconnect_timeout if wait else 0)
         while True:
-            client = grpc.InferenceServerClient(self.url)
+            client = self.connection.client()
             try:
                 if client.is_server_live() and client.is_model_ready(self.model):
                     break
                 if not wait:
                     known = [m["name"] for m in client.get_model_repository_index(as_json=True).get("models", [])]
+                    client.close()
                     raise StreamError(f"model {self.model!r} is not served at {self.url}; models: {known}")
                 problem = f"model {self.model!r} not ready"
             except InferenceServerException as error:
-                problem = str(error)
+                if key_refused(error):
+                    client.close()
+                    raise self.connection.refused() from None
+                problem = self.connection.hint(str(error))
             client.close()
             if time.monotonic() >= deadline:
                 raise ServerGone(f"no Triton server ready at {self.url}"
                                  f"{f' within {self.reconnect_timeout:.0f} s' if wait else ''}: {problem}")
             time.sleep(0.5)
+        # Each stream has its own queue: a late answer of an old stream never reaches a new one.
         self._client, self._results = client, queue.Queue()
-        self._client.start_stream(callback=lambda result, error: self._results.put((result, error)))
-        self._sequence, self._started = random.getrandbits(62) + 1, False
+        self._client.start_stream(callback=lambda result, error, answers=self._results: answers.put((result, error)))
+        self._sequence, self._started, self._last_sent = random.getrandbits(62) + 1, False, None
+
+    def _end_sequence(self) -> None:
+        """END the open sequence, best effort, so the server frees its state now rather than at its idle
+        timeout. END travels with a frame (the last one sent, again); its answer is dropped. On a broken
+        stream it cannot be sent, and need not be: the server is gone, or frees the state when idle."""
+        if self._client is not None and self._started and self._last_sent is not None:
+            try:
+                self._send(self._last_sent, end=True)
+            except (StreamError, InferenceServerException):
+                pass
+        self._started = False
 
     def _disconnect(self) -> None:
-        if self._client is not None:
-            try:
-                self._client.stop_stream(cancel_requests=True)
-                self._client.close()
-            except Exception:  # the connection may already be gone
-                pass
-            self._client = None
+        """Close the stream and the connection without cancelling a request: wait at most
+        `response_timeout` for the answers still due, then leave the closing to a background thread
+        (a stuck server keeps it waiting; a dead one ends it)."""
+        client, self._client = self._client, None
+        if client is not None:
+            closing = threading.Thread(target=_close_quietly, args=(client,), daemon=True,
+                                       name="twinserve-stream-close")
+            closing.start()
+            closing.join(self.response_timeout)
 
     @property
     def default_behavior(self) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +227,7 @@ class StreamClient:
             inputs.append(tensor)
         self._client.async_stream_infer(self.model, inputs, sequence_id=self._sequence,
                                         sequence_start=not self._started, sequence_end=end)
-        self._started = True
+        self._started, self._last_sent = True, frame
         return time.perf_counter()
 
     def _receive(self):
@@ -199,16 +235,20 @@ class StreamClient:
         try:
             result, error = self._results.get(timeout=self.response_timeout)
         except queue.Empty:
-            raise ConnectionError(f"UNAVAILABLE: no answer from {self.url} within {self.response_timeout:.0f} s")
+            raise ResponseTimeout(f"UNAVAILABLE: no answer from {self.url} within {self.response_timeout:.0f} s")
         if error is not None:
+            if key_refused(error):
+                raise self.connection.refused()
             if connection_lost(error):
                 raise error
             return StreamError(f"{self.model}: {error.message() if hasattr(error, 'message') else error}")
         return result.as_numpy(RESPONSES)[0]
 
     def _recover(self, unanswered: list) -> None:
-        """Reconnect, replay the history into a new sequence (its answers are dropped: the server's
-        state is then what it was), resend the unanswered frames."""
+        """END the old sequence (best effort), close the old stream without cancelling, reconnect,
+        replay the history into a new sequence (its answers are dropped: the server's state is then
+        what it was), resend the unanswered frames."""
+        self._end_sequence()
         self._disconnect()
         self._connect(wait=True)
         self.reconnects += 1

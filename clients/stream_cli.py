@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from . import connection
+
 
 def _stream(args) -> dict:
     from tqdm import tqdm
@@ -14,7 +16,7 @@ def _stream(args) -> dict:
     from .library import read_video
     from .stream import StreamClient
 
-    with StreamClient(args.url, args.model) as client:
+    with StreamClient(connection.Connection.from_args(args), args.model) as client:
         video = read_video(args.video, client.parameters.frame_shape)
         behavior, pupil = client.default_behavior
         behavior = np.load(args.behavior) if args.behavior else np.tile(behavior, (len(video), 1))
@@ -32,7 +34,7 @@ def _stream(args) -> dict:
 
 def register(commands) -> None:
     stream = commands.add_parser("stream", help="stream a video through a served twin, frame by frame")
-    stream.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
+    connection.add_arguments(stream)
     stream.add_argument("--model", required=True, help="stream model, e.g. <recording>_stream")
     stream.add_argument("--video", required=True, help=".npy (T, H, W) at the model's frame shape, or a video file (converted to grey and resized)")
     stream.add_argument("--behavior",

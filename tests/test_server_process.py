@@ -87,13 +87,26 @@ def test_serve_listens_on_loopback_only_and_dies_with_no_orphan_on_sigkill(tiny_
             os.kill(pid, signal.SIGKILL)
 
 
-def test_serve_on_every_interface_is_asked_for_and_warned_about(tiny_artifacts, tmp_path):
+def test_serve_on_every_interface_needs_a_key_and_says_what_listens_where(tiny_artifacts, tmp_path):
+    """With a key from --api-key-file: gRPC and HTTP on every interface (no TLS), metrics on loopback,
+    the endpoints say so, stderr warns that the key travels in clear, and the key is shown nowhere."""
     artifacts, _ = tiny_artifacts
-    ports = Ports.free()
-    process, endpoints = start_serve(artifacts, tmp_path / "models", ports, "--host", "0.0.0.0")
+    ports, key = Ports.free(), "serve-test-key-0123456789"
+    (tmp_path / "key").write_text(key + "\n")
+    process, endpoints = start_serve(artifacts, tmp_path / "models", ports, "--host", "0.0.0.0",
+                                     "--api-key-file", str(tmp_path / "key"))
     try:
         assert endpoints["host"] == "0.0.0.0" and listening(ports.grpc) == {"0.0.0.0"} and accepts(ports.grpc)
+        assert listening(ports.http) == {"0.0.0.0"} and listening(ports.metrics) == {"127.0.0.1"}
+        assert endpoints["listen"] == {"grpc": f"0.0.0.0:{ports.grpc}", "http": f"0.0.0.0:{ports.http}",
+                                       "metrics": f"127.0.0.1:{ports.metrics}"}
+        assert endpoints["api_key"]["grpc"] and endpoints["api_key"]["http"] and not endpoints["api_key"]["metrics"]
+        assert endpoints["tls"] == {"grpc": False, "http": False, "metrics": False}
+        for pid in servers_of((tmp_path / "models").resolve()):
+            assert key not in (Path("/proc") / str(pid) / "cmdline").read_text(errors="replace")
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
-    assert "warning: listening on 0.0.0.0" in process.stderr.read()
+    stderr = process.stderr.read()
+    assert "gRPC listens on 0.0.0.0 without TLS" in stderr and "HTTP listens on 0.0.0.0" in stderr
+    assert key not in stderr and key not in json.dumps(endpoints)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 
+from ..connection import Connection, add_arguments
+
 
 def _tuning(args) -> dict:
     from .tuning import run_tuning
 
-    summary = run_tuning(args.url, args.model, args.out, truth=args.truth, progress=not args.quiet)
+    summary = run_tuning(Connection.from_args(args), args.model, args.out, truth=args.truth, progress=not args.quiet)
     print(f"wrote {args.out}/tuning.npz, tuning.json, tuning_curves.png"
           + (", tuning_vs_truth.png" if args.truth else ""), file=sys.stderr)
     return summary
@@ -18,7 +20,7 @@ def _tuning(args) -> dict:
 def _rf(args) -> dict:
     from .rf import run_rf
 
-    summary = run_rf(args.url, args.model, args.out, truth=args.truth, progress=not args.quiet)
+    summary = run_rf(Connection.from_args(args), args.model, args.out, truth=args.truth, progress=not args.quiet)
     print(f"wrote {args.out}/rf.npz, rf.json, rf_gallery.png" + (", rf_vs_truth.png" if args.truth else ""),
           file=sys.stderr)
     return summary
@@ -27,14 +29,14 @@ def _rf(args) -> dict:
 def _optimize(args) -> dict:
     from .optimize import run_optimize
 
-    summary = run_optimize(args.url, args.model, args.neuron, args.out, budget=args.budget,
+    summary = run_optimize(Connection.from_args(args), args.model, args.neuron, args.out, budget=args.budget,
                            population=args.population, contrast=args.contrast, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.out}/optimize.json, optimize_log.json, best_stimulus.npy, optimize.png", file=sys.stderr)
     return summary
 
 
 def _common(parser, truth: bool = True) -> None:
-    parser.add_argument("--url", default="localhost:8001", help="Triton gRPC address")
+    add_arguments(parser)
     parser.add_argument("--model", required=True, help="clip model, e.g. <recording>_clip")
     parser.add_argument("--out", required=True, help="folder for stimuli, responses, numbers and figures")
     if truth:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc as grpc
 
 from twinserve.contract import FPS, GREY, RESPONSES, ModelParameters
 
+from ..connection import Connection, connection_lost, key_refused
 from ..library import Stimulus, save_library
 from ..score import clip_inputs, model_parameters, score
 from ..stimuli import HEIGHT, WIDTH
@@ -34,20 +34,17 @@ def lead_in_frames(receptive_field: int | None) -> int:
 
 @dataclass(frozen=True)
 class ServedTwin:
-    """The clip model an experiment queries, with its `contract.ModelParameters`."""
+    """The clip model an experiment queries at `url` (a gRPC address or a `Connection`: API key, TLS),
+    with its `contract.ModelParameters`."""
 
-    url: str
+    url: str | Connection
     model: str
     parameters: ModelParameters
 
     @classmethod
-    def connect(cls, url: str, model: str) -> ServedTwin:
+    def connect(cls, url: str | Connection, model: str) -> ServedTwin:
         """Read the model's parameters; refuses a model whose frame shape is not the stimuli's (H, W)."""
-        client = grpc.InferenceServerClient(url)
-        try:
-            parameters = model_parameters(client, model)
-        finally:
-            client.close()
+        parameters = model_parameters(url, model)
         if tuple(parameters.frame_shape) != (HEIGHT, WIDTH):
             raise ValueError(f"model {model!r} takes frames {tuple(parameters.frame_shape)}, but the experiments' "
                              f"stimuli are {(HEIGHT, WIDTH)} (contract.DEFAULT_FRAME_SHAPE): run the experiments on "
@@ -84,22 +81,32 @@ class ServedTwin:
     def clip_responses(self, movies: list[np.ndarray], timeout: float = 600.0) -> list[np.ndarray]:
         """Many movies (T, H, W) through the clip model at once, each after the lead-in (all requests in
         flight, so the server batches them; the recording's mean behaviour) → responses (T, N) per
-        movie, in order. A refused clip raises `ValueError` naming it."""
-        client, results = grpc.InferenceServerClient(self.url), queue.Queue()
+        movie, in order. A refused clip raises `ValueError` naming it. Requests carry no deadline (none
+        is cancelled while the server works on it); no answer for `timeout` seconds raises
+        `ConnectionError`."""
+        connection = Connection.of(self.url)
+        client, results = connection.client(), queue.Queue()
         answers, errors = [None] * len(movies), {}
-        try:
-            for i, movie in enumerate(movies):
-                inputs = clip_inputs(Stimulus(str(i), self.clip(movie)), self.parameters)
-                client.async_infer(self.model, inputs, client_timeout=timeout,
-                                   callback=lambda result, error, i=i: results.put((i, result, error)))
-            for _ in movies:
-                i, result, error = results.get()
-                if error is not None:
-                    errors[i] = error.message()
-                else:
-                    answers[i] = self.aligned(result.as_numpy(RESPONSES)[0])
-        finally:
-            client.close()
+        for i, movie in enumerate(movies):
+            inputs = clip_inputs(Stimulus(str(i), self.clip(movie)), self.parameters)
+            client.async_infer(self.model, inputs,
+                               callback=lambda result, error, i=i: results.put((i, result, error)))
+        for _ in movies:
+            try:
+                i, result, error = results.get(timeout=timeout)
+            except queue.Empty:  # the server is stuck: its requests end with the connection
+                raise ConnectionError(f"no answer from {connection.url} within {timeout:.0f} s") from None
+            if error is not None:
+                errors[i] = error
+            else:
+                answers[i] = self.aligned(result.as_numpy(RESPONSES)[0])
+        client.close()  # every request answered: closing cancels nothing
+        if any(key_refused(error) for error in errors.values()):
+            raise connection.refused()
+        lost = [error for error in errors.values() if connection_lost(error)]
+        if lost:
+            raise ConnectionError(f"lost the server at {connection.url}: {lost[0].message()}")
+        errors = {i: error.message() for i, error in errors.items()}
         if errors:
             first = min(errors)
             raise ValueError(f"clip {first} refused: {errors[first]}")
