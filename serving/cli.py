@@ -2,7 +2,9 @@
 
 On start it prints the endpoints and models as JSON on stdout: where each endpoint listens, whether
 it has TLS and asks for the API key (never the key itself); prose goes to stderr. It runs until
-SIGTERM or Ctrl-C, then stops the server (bounded: `TritonServer.stop`).
+SIGTERM or Ctrl-C, then stops the server (bounded: `TritonServer.stop`). Meanwhile it supervises
+`tritonserver` (`serving.supervisor`): a server that dies is restarted on the same ports, with
+backoff; crashes are counted on stderr and in the `--status` file.
 
 The API key comes from `--api-key-file` or the environment variable `contract.API_KEY_ENV`, never
 from the command line (where `ps` would show it); it is required as soon as gRPC or HTTP listen
@@ -16,14 +18,13 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from twinserve.contract import API_KEY_ENV
-from twinserve.errors import TwinError
 
 from . import limits
 from .server import LOOPBACK, Access, Listen, Ports, TritonServer
+from .supervisor import Supervisor
 
 
 def read_api_key(path: str | None) -> str | None:
@@ -61,22 +62,28 @@ def _serve(args) -> None:
     repository = Path(args.repository or tempfile.mkdtemp(prefix="twinserve-models-"))
     models = write_repository(args.artifacts, repository, limits.from_args(args), threads=args.threads)
     ports = Ports(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port)
-    with TritonServer(repository, ports, log_path=args.log, host=args.host, access=access,
-                      http_host=args.http_host, metrics_host=args.metrics_host) as server:
+    log = Path(args.log) if args.log else Path(tempfile.mkdtemp(prefix="twinserve-log-")) / "tritonserver.log"
+
+    def start() -> TritonServer:
+        return TritonServer(repository, ports, log_path=log, host=args.host, access=access,
+                            http_host=args.http_host, metrics_host=args.metrics_host)
+
+    supervisor = Supervisor(start, status_path=args.status, max_crashes=args.max_crashes)
+    try:
+        server = supervisor.server
         endpoints = {"grpc": server.url, "http": server.http_url, "metrics": server.metrics_url, "host": args.host,
-                     **server.describe(), "models": sorted(models),
-                     "repository": str(repository), "log": str(server.log_path)}
+                     **server.describe(), "models": sorted(models), "repository": str(repository), "log": str(log),
+                     "status": str(args.status) if args.status else None}
         print(json.dumps(endpoints, indent=2), flush=True)
         print(f"serving {len(models)} models; SIGTERM or Ctrl-C stops", file=sys.stderr)
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
         try:
-            while not stop and server.process.poll() is None:
-                time.sleep(0.5)
+            supervisor.run(lambda: bool(stop))
         except KeyboardInterrupt:
             pass
-        if server.process.poll() is not None:
-            raise TwinError(f"tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}")
+    finally:
+        supervisor.stop()
 
 
 def register(commands) -> None:
@@ -100,5 +107,9 @@ def register(commands) -> None:
     serve.add_argument("--metrics-port", type=int, default=8002)
     limits.add_flags(serve.add_argument_group("limits (a request beyond one is refused with an error naming it)"))
     serve.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per model (0: one per core)")
-    serve.add_argument("--log", help="server log file (default: in a temporary folder)")
+    serve.add_argument("--log", help="server log file, kept across restarts (default: in a temporary folder)")
+    serve.add_argument("--status", type=Path, help="JSON file kept up to date with the supervisor's counts: crashes, "
+                                                   "restarts, last exit code, the running server's pid")
+    serve.add_argument("--max-crashes", type=int, default=20,
+                       help="give up after this many tritonserver crashes within 10 minutes (default 20)")
     serve.set_defaults(handler=_serve)

@@ -110,3 +110,32 @@ def test_serve_on_every_interface_needs_a_key_and_says_what_listens_where(tiny_a
     stderr = process.stderr.read()
     assert "gRPC listens on 0.0.0.0 without TLS" in stderr and "HTTP listens on 0.0.0.0" in stderr
     assert key not in stderr and key not in json.dumps(endpoints)
+
+
+def test_serve_restarts_a_dead_tritonserver_counts_it_and_stops_within_bounds(tiny_artifacts, tmp_path):
+    """SIGKILL the tritonserver under `twin serve`: the supervisor starts a new one on the same ports,
+    says so on stderr and in --status; SIGTERM then stops everything within the bound."""
+    import tritonclient.grpc as grpc
+
+    artifacts, _ = tiny_artifacts
+    ports, repository, status = Ports.free(), (tmp_path / "models").resolve(), tmp_path / "status.json"
+    process, endpoints = start_serve(artifacts, repository, ports, "--status", str(status))
+    try:
+        assert endpoints["status"] == str(status) and json.loads(status.read_text())["crashes"] == 0
+        (first,) = servers_of(repository)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while json.loads(status.read_text())["restarts"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        counts = json.loads(status.read_text())
+        assert counts["crashes"] == 1 and counts["restarts"] == 1 and counts["last_exit_code"] == -signal.SIGKILL
+        (second,) = servers_of(repository)
+        assert second != first and counts["pid"] == second
+        assert grpc.InferenceServerClient(endpoints["grpc"]).is_server_ready()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = process.wait(40)
+        stopped_in = time.monotonic() - started
+    assert code == 0 and stopped_in < 30 and not servers_of(repository)
+    assert '"event": "tritonserver died"' in process.stderr.read()
