@@ -169,10 +169,11 @@ def test_stream_benchmark_measures_both_clients_and_realtime_capacity(tmp_path):
     results = run_bench(tmp_path / "stream.json", presets=("tiny",), neurons=50, frames=20, realtime_limit=2,
                         realtime_frames=15)
     tiny = results["presets"]["tiny"]
-    for source in ("client", "perf_analyzer"):
+    for source in ("client", "client_copying", "perf_analyzer"):
         assert [row["streams"] for row in tiny[source]] == [1, 4, 16]
         assert all("error" not in row and 0 < row["p50_ms"] <= row["p99_ms"] for row in tiny[source]), tiny[source]
-    assert 0 <= tiny["realtime"]["max_streams_at_30fps"] <= 2
+    for path in ("realtime", "realtime_copying"):
+        assert 0 <= tiny[path]["max_streams_at_30fps"] <= 2 and len(tiny[path]["runs"]) == 2
     assert tiny["state_bytes_per_stream"] > 0
     assert json.loads((tmp_path / "stream.json").read_text()) == results
 
