@@ -8,8 +8,8 @@
                         parity errors, and graph-specific facts in `details`
 
 Read and written here only (torch-free: the server's models import it). Every file path stays
-inside the artifacts folder. Only the graph files named here are hashed: the exporter's external
-weight files beside them (`clip.onnx.data`, `step.onnx.data`) are not yet covered.
+inside the artifacts folder. Each graph is one self-contained file (weights inside, no external
+data), so its sha256 covers all of it, and `verified_bytes` hands out exactly the bytes it hashed.
 """
 
 from __future__ import annotations

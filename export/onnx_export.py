@@ -59,11 +59,14 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
 
 def _write_onnx(graph: torch.nn.Module, example: list[torch.Tensor], path: Path, inputs: list[str],
                 outputs: list[str], dynamic_shapes: dict) -> None:
-    """torch.onnx.export (dynamo) of `graph` at our opset, without the exporter's warnings."""
+    """torch.onnx.export (dynamo) of `graph` at our opset, without the exporter's warnings; weights
+    inside the one file (no external data beside it), so the manifest's sha256 covers every byte
+    (ONNX's protobuf limit: 2 GB per graph)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, tuple(example), str(path), dynamo=True, opset_version=OPSET, verbose=False,
-                          input_names=inputs, output_names=outputs, dynamic_shapes=dynamic_shapes)
+                          input_names=inputs, output_names=outputs, dynamic_shapes=dynamic_shapes,
+                          external_data=False)
 
 
 def export_clip(twin: Twin, recording: str, path: Path) -> None:

@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 
 from twinserve.contract import (CLIP_INPUTS, RESPONSES, STEP_INPUTS, UINT8_SUFFIX, ModelParameters, describe_memory,
                                 state_names)
-from twinserve.export.manifest import read_manifest, verified_path
+from twinserve.export.manifest import read_manifest, verified_bytes
 
 from .repository import CORRID, END, START
 from .state_pool import PoolError, StatePool
@@ -40,8 +40,11 @@ def _session(params: ModelParameters, graph: str) -> onnxruntime.InferenceSessio
     options = onnxruntime.SessionOptions()
     if params.threads:
         options.intra_op_num_threads = params.threads
-    path = verified_path(params.artifacts, params.recording, graph)  # refuses a tampered file
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # Idle worker threads sleep instead of spinning: the server shares its cores with gRPC, the
+    # other model and often the clients, which a spinning pool starves.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    graph_bytes = verified_bytes(params.artifacts, params.recording, graph)  # the bytes hashed, not a path reopened
+    return onnxruntime.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def _input(request, name: str) -> np.ndarray | None:

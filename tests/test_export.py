@@ -27,6 +27,8 @@ def test_manifest_describes_every_graph(artifacts, default_mouse):
     assert manifest.to_dict() == json.loads((out / "manifest.json").read_text())
     assert manifest == read_manifest(out)
     assert set(manifest.recordings) == {r.name for r in default_mouse}
+    hashed = {out / g.file for r in manifest.recordings.values() for g in r.graphs.values()}
+    assert {p for p in out.rglob("*") if p.is_file()} == hashed | {out / "manifest.json"}  # nothing unhashed
     for recording in default_mouse:
         entry = manifest.recordings[recording.name]
         assert entry.unit_ids == Recording(recording).unit_ids.tolist()
