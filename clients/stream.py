@@ -185,11 +185,12 @@ class StreamClient:
 
     def _end_sequence(self) -> None:
         """END the open sequence, best effort, so the server frees its state now rather than at its idle
-        timeout. END travels with a frame (the last one sent, again); its answer is dropped. On a broken
-        stream it cannot be sent, and need not be: the server is gone, or frees the state when idle."""
+        timeout. END travels with a frame, its answer dropped: the last answered one again (a frame the
+        server took), else the last one sent. On a broken stream it cannot be sent, and need not be: the
+        server is gone, or frees the state when idle."""
         if self._client is not None and self._started and self._last_sent is not None:
             try:
-                self._send(self._last_sent, end=True)
+                self._send(self.history[-1] if self.history else self._last_sent, end=True)
             except (StreamError, InferenceServerException):
                 pass
         self._started = False

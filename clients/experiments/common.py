@@ -25,6 +25,7 @@ from ..score import clip_inputs, model_parameters, score
 from ..stimuli import HEIGHT, WIDTH
 
 UNBOUNDED_LEAD_IN_S = 2.0  # grey before every stimulus for a twin with unbounded memory
+CLIPS_IN_FLIGHT = 16  # clip requests on the wire at once: batches fill, the server's queue does not overflow
 
 
 def lead_in_frames(receptive_field: int | None) -> int:
@@ -78,20 +79,24 @@ class ServedTwin:
         store = zarr.open_group(out / "responses.zarr", mode="r")
         return list(store.attrs["stimuli"]), self.aligned(store["responses"][:])
 
-    def clip_responses(self, movies: list[np.ndarray], timeout: float = 600.0) -> list[np.ndarray]:
-        """Many movies (T, H, W) through the clip model at once, each after the lead-in (all requests in
-        flight, so the server batches them; the recording's mean behaviour) → responses (T, N) per
-        movie, in order. A refused clip raises `ValueError` naming it. Requests carry no deadline (none
-        is cancelled while the server works on it); no answer for `timeout` seconds raises
-        `ConnectionError`."""
+    def clip_responses(self, movies: list[np.ndarray], timeout: float = 600.0,
+                       in_flight: int = CLIPS_IN_FLIGHT) -> list[np.ndarray]:
+        """Many movies (T, H, W) through the clip model, each after the lead-in, `in_flight` requests at
+        a time (enough for the server to batch them, few enough for its queue; the recording's mean
+        behaviour) → responses (T, N) per movie, in order. A refused clip raises `ValueError` naming
+        it. Requests carry no deadline (none is cancelled while the server works on it); no answer for
+        `timeout` seconds raises `ConnectionError`."""
         connection = Connection.of(self.url)
         client, results = connection.client(), queue.Queue()
         answers, errors = [None] * len(movies), {}
-        for i, movie in enumerate(movies):
-            inputs = clip_inputs(Stimulus(str(i), self.clip(movie)), self.parameters)
-            client.async_infer(self.model, inputs,
-                               callback=lambda result, error, i=i: results.put((i, result, error)))
-        for _ in movies:
+
+        def send(i: int) -> None:
+            inputs = clip_inputs(Stimulus(str(i), self.clip(movies[i])), self.parameters)
+            client.async_infer(self.model, inputs, callback=lambda result, error: results.put((i, result, error)))
+
+        for i in range(min(in_flight, len(movies))):
+            send(i)
+        for answered in range(len(movies)):
             try:
                 i, result, error = results.get(timeout=timeout)
             except queue.Empty:  # the server is stuck: its requests end with the connection
@@ -100,6 +105,8 @@ class ServedTwin:
                 errors[i] = error
             else:
                 answers[i] = self.aligned(result.as_numpy(RESPONSES)[0])
+            if answered + in_flight < len(movies):
+                send(answered + in_flight)
         client.close()  # every request answered: closing cancels nothing
         if any(key_refused(error) for error in errors.values()):
             raise connection.refused()
