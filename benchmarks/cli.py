@@ -87,6 +87,25 @@ def _score(args) -> dict:
                              f"{results['server_over_local']:.2f} (target ≥ {results['target']})"], args.out)
 
 
+def _soak(args) -> dict:
+    from .soak import run_bench
+
+    results = run_bench(args.out, minutes=args.minutes, streams=args.streams, preset=args.preset,
+                        neurons=args.neurons, kills=args.kills, seed=args.seed)
+    s, c, server, rss = results["streams"], results["clips"], results["server"], results["rss"]
+    growth = "n/a" if rss["growth"] is None else f"{100 * rss['growth']:+.1f}%"
+    return _report(results, [f"streams: {s['frames_sent']} frames sent, {s['frames_answered']} answered, {s['wrong']} "
+                             f"wrong, {s['lost']} lost, {s['refused_expected']} refused as expected, "
+                             f"{s['refused_unexpected']} unexpectedly ({s['reconnects']} reconnects)",
+                             f"clips: {c['clips_sent']} sent, {c['clips_answered']} answered, "
+                             f"{c['clips_wrong']} wrong, {c['clips_lost']} lost, {c['clips_refused']} refused",
+                             f"server: {server['kills']} kills, {server['restarts']} restarts, "
+                             f"{len(server['tritonservers_left'])} tritonservers left after stop; RSS max "
+                             f"{rss['max_mb']:.0f} MB, growth after warm-up {growth}",
+                             "passed" if results["passed"] else "FAILED"],
+                   args.out, Path(args.out).with_suffix(".png"))
+
+
 def register(benchmarks) -> None:
     """Add the benchmark subcommands to `benchmarks`, the subparsers of `twin bench`."""
     presets = sorted(PRESETS)
@@ -122,3 +141,14 @@ def register(benchmarks) -> None:
     score.add_argument("--neurons", type=int, default=8000)
     score.add_argument("--stimuli", type=int, default=24)
     score.set_defaults(handler=_score)
+
+    soak = benchmarks.add_parser("soak", help="streams, clips and tritonserver kills for minutes; every answer checked")
+    soak.add_argument("--out", default=f"{RESULTS}/soak.json")
+    soak.add_argument("--minutes", type=float, default=20.0)
+    soak.add_argument("--streams", type=int, default=8, help="concurrent stream workers at 30 fps")
+    soak.add_argument("--preset", default="small", choices=presets)
+    soak.add_argument("--neurons", type=int, default=1000)
+    soak.add_argument("--kills", type=int,
+                      help="tritonserver kills, after the first minute (default max(1, minutes // 5))")
+    soak.add_argument("--seed", type=int, default=0)
+    soak.set_defaults(handler=_soak)
