@@ -3,8 +3,8 @@
 A random twin (`export_random_twin`) is served by the real `twin serve` (a subprocess on free loopback
 ports, idle timeout `IDLE_TIMEOUT_S`, its supervisor's counts in a status file). Until the time is up:
 - S stream workers, stream after stream: 30–300 uint8 frames (H, W) with behavior (2,) and
-  pupil_center (2,), paced at `contract.FPS`; at random 1–3 bad frames (NaN behaviour, never the
-  first: a refusal is expected and the stream goes on), and an ending: END after the last frame, a
+  pupil_center (2,), paced at `contract.FPS`; at random 1–3 bad frames (NaN behaviour, the
+  first one too: a refusal is expected and the stream goes on), and an ending: END after the last frame, a
   disconnect mid-stream (closed early), or an abandoned stream (no END). An abandoned stream's
   client sends its last frame again `ABANDON_S` later, which must be refused (the server's idle
   timer freed it), then closes; the state pool has only `SPARE_SLOTS` slots beyond the S streams,
@@ -211,7 +211,7 @@ class Soak:
         """One stream (see the module's docstring), its answers checked against the local step graph."""
         video, behavior, pupil = _inputs(rng, STREAM_FRAMES, self.frame_shape)
         length = len(video)
-        bad = set(rng.choice(np.arange(1, length), int(rng.integers(1, 4)), replace=False).tolist()
+        bad = set(rng.choice(np.arange(length), int(rng.integers(1, 4)), replace=False).tolist()
                   if rng.random() < BAD_FRAMES_CHANCE else ())
         ending = str(rng.choice(list(ENDINGS), p=list(ENDINGS.values())))
         answers, start = {}, time.monotonic()

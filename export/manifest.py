@@ -177,6 +177,9 @@ def _verified(artifacts: str | Path, entry: GraphEntry) -> tuple[Path, bytes]:
     path = artifact_path(artifacts, entry.file)
     if not path.is_file():
         raise ArtifactError(f"{path}: missing")
+    if path.with_name(path.name + ".data").exists():  # written by an exporter before graphs were self-contained
+        raise ArtifactError(f"{path}: its weights lie beside it in {path.name}.data, which the manifest's sha256 does "
+                            f"not cover; export the run again with `twin export`")
     content = path.read_bytes()
     actual = hashlib.sha256(content).hexdigest()
     if actual != entry.sha256:

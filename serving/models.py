@@ -133,14 +133,14 @@ class StreamModel:
         return responses
 
     def _step(self, requests, indices: list[int], responses: list, now: float) -> None:
-        members = []  # (slot, request index, inputs, end)
+        members = []  # (slot, request index, inputs, end, sequence)
         for i in indices:
             request = requests[i]
             sequence, end = int(_input(request, CORRID).flat[0]), bool(_input(request, END).flat[0])
             try:
-                inputs = _finite(_received(request, STEP_INPUTS, self.max_request_bytes), STEP_INPUTS)
-                if _input(request, START).flat[0]:
+                if _input(request, START).flat[0]:  # opened even if its frame is refused: the stream goes on
                     self.pool.open(sequence, now)
+                inputs = _finite(_received(request, STEP_INPUTS, self.max_request_bytes), STEP_INPUTS)
                 members.append((self.pool.slot(sequence), i, inputs, end, sequence))
                 self.pool.last_seen[sequence] = now
             except (BadRequest, PoolError) as error:

@@ -87,6 +87,10 @@ def test_tampered_or_missing_artifacts_are_refused(artifacts, tmp_path):
     (copy / name / "clip.onnx").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=rf"{name}/clip.onnx: sha256 .* does not match"):
         verify_all(copy)
+    (copy / name / "clip.onnx").write_bytes((out / name / "clip.onnx").read_bytes())
+    (copy / name / "clip.onnx.data").write_bytes(b"weights no hash covers")  # as older exporters wrote them
+    with pytest.raises(ArtifactError, match="clip.onnx.data, which the manifest's sha256 does not cover"):
+        verified_path(copy, name, "clip")
     (copy / name / "clip.onnx").unlink()
     with pytest.raises(ArtifactError, match="clip.onnx: missing"):
         verified_path(copy, name, "clip")

@@ -129,9 +129,15 @@ def test_stream_misuse_and_a_flood_of_starts_are_refused_and_the_pool_stays_boun
     client, model = grpc.InferenceServerClient(server.url), models["stream"]
     names = [FRAME_UINT8, BEHAVIOR, PUPIL_CENTER]
 
-    def step(sequence, seed=0, **flags):
+    def step(sequence, seed=0, nan=False, **flags):
         arrays = _arrays(manifest, 1, None, seed=seed)
+        if nan:
+            arrays[1][:] = np.nan
         return client.infer(model, _inputs(grpc, names, arrays), sequence_id=sequence, **flags)
+
+    _refused(lambda: step(6, nan=True, sequence_start=True), "NaN")  # a refused first frame still opens the stream
+    step(6)
+    step(6, sequence_end=True)
 
     _refused(lambda: step(5), "START")  # Triton's batcher or the model: a stream needs START first
     _refused(lambda: step(5, sequence_end=True), "START")
