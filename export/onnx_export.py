@@ -67,6 +67,7 @@ def _write_onnx(graph: torch.nn.Module, example: list[torch.Tensor], path: Path,
         torch.onnx.export(graph, tuple(example), str(path), dynamo=True, opset_version=OPSET, verbose=False,
                           input_names=inputs, output_names=outputs, dynamic_shapes=dynamic_shapes,
                           external_data=False)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)  # an older export's weights, now inside the graph
 
 
 def export_clip(twin: Twin, recording: str, path: Path) -> None:

@@ -3,7 +3,7 @@
 A request that would cross a limit is refused with an error naming the limit and the flag that
 raises it; nothing else changes. The memory a server can hold is then bounded by
 
-    streams:  max_streams × state bytes per stream (preallocated pool, ≤ max_state_bytes)
+    streams:  3 × max_streams × state bytes per stream (preallocated pool, ≤ max_state_bytes)
     clips:    max_request_bytes of input per request (plus its responses: max_request_frames × N × 4
               bytes), max_queue waiting requests, work capped at max_clip_frames frames per graph call
 
@@ -24,7 +24,7 @@ MiB = 2**20
 class Limits:
     max_streams: int = 64                 # concurrent streams: state-pool slots, also the batch of one step
     idle_timeout_s: float = 60.0          # a stream without a frame for this long is freed
-    max_state_bytes: int = 2048 * MiB     # the whole state pool: max_streams × state bytes per stream
+    max_state_bytes: int = 2048 * MiB     # the whole state pool: 3 × max_streams × state bytes per stream
     max_clip_frames: int = 512            # input frames per clip-graph call (longer clips run in pieces)
     max_request_frames: int = 9000        # frames (batch × time) per clip request: 5 min at 30 fps
     max_request_bytes: int = 512 * MiB    # input bytes per request, all inputs together
@@ -38,7 +38,7 @@ class Limits:
 
     def check_pool(self, bytes_per_slot: int) -> None:
         """Refuse a state pool larger than `max_state_bytes` (ValueError naming both flags);
-        bytes_per_slot: one stream's share of the pool (its state, double-buffered)."""
+        bytes_per_slot: one stream's share of the pool (its state, with staging)."""
         total = self.max_streams * bytes_per_slot
         if total > self.max_state_bytes:
             raise ValueError(f"{self.max_streams} streams × {bytes_per_slot / MiB:.1f} MiB of state pool each = "
@@ -55,7 +55,7 @@ def flag(name: str) -> str:
 HELP = {
     "max_streams": "concurrent streams per model: preallocated state slots; a START beyond them is refused",
     "idle_timeout_s": "seconds without a frame before a stream is freed",
-    "max_state_bytes": "bytes of stream state per model at most (max-streams × state per stream)",
+    "max_state_bytes": "bytes of stream state per model at most (3 × max-streams × state per stream)",
     "max_clip_frames": "input frames per clip-graph call; longer clips run in overlapping pieces (finite "
                        "receptive field) or are refused (unbounded memory)",
     "max_request_frames": "frames (batch × time) per clip request",

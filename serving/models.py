@@ -93,7 +93,8 @@ def _responses(values: np.ndarray):
 
 class StreamModel:
     """Streams batched into one step-graph call per round, their states in a `StatePool` of
-    `max_batch_size` slots that the graph reads and writes in place (ONNX Runtime I/O binding).
+    `max_batch_size` slots that the graph reads in place and writes into preallocated memory (ONNX
+    Runtime I/O binding), nothing allocated per frame.
     A timer frees streams idle for the sequence batcher's idle timeout (by the arrival of their
     last frame: the time `execute` received it)."""
 

@@ -1,14 +1,16 @@
 """The stream model's memory: a preallocated pool of state slots, one per allowed stream.
 
-Each state tensor i of the step graph has two buffers of shape (slots, *shape_i). A stream owns one
-slot; its current state lives in buffer `parity[slot]`, and a step writes the next state straight
-into the other buffer and flips the parity, so nothing is concatenated, sliced or allocated per
-frame. A batch whose slots are consecutive and share a parity (streams that step together, the
-usual case: slots are handed out lowest first and a new stream joins with the parity of the last
-step) is read and written in place by the graph; any other batch goes through a staging copy.
+Each state tensor i of the step graph has one pool array of shape (slots, *shape_i), and two
+staging arrays of the same shape. A stream owns one slot. A step of the streams in `slots` reads
+their states straight from the pool when the slots are consecutive (the usual case for streams
+that step together: slots are handed out lowest first), and otherwise gathers them into the input
+staging array (`np.take` into preallocated memory); the graph writes the next states into the
+output staging array, which is then copied back into the slots. Nothing is allocated per frame:
+the copies run on memory that is already mapped (fresh arrays per frame cost page faults, which on
+this CPU took as long as the copies themselves).
 
-The pool's size is fixed when the model loads: 2 × slots × state bytes per stream, whatever
-clients do. Pages are touched only when a slot is first used.
+The pool's size is fixed when the model loads: 3 × slots × state bytes per stream, whatever
+clients do. Pages are touched only when a slot (or a staging row) is first used.
 """
 
 from __future__ import annotations
@@ -35,19 +37,20 @@ class StepBuffers:
 
 
 class StatePool:
+    COPIES = 3  # the pool and its two staging arrays
+
     def __init__(self, shapes: list[tuple[int, ...]], slots: int, limit_hint: str = "--max-streams"):
         self.shapes, self.slots, self.limit_hint = [tuple(s) for s in shapes], slots, limit_hint
-        self.buffers = [[np.zeros((slots, *shape), np.float32) for shape in self.shapes] for _ in range(2)]
-        self.parity = np.zeros(slots, np.int8)
+        self.states, self.gathered, self.next_states = (
+            [np.zeros((slots, *shape), np.float32) for shape in self.shapes] for _ in range(self.COPIES))
         self.slot_of: dict[int, int] = {}      # sequence id → slot
         self.last_seen: dict[int, float] = {}  # sequence id → time of its last frame (monotonic seconds)
         self._free = list(range(slots))        # a heap: the lowest free slot first
-        self._recent_parity = 0
 
-    @staticmethod
-    def nbytes(shapes: list[tuple[int, ...]], slots: int) -> int:
-        """Bytes of a pool of `slots` slots (both buffers)."""
-        return 2 * slots * sum(4 * int(np.prod(shape)) for shape in shapes)
+    @classmethod
+    def nbytes(cls, shapes: list[tuple[int, ...]], slots: int) -> int:
+        """Bytes of a pool of `slots` slots (with its staging arrays)."""
+        return cls.COPIES * slots * sum(4 * int(np.prod(shape)) for shape in shapes)
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -64,9 +67,8 @@ class StatePool:
             raise PoolError(f"all {self.slots} stream slots are in use: end a stream, wait for an idle one to be "
                             f"freed, or serve with a larger {self.limit_hint}")
         slot = heapq.heappop(self._free)
-        self.parity[slot] = self._recent_parity
-        for buffer in self.buffers[self._recent_parity]:
-            buffer[slot] = 0.0
+        for state in self.states:
+            state[slot] = 0.0
         self.slot_of[sequence], self.last_seen[sequence] = slot, now
         return slot
 
@@ -90,25 +92,18 @@ class StatePool:
 
     def step_buffers(self, slots: list[int]) -> StepBuffers:
         """Buffers for one step of the streams in `slots` (sorted ascending, distinct)."""
-        first, count = slots[0], len(slots)
-        parities = self.parity[slots]
-        if slots[-1] - first == count - 1 and (parities == parities[0]).all():  # consecutive, one parity
-            read, write = int(parities[0]), 1 - int(parities[0])
-            window = slice(first, first + count)
+        count = len(slots)
+        outputs = [array[:count] for array in self.next_states]
+        if slots[-1] - slots[0] == count - 1:  # consecutive: read in place
+            window = slice(slots[0], slots[0] + count)
+            inputs = [state[window] for state in self.states]
+        else:
+            window = np.asarray(slots)
+            inputs = [np.take(state, window, axis=0, out=staging[:count])
+                      for state, staging in zip(self.states, self.gathered)]
 
-            def flip():
-                self.parity[window] = write
-                self._recent_parity = write
+        def write_back():
+            for state, output in zip(self.states, outputs):
+                state[window] = output
 
-            return StepBuffers([b[window] for b in self.buffers[read]], [b[window] for b in self.buffers[write]], flip)
-        inputs = [np.stack([self.buffers[p][layer][s] for s, p in zip(slots, parities)])
-                  for layer in range(len(self.shapes))]
-        outputs = [np.empty_like(array) for array in inputs]
-
-        def scatter():
-            for layer, output in enumerate(outputs):
-                for row, (s, p) in enumerate(zip(slots, parities)):
-                    self.buffers[1 - p][layer][s] = output[row]
-            self.parity[slots] = 1 - parities
-
-        return StepBuffers(inputs, outputs, scatter)
+        return StepBuffers(inputs, outputs, write_back)

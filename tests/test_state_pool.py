@@ -14,8 +14,7 @@ def _step(pool: StatePool, sequences: list[int], frames: dict[int, float]) -> bo
     slots = sorted(pool.slot(s) for s in sequences)
     by_slot = {pool.slot(s): s for s in sequences}
     buffers = pool.step_buffers(slots)
-    in_place = all(np.shares_memory(array, pool.buffers[0][i]) or np.shares_memory(array, pool.buffers[1][i])
-                   for i, array in enumerate(buffers.inputs))
+    in_place = all(np.shares_memory(array, pool.states[i]) for i, array in enumerate(buffers.inputs))
     for inputs, outputs in zip(buffers.inputs, buffers.outputs):
         values = np.array([frames[by_slot[s]] for s in slots], np.float32).reshape(-1, *[1] * (inputs.ndim - 1))
         outputs[...] = inputs + values
@@ -25,7 +24,7 @@ def _step(pool: StatePool, sequences: list[int], frames: dict[int, float]) -> bo
 
 def _state(pool: StatePool, sequence: int) -> list[np.ndarray]:
     slot = pool.slot(sequence)
-    return [pool.buffers[pool.parity[slot]][i][slot] for i in range(len(pool.shapes))]
+    return [state[slot] for state in pool.states]
 
 
 def test_streams_keep_their_own_state_in_place_or_staged():
@@ -35,7 +34,7 @@ def test_streams_keep_their_own_state_in_place_or_staged():
         pool.open(sequence, now=0.0)
         totals[sequence] = 0.0
     ran_in_place = []
-    for _ in range(40):  # random subsets: consecutive same-parity batches run in place, others staged
+    for _ in range(40):  # random subsets: consecutive slots are read in place, others gathered
         batch = [s for s in totals if rng.random() < 0.6] or [min(totals)]
         frames = {s: float(rng.integers(1, 5)) for s in batch}
         ran_in_place.append(_step(pool, batch, frames))
@@ -72,7 +71,7 @@ def test_live_ids_full_pools_and_unknown_ids_are_refused_with_what_to_do():
 
 def test_the_pool_size_is_bounded_by_a_flag_named_in_the_error():
     per_slot = StatePool.nbytes(SHAPES, 1)
-    assert per_slot == 2 * 4 * (6 + 4)  # both buffers, float32
+    assert per_slot == 3 * 4 * (6 + 4)  # the pool and its two staging arrays, float32
     Limits(max_streams=10, max_state_bytes=10 * per_slot).check_pool(per_slot)
     with pytest.raises(ValueError, match="--max-state-bytes.*lower --max-streams or raise --max-state-bytes"):
         Limits(max_streams=11, max_state_bytes=10 * per_slot).check_pool(per_slot)
