@@ -40,9 +40,6 @@ def _session(params: ModelParameters, graph: str) -> onnxruntime.InferenceSessio
     options = onnxruntime.SessionOptions()
     if params.threads:
         options.intra_op_num_threads = params.threads
-    # Idle worker threads sleep instead of spinning: the server shares its cores with gRPC, the
-    # other model and often the clients, which a spinning pool starves.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     graph_bytes = verified_bytes(params.artifacts, params.recording, graph)  # the bytes hashed, not a path reopened
     return onnxruntime.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
 
