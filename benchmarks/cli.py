@@ -1,4 +1,4 @@
-"""`twin bench train|cores|export|stream|score`: the benchmark subcommands.
+"""`twin bench train|cores|export|stream|score|soak`: the benchmark subcommands.
 
 `register` adds them to the `twin bench` subparsers; each handler runs its benchmark (imported only
 then: the command line starts without torch), prints a summary to stderr and returns the results,
