@@ -14,9 +14,10 @@
 # unless --metrics-host 0.0.0.0 is added. --shm-size: the Python backend talks to each model's stub
 # process through /dev/shm, and Docker's default 64 MB is too small for many streams or long clips.
 #
-# Base image: release 26.10, which has the fixes of NVIDIA's Triton security bulletins 5687 (August
-# 2025: HTTP chunked encoding, Python-backend shared memory, stream cancellation; fixed in 25.07),
-# 5816 (fixed in r26.02) and 5875 (fixed in r26.07).
+# Base image: release 26.10, later than 25.07, the release with the fixes of NVIDIA's Triton security
+# bulletin of August 2025 (HTTP chunked encoding, Python-backend shared memory, stream cancellation)
+# and later than the 2026 bulletins found when this was written (e.g. CVE-2026-24207, May 2026).
+# Check NVIDIA's Triton security bulletins for a newer fixed release before building.
 # Pin it by digest for reproducible builds; the digest is not recorded here because it was not
 # available where this file was written. Get it with
 #   docker buildx imagetools inspect nvcr.io/nvidia/tritonserver:26.10-py3 --format '{{json .Manifest.Digest}}'
