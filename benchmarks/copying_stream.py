@@ -16,12 +16,10 @@ from twinserve.serving import models
 from twinserve.serving.repository import CORRID, END, START
 
 
-
 class CopyingStreamModel(models.StreamModel):
     def initialize(self, args) -> None:
         super().initialize(args)
-        self.pool = None  # states live in `self.states` instead
-        self.shapes = [tuple(spec.shape[1:]) for spec in self.session.get_inputs() if spec.name in self.state_inputs]
+        self.shapes, self.pool = self.pool.shapes, None  # states live in `self.states` instead
         self.states: dict[int, list[np.ndarray]] = {}  # sequence id → state tensors (1, ...)
 
     def _step(self, requests, indices: list[int], responses: list, now: float) -> None:

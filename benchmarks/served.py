@@ -31,7 +31,7 @@ def add_copying_stream_model(repository: Path, model: str) -> str:
     config = repository / name / "config.pbtxt"
     config.write_text(config.read_text().replace(f"name: {quoted(model)}", f"name: {quoted(name)}", 1))
     (repository / name / "1" / "model.py").write_text(COPYING_MODEL_PY)
-    return name, export_random_twin
+    return name
 
 
 class ServedTwin:

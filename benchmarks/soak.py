@@ -45,10 +45,11 @@ from twinserve.clients.score import clip_inputs, model_parameters
 from twinserve.clients.stream import StreamClient, StreamError
 from twinserve.contract import CLIP_INPUTS, FPS, RESPONSES, model_names
 from twinserve.export.manifest import verified_path
-from twinserve.export.onnx_export import random_inputs, relative_error, stream
+from twinserve.export.onnx_export import relative_error, stream
 from twinserve.serving.server import LOOPBACK, Ports
 
 from .harness import RESULTS, machine, write_results
+from .stream import raw_frames
 from .twins import RECORDING, export_random_twin
 
 TOLERANCE = 1e-4                       # relative, as at export
@@ -106,11 +107,9 @@ def tree_rss(root: int) -> tuple[float, int]:
     return kib / 1024, len(pids)
 
 
-def _inputs(rng: np.random.Generator, frames_range: tuple[int, int], frame_shape) -> list[np.ndarray]:
+def _inputs(rng: np.random.Generator, frames_range: tuple[int, int], frame_shape) -> tuple[np.ndarray, ...]:
     """Random raw inputs of a random length T: frames (T, H, W) uint8, behavior (T, 2), pupil_center (T, 2)."""
-    video, behavior, pupil = (a[0] for a in random_inputs(1, int(rng.integers(*frames_range, endpoint=True)),
-                                                          frame_shape, int(rng.integers(2**31))))
-    return [np.rint(video).astype(np.uint8), behavior, pupil]
+    return raw_frames(frame_shape, int(rng.integers(*frames_range, endpoint=True)), int(rng.integers(2**31)))
 
 
 def _session(path: Path) -> onnxruntime.InferenceSession:

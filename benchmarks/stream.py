@@ -40,7 +40,7 @@ COPYING = "stream" + SUFFIX  # the stream model before the state pool (`benchmar
 NOTE = "server and clients share this machine's cores; latency is the client's round trip per frame"
 
 
-def _frames(frame_shape, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def raw_frames(frame_shape, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One stream's raw inputs: frames (T, H, W) uint8, behavior (T, 2), pupil_center (T, 2)."""
     video, behavior, pupil = (a[0] for a in random_inputs(1, count, frame_shape, seed))
     return np.rint(video).astype(np.uint8), behavior, pupil
@@ -56,7 +56,7 @@ def _streams(served: ServedTwin, count: int, frames: int, fps: float | None, mod
     def run(i):
         try:
             with StreamClient(url, model) as client:
-                video, behavior, pupil = _frames(served.manifest.frame_shape, frames, seed=i)
+                video, behavior, pupil = raw_frames(served.manifest.frame_shape, frames, seed=i)
                 barrier.wait()
                 start = time.perf_counter() + (i / count / fps if fps else 0)  # out of phase
                 for t in range(frames):
@@ -124,7 +124,7 @@ def perf_analyzer(served: ServedTwin, concurrency: int, workdir: Path, sequence_
     """perf_analyzer over gRPC streaming with sequences → throughput and client latency percentiles."""
     binary, model = Path(sys.executable).parent / "perf_analyzer", served.model("stream")
     data, report = workdir / "input.json", workdir / f"perf_{model}_{concurrency}.csv"
-    frame, behavior, pupil = _frames(served.manifest.frame_shape, 1, seed=0)
+    frame, behavior, pupil = raw_frames(served.manifest.frame_shape, 1, seed=0)
     data.write_text(json.dumps({"data": [{FRAME_UINT8: {"content": frame[0].ravel().tolist(),
                                                         "shape": list(frame[0].shape)},
                                           BEHAVIOR: behavior[0].tolist(), PUPIL_CENTER: pupil[0].tolist()}]}))

@@ -16,11 +16,10 @@ the command line starts without it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twinserve.contract import API_KEY_ENV, API_KEY_HEADER
+from twinserve.contract import API_KEY_ENV, API_KEY_HEADER, read_api_key
 
 DEFAULT_URL = "localhost:8001"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton reads a restricted protocol's gRPC header under this prefix
@@ -49,14 +48,6 @@ def connection_lost(error: Exception) -> bool:
     return status in CONNECTION_LOST or any(message in str(error) for message in LOST_MESSAGES)
 
 
-def read_api_key(path: str | Path) -> str:
-    """The API key in a file: its first line."""
-    lines = Path(path).read_text().splitlines()
-    if not lines or not lines[0].strip():
-        raise ValueError(f"{path}: the API key file is empty")
-    return lines[0].strip()
-
-
 class _KeyHeader:
     """tritonclient plugin: puts the API key into the metadata of every call (unary calls and streams)."""
 
@@ -77,7 +68,7 @@ class Connection:
     trust, or `tls=True` for the system's roots; neither: plaintext."""
 
     url: str = DEFAULT_URL
-    api_key: str | None = field(default_factory=lambda: os.environ.get(API_KEY_ENV) or None, repr=False)
+    api_key: str | None = field(default_factory=lambda: read_api_key(None), repr=False)
     tls: bool = False
     tls_ca: str | Path | None = None
 
@@ -89,8 +80,7 @@ class Connection:
     @classmethod
     def from_args(cls, args) -> Connection:
         """From the flags of `add_arguments`."""
-        key = read_api_key(args.api_key_file) if args.api_key_file else os.environ.get(API_KEY_ENV) or None
-        return cls(args.url, key, tls=args.tls, tls_ca=args.tls_ca)
+        return cls(args.url, read_api_key(args.api_key_file), tls=args.tls, tls_ca=args.tls_ca)
 
     @property
     def uses_tls(self) -> bool:

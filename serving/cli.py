@@ -14,27 +14,16 @@ beyond loopback.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from twinserve.contract import API_KEY_ENV
+from twinserve.contract import API_KEY_ENV, read_api_key
 
 from . import limits
 from .server import LOOPBACK, Access, Listen, Ports, TritonServer
 from .supervisor import Supervisor
-
-
-def read_api_key(path: str | None) -> str | None:
-    """The key in the file at `path` (its first line), else in the environment variable `API_KEY_ENV`, else None."""
-    if path is None:
-        return os.environ.get(API_KEY_ENV) or None
-    lines = Path(path).read_text().splitlines()
-    if not lines or not lines[0].strip():
-        raise ValueError(f"{path}: the API key file is empty")
-    return lines[0].strip()
 
 
 def _warn_about(listen: Listen, access: Access) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from twinserve.contract import ModelParameters
+
 MiB = 2**20
 
 
@@ -24,10 +26,11 @@ MiB = 2**20
 class Limits:
     max_streams: int = 64                 # concurrent streams: state-pool slots, also the batch of one step
     idle_timeout_s: float = 60.0          # a stream without a frame for this long is freed
-    max_state_bytes: int = 2048 * MiB     # the whole state pool: 3 × max_streams × state bytes per stream
-    max_clip_frames: int = 512            # input frames per clip-graph call (longer clips run in pieces)
-    max_request_frames: int = 9000        # frames (batch × time) per clip request: 5 min at 30 fps
-    max_request_bytes: int = 512 * MiB    # input bytes per request, all inputs together
+    # The limits the served models read from their parameters default to the contract's values.
+    max_state_bytes: int = ModelParameters.max_state_bytes        # the whole state pool: 3 × max_streams × state
+    max_clip_frames: int = ModelParameters.max_clip_frames        # input frames per clip-graph call (then pieces)
+    max_request_frames: int = ModelParameters.max_request_frames  # frames (batch × time) per clip request
+    max_request_bytes: int = ModelParameters.max_request_bytes    # input bytes per request, all inputs together
     max_queue: int = 64                   # clip requests waiting; more are refused at once
     queue_timeout_s: float = 60.0         # a clip request waiting longer is refused
 

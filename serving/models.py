@@ -23,6 +23,7 @@ from twinserve.contract import (CLIP_INPUTS, RESPONSES, STEP_INPUTS, UINT8_SUFFI
                                 state_names)
 from twinserve.export.manifest import read_manifest, verified_bytes
 
+from .limits import Limits
 from .repository import CORRID, END, START
 from .state_pool import PoolError, StatePool
 
@@ -103,11 +104,7 @@ class StreamModel:
         self.session = _session(params, "step")
         self.state_inputs, self.state_outputs = state_names(len(specs))
         shapes, slots = [s.fixed_shape for s in specs], int(config["max_batch_size"])
-        pool_bytes = StatePool.nbytes(shapes, slots)
-        if pool_bytes > params.max_state_bytes:
-            raise ValueError(f"a state pool of {slots} streams needs {pool_bytes} bytes, more than max_state_bytes = "
-                             f"{params.max_state_bytes}: serve with a smaller --max-streams or a larger "
-                             "--max-state-bytes")
+        Limits(max_streams=slots, max_state_bytes=params.max_state_bytes).check_pool(StatePool.nbytes(shapes, 1))
         self.pool = StatePool(shapes, slots)
         self.responses = np.zeros((slots, params.neurons), np.float32)
         self.lock = threading.Lock()
@@ -152,7 +149,7 @@ class StreamModel:
         count = len(members)
         binding = self.session.io_binding()
         for name, parts in zip(STEP_INPUTS, zip(*(inputs for _, _, inputs, _, _ in members))):
-            binding.bind_cpu_input(name, np.ascontiguousarray(np.concatenate(parts), np.float32))
+            binding.bind_cpu_input(name, np.concatenate(parts))  # float32 (`_finite`), contiguous
         _bind_output(binding, RESPONSES, self.responses[:count])
         for name, array in zip(self.state_inputs, buffers.inputs):
             binding.bind_input(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)

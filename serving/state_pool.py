@@ -55,9 +55,6 @@ class StatePool:
     def __len__(self) -> int:
         return len(self.slot_of)
 
-    def __contains__(self, sequence: int) -> bool:
-        return sequence in self.slot_of
-
     def open(self, sequence: int, now: float) -> int:
         """A zeroed slot for a new stream → the slot. Refuses a live id and a full pool."""
         if sequence in self.slot_of:

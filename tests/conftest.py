@@ -1,5 +1,8 @@
 """Shared fixtures: a small virtual mouse, written once per test session."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from twinserve.cli import main as twin
@@ -61,3 +64,16 @@ def served(tiny_artifacts, tmp_path_factory):
         yield server, artifacts, manifest
     with pytest.raises(ProcessLookupError):  # no orphan: the whole process group is gone
         os.killpg(server.process.pid, 0)
+
+
+def backend_resident_mb(server, model: str) -> float:
+    """Resident memory (MB) of the Python-backend process that runs `model` on `server`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if entry.name.isdigit() and f"{server.repository}/{model}/1/model.py" in command:
+                status = (entry / "status").read_text()
+                return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        except OSError:
+            continue
+    raise AssertionError(f"no backend process for {model}")

@@ -4,7 +4,6 @@ stays up and keeps answering good requests."""
 
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import tritonclient.grpc as grpc
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
+from conftest import backend_resident_mb
 from twinserve.contract import (BEHAVIOR, BEHAVIOR_CHANNELS, FRAME_UINT8, PUPIL_CENTER, PUPIL_CHANNELS, RESPONSES, VIDEO,
                                 VIDEO_UINT8, model_names)
 from twinserve.serving.limits import Limits
@@ -64,16 +64,6 @@ def _refused(call, *patterns: str) -> str:
     for pattern in patterns:
         assert re.search(pattern, message), f"{pattern!r} not in {message!r}"
     return message
-
-
-def _resident_mb(server, model: str) -> float:
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and f"{server.repository}/{model}/1/model.py" in (entry / "cmdline").read_text():
-                return int(re.search(r"VmRSS:\s+(\d+) kB", (entry / "status").read_text()).group(1)) / 1024
-        except OSError:
-            continue
-    raise AssertionError(f"no backend process for {model}")
 
 
 def test_bad_clip_requests_get_clear_errors_over_grpc_and_http(limited):
@@ -146,7 +136,7 @@ def test_stream_misuse_and_a_flood_of_starts_are_refused_and_the_pool_stays_boun
     _refused(lambda: step(5, sequence_start=True), "already open: END it")
     step(5, sequence_end=True)
     _refused(lambda: step(5), "START")  # END freed it
-    before = _resident_mb(server, model)
+    before = backend_resident_mb(server, model)
     started = time.monotonic()
     for round_ in range(3):  # three floods of 12 STARTs on 4 slots
         ids = range(100 * (round_ + 1), 100 * (round_ + 1) + 12)
@@ -162,7 +152,7 @@ def test_stream_misuse_and_a_flood_of_starts_are_refused_and_the_pool_stays_boun
         for sequence in ids[:4]:
             step(sequence, sequence_end=True)
     assert time.monotonic() - started < 30  # refusals are immediate, not queued until an idle timeout
-    assert _resident_mb(server, model) - before < 20
+    assert backend_resident_mb(server, model) - before < 20
     wide = _arrays(manifest, 2, None)  # two frames in one stream request
     _refused(lambda: client.infer(model, _inputs(grpc, names, wide), sequence_id=7, sequence_start=True), "")
     assert step(8, sequence_start=True, sequence_end=True) is not None

@@ -9,7 +9,6 @@ import threading
 import time
 import urllib.request
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from twinserve.serving.repository import MARKER, write_repository
 from twinserve.serving.server import Ports
 from twinserve.training.data import Recording
 
-from conftest import IDLE_TIMEOUT_S
+from conftest import IDLE_TIMEOUT_S, backend_resident_mb
 from crash import stream_through_a_crash
 
 
@@ -166,19 +165,6 @@ def test_unknown_model_unstarted_and_idle_streams_are_refused(served, default_mo
     assert client.is_server_live()
 
 
-def _resident_mb(server, model: str) -> float:
-    """Resident memory (MB) of the backend process that runs `model`."""
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().decode(errors="replace")
-            if entry.name.isdigit() and f"{server.repository}/{model}/1/model.py" in command:
-                status = (entry / "status").read_text()
-                return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-        except OSError:
-            continue
-    raise AssertionError(f"no backend process for {model}")
-
-
 def test_end_frees_a_stream_even_with_a_refused_frame(served, default_mouse):
     """START with a valid frame, END with a NaN frame, many times: the refused END still frees the state."""
     server, _, manifest = served
@@ -204,9 +190,9 @@ def test_end_frees_a_stream_even_with_a_refused_frame(served, default_mouse):
 
     bad, streams = np.full_like(video[:1], np.nan), 400
     open_and_end_badly(range(1, 51))  # warm-up: the allocator's own growth is not a leak
-    before = _resident_mb(server, model)
+    before = backend_resident_mb(server, model)
     open_and_end_badly(range(51, 51 + streams))
-    grown = _resident_mb(server, model) - before
+    grown = backend_resident_mb(server, model) - before
     print(f"backend memory grew {grown:.1f} MB")
     client.stop_stream()
     state_mb = manifest.graph(recording, "step").details["state_bytes_per_stream"] / 2**20

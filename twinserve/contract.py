@@ -11,7 +11,9 @@ where offset = `output_offset(receptive_field)`: output frame j of a clip predic
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 # --- frames --------------------------------------------------------------------------------------
 DEFAULT_FRAME_SHAPE = (36, 64)  # (H, W) of SENSORIUM 2023; a twin's own shape comes from its data
@@ -55,6 +57,17 @@ def describe_memory(receptive_field: int | None) -> str:
 API_KEY_HEADER = "twinserve-api-key"   # request header (gRPC metadata key) that carries the API key
 API_KEY_ENV = "TWINSERVE_API_KEY"      # where `twin serve` and the clients read the key by default
 
+
+def read_api_key(path: str | Path | None) -> str | None:
+    """The API key: the first line of the file at `path`, else the environment variable
+    `API_KEY_ENV`, else None. An empty key file is refused (ValueError)."""
+    if path is None:
+        return os.environ.get(API_KEY_ENV) or None
+    lines = Path(path).read_text().splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{path}: the API key file is empty")
+    return lines[0].strip()
+
 # --- Triton models -------------------------------------------------------------------------------
 MODEL_KINDS = ("stream", "clip")
 
@@ -80,7 +93,7 @@ class ModelParameters:
     artifacts: str = ""                  # server side only: where the graphs are
     threads: int = 0                     # server side only: ONNX Runtime intra-op threads (0: default)
     max_clip_frames: int = 512           # server side only: input frames per clip-graph call
-    max_request_frames: int = 9000       # server side only: frames (batch × time) per clip request
+    max_request_frames: int = 9000       # server side only: frames (batch × time) per clip request (5 min)
     max_request_bytes: int = 2**29       # server side only: input bytes per request
     max_state_bytes: int = 2**31         # server side only: the stream model's state pool
     extra: dict = field(default_factory=dict)  # e.g. EXECUTION_ENV_PATH for the Python backend
