@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import checkpoint, metrics
 from .data import Recording, Trial, common_frame_shape, open_recordings
 from .evaluate import evaluate, predict
+from .fidelity import write_fidelity
 from .model import Twin
 from .plots import plot_training_curve
 from .positions import readout_positions
@@ -196,4 +197,5 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     best, _ = checkpoint.load_run(out)
     results = evaluate(best, recordings, out, progress=progress)
     checkpoint.write_json(out / "metrics.json", results)
+    write_fidelity(out, recordings)
     return results
