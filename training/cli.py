@@ -13,9 +13,13 @@ from .presets import PRESETS
 
 def _synth(args) -> list[str]:
     from .virtual_mouse import synthesize
+    from .virtual_mouse.family import variant
 
-    paths = synthesize(args.out, recordings=args.recordings, neurons=args.neurons,
-                       train_minutes=args.train_minutes, seed=args.seed, progress=not args.quiet)
+    member = variant(args.variant)
+    neurons = member.neurons if args.neurons is None else args.neurons
+    minutes = member.train_minutes if args.train_minutes is None else args.train_minutes
+    paths = synthesize(args.out, recordings=args.recordings, neurons=neurons, train_minutes=minutes,
+                       seed=args.seed, progress=not args.quiet, variant=member)
     return [str(path) for path in paths]
 
 
@@ -74,8 +78,12 @@ def register(commands) -> None:
     synth = data.add_parser("synth", help="write virtual-mouse recordings in the SENSORIUM 2023 layout")
     synth.add_argument("--out", required=True, help="folder to write one sub-folder per recording into")
     synth.add_argument("--recordings", type=int, default=2)
-    synth.add_argument("--neurons", type=int, default=300, help="neurons of the first recording")
-    synth.add_argument("--train-minutes", type=float, default=6.0, help="minutes of training movies per recording")
+    synth.add_argument("--variant", default="default",
+                       help="which virtual mouse: 'default' (the original) or 'family-<k>', member k of the family "
+                            "of virtual mice (every generative choice drawn per member; see truth/variant.json)")
+    synth.add_argument("--neurons", type=int, help="neurons of the first recording (default: the variant's; 300)")
+    synth.add_argument("--train-minutes", type=float,
+                       help="minutes of training movies per recording (default: the variant's; 6)")
     _seed_and_quiet(synth, default_seed=0)
     synth.set_defaults(handler=_synth)
 

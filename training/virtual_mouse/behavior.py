@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
+from .family import Variant
+
 FPS = 30
 
 
@@ -26,15 +28,16 @@ class Animal:
     pupil_dilation: float    # extra pupil size while running, eye-camera px
     eye_center: np.ndarray   # (2,) mean pupil centre [x, y], eye-camera px
     saccade_rate: float      # saccades per second
+    fixation_std: tuple = (6.0, 3.0)  # eye-camera px [x, y]: spread of the fixation targets
 
 
-def sample_animal(rng):
-    """Draw the behavioural traits of one mouse."""
+def sample_animal(rng, variant=Variant()):
+    """Draw the behavioural traits of one mouse (eye movements from ``variant``)."""
     return Animal(run_fraction=rng.uniform(0.3, 0.6), run_bout_s=rng.uniform(3.0, 8.0),
                   run_speed=rng.uniform(8.0, 20.0), pupil_rest=rng.uniform(15.0, 25.0),
                   pupil_dilation=rng.uniform(4.0, 10.0),
                   eye_center=np.array([rng.uniform(140, 180), rng.uniform(100, 130)]),
-                  saccade_rate=rng.uniform(0.3, 0.8))
+                  saccade_rate=rng.uniform(*variant.saccade_rate), fixation_std=tuple(variant.fixation_std))
 
 
 def ornstein_uhlenbeck(rng, n, tau, std):
@@ -67,11 +70,11 @@ def running_state(rng, animal, n):
 def pupil_center(rng, animal, n):
     """Pupil centre ``(n, 2)`` [x, y]: fixation points switched by saccades, plus fixational drift."""
     targets = np.zeros((n, 2))
-    target = rng.normal(0.0, [6.0, 3.0])
+    target = rng.normal(0.0, animal.fixation_std)
     saccades = rng.random(n) < animal.saccade_rate / FPS
     for t in range(n):
         if saccades[t]:
-            target = rng.normal(0.0, [6.0, 3.0])
+            target = rng.normal(0.0, animal.fixation_std)
         targets[t] = target
     targets[1:] = 0.5 * (targets[1:] + targets[:-1])  # saccades last about two frames
     drift = np.stack([ornstein_uhlenbeck(rng, n, tau=30.0, std=1.0) for _ in range(2)], axis=1)

@@ -1,14 +1,16 @@
 """Neurons of the virtual mouse: a population with known receptive fields → expected spike rates.
 
 Each neuron sees the retinal image (the screen in contrast units, shifted by eye position; see
-``retina``) through a Gabor receptive field (``receptive_fields``): even and odd spatial filters applied
+``retina``) through a receptive field of one of the ``family.RF_FAMILIES`` (Gabor in the original mouse;
+see ``receptive_fields``): even and odd spatial filters applied
 to all frames at once as one ``(2N, H*W)`` matrix give projections ``p_e, p_o (B, T, N)``; two causal
 temporal kernels turn them into one (simple cell) or two (complex cell) linear channels ``u``, with
 a space–time inseparable mix for direction-selective neurons. The response is
 
-- simple cell: ``relu(u0)²`` (rectified power), complex cell: ``u0² + u1²`` (quadrature energy),
+- simple cell: ``relu(u0)^p`` (rectified power), complex cell: ``(u0² + u1²)^(p/2)`` (quadrature
+  energy), with the neuron's exponent p (2 in the original mouse),
 
-divided by ``semi_saturation² + E(t)``, where E is the local mean squared contrast in a Gaussian pool
+divided by ``semi_saturation² + w·E(t)`` (w = 1 with divisive normalisation, else 0), where E is the local mean squared contrast in a Gaussian pool
 around the RF over the last few frames (contrast normalisation: responses saturate with contrast but
 keep their selectivity). This drive is scaled to mean 1 over the training movies (``drive_norm``):
 ``x(t) = drive(t) / drive_norm``, and, with a soft ceiling at ``max_rate`` for the strongest stimuli,
@@ -24,19 +26,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .receptive_fields import channel_kernels, contrast_pools, filter_in_time, gabor_filters, pool_kernels
+from .family import RF_FAMILIES, Variant
+from .receptive_fields import DOG_PERIOD_PER_SIGMA, channel_kernels, contrast_pools, filter_in_time, pool_kernels, \
+    spatial_filters
 from .retina import contrast, eye_shift, shift_frames
 from .stimuli import HEIGHT, WIDTH
 
-EVOKED_RATE_HZ = 2.0  # median over neurons of the evoked rate at the mean drive of natural movies
-MAX_RATE_HZ = 80.0    # median over neurons of the largest evoked rate
+SUBUNITS = 3  # Gabor subunits of a multi-subunit neuron
 
 
 @dataclass
 class Population:
     """Parameters of N neurons of one mouse (all per-neuron arrays have shape ``(N,)`` unless noted)."""
     rf_center: np.ndarray         # (N, 2) [x, y] px
-    rf_sigma: np.ndarray          # px
+    rf_sigma: np.ndarray          # px (the centre's σ for centre–surround and untuned neurons)
     spatial_period: np.ndarray    # px
     orientation_deg: np.ndarray   # carrier wave-vector direction mod 180, [0, 180)
     phase: np.ndarray             # simple-cell carrier phase, rad
@@ -58,32 +61,64 @@ class Population:
     behavior_mean: np.ndarray     # (2,) [pupil, running] used to z-score behaviour
     behavior_std: np.ndarray      # (2,)
     drive_norm: np.ndarray        # mean drive on the training movies
+    rf_family: np.ndarray         # index into family.RF_FAMILIES
+    subunits: np.ndarray          # (N, SUBUNITS, 3) [dx px, dy px, dθ deg] of extra Gabor subunits (multi-subunit)
+    exponent: np.ndarray          # power p of the static nonlinearity
+    normalization: np.ndarray     # weight w of the contrast pool in the divisive normalisation (1 or 0)
 
     def __len__(self):
         return len(self.baseline)
 
 
-def sample_population(rng, n, eye_center):
-    """Draw ``n`` neurons of one mouse whose pupil rests at ``eye_center (2,)``; not yet calibrated."""
-    period = np.exp(rng.uniform(np.log(8.0), np.log(24.0), n))
-    sigma = np.clip(period * rng.uniform(0.15, 0.3, n), 2.5, 5.0)
-    margin = sigma + 2.0
+def sample_population(rng, n, eye_center, variant=Variant(), extra=None):
+    """Draw ``n`` neurons of one mouse whose pupil rests at ``eye_center (2,)`` from ``variant``'s
+    distributions; not yet calibrated. ``extra`` (a Generator) draws what the original mouse did not
+    have (RF families, subunits, exponents, normalisation), so the original mouse stays as it was."""
+    extra = np.random.default_rng([0, 103]) if extra is None else extra
+    period = np.exp(rng.uniform(*np.log(variant.spatial_period_px), n))
+    sigma = np.clip(period * rng.uniform(*variant.sigma_per_period, n), *variant.sigma_px)
+    margin = sigma + 2.0 if variant.rf_overhang_px is None else np.full(n, -variant.rf_overhang_px)
     center = np.stack([rng.uniform(margin, WIDTH - 1 - margin), rng.uniform(margin, HEIGHT - 1 - margin)], 1)
-    is_ds = rng.random(n) < 0.3
+    ds_draw = rng.random(n) < variant.direction_selective
+    orientation, phase = rng.uniform(0.0, 180.0, n), rng.uniform(0.0, 2 * np.pi, n)
+    complex_draw = rng.random(n) < 0.5
+    direction = rng.choice([-1.0, 1.0], n) * rng.uniform(0.7, 1.0, n)
+
+    family = _families(extra, n, variant, complex_draw)
+    weak, dog = family == _index("weakly_tuned"), np.isin(family, [_index("center_surround"), _index("untuned")])
+    period = np.where(weak, sigma / extra.uniform(0.08, 0.12, n), period)  # under one cycle: broad tuning
+    period = np.where(dog, DOG_PERIOD_PER_SIGMA * sigma, period)  # the DoG's preferred period
+    phase = np.where(dog, np.pi * (phase > np.pi), phase)  # ON (0) or OFF (π) centre
+    subunits = np.zeros((n, SUBUNITS, 3))
+    multi = family == _index("multi_subunit")
+    subunits[multi] = extra.normal(0.0, 1.0, (int(multi.sum()), SUBUNITS, 3)) * [0.7, 0.7, 25.0]
+    subunits[multi, :, :2] *= sigma[multi, None, None]
+    is_complex = np.isin(family, [_index(f) for f in ("gabor_complex", "multi_subunit", "untuned")])
     return Population(
-        rf_center=center, rf_sigma=sigma, spatial_period=period,
-        orientation_deg=rng.uniform(0.0, 180.0, n), phase=rng.uniform(0.0, 2 * np.pi, n),
-        is_complex=rng.random(n) < 0.5,
-        direction_weight=is_ds * rng.choice([-1.0, 1.0], n) * rng.uniform(0.7, 1.0, n),
-        latency=rng.uniform(2.0, 5.0, n), kernel_freq=rng.uniform(0.07, 0.12, n),
-        semi_saturation=rng.uniform(0.1, 0.25, n),
-        baseline=rng.lognormal(np.log(0.5), 0.5, n), amplitude=rng.lognormal(np.log(EVOKED_RATE_HZ), 0.4, n),
-        max_rate=rng.lognormal(np.log(MAX_RATE_HZ), 0.25, n),
-        running_gain=rng.normal(0.15, 0.1, n), pupil_gain=rng.normal(0.05, 0.08, n),
-        calcium_tau=rng.uniform(0.2, 0.35, n), reliability=rng.uniform(0.25, 0.65, n),
-        noise_std=np.zeros(n), eye_gain=float(rng.uniform(0.25, 0.4)),
+        rf_center=center, rf_sigma=sigma, spatial_period=period, orientation_deg=orientation, phase=phase,
+        is_complex=is_complex | (weak & complex_draw), direction_weight=(ds_draw & ~dog) * direction,
+        latency=rng.uniform(*variant.latency_frames, n), kernel_freq=rng.uniform(*variant.kernel_freq, n),
+        semi_saturation=rng.uniform(*variant.semi_saturation, n),
+        baseline=rng.lognormal(np.log(0.5), 0.5, n), amplitude=rng.lognormal(np.log(variant.evoked_rate_hz), 0.4, n),
+        max_rate=rng.lognormal(np.log(variant.max_rate_hz), 0.25, n),
+        running_gain=rng.normal(*variant.running_gain, n), pupil_gain=rng.normal(*variant.pupil_gain, n),
+        calcium_tau=rng.uniform(0.2, 0.35, n), reliability=rng.uniform(*variant.reliability, n),
+        noise_std=np.zeros(n), eye_gain=float(rng.uniform(*variant.eye_gain)),
         eye_center=np.asarray(eye_center, dtype=float), behavior_mean=np.zeros(2), behavior_std=np.ones(2),
-        drive_norm=np.ones(n))
+        drive_norm=np.ones(n), rf_family=family, subunits=subunits,
+        exponent=extra.uniform(*variant.exponent, n),
+        normalization=(extra.random(n) < variant.normalized).astype(float))
+
+
+def _index(family: str) -> int:
+    return RF_FAMILIES.index(family)
+
+
+def _families(extra, n, variant, complex_draw):
+    """RF family ``(N,)`` of each neuron: the original mouse's simple/complex split, else drawn from the mix."""
+    if tuple(variant.rf_mix) == Variant().rf_mix:
+        return np.where(complex_draw, _index("gabor_complex"), _index("gabor_simple"))
+    return extra.choice(len(RF_FAMILIES), n, p=np.asarray(variant.rf_mix) / np.sum(variant.rf_mix))
 
 
 def drive_from_projections(pop, even, odd, energy):
@@ -92,8 +127,10 @@ def drive_from_projections(pop, even, odd, energy):
     kernels = channel_kernels(pop)
     u0 = filter_in_time(even, kernels[0, 0]) + filter_in_time(odd, kernels[0, 1])
     u1 = filter_in_time(even, kernels[1, 0]) + filter_in_time(odd, kernels[1, 1])
-    response = np.where(pop.is_complex, u0**2 + u1**2, np.maximum(u0, 0.0) ** 2)
-    return response / (pop.semi_saturation**2 + filter_in_time(energy, pool_kernels(pop)))
+    power = pop.exponent.astype(np.float32)
+    response = np.where(pop.is_complex, (u0**2 + u1**2) ** (power / 2), np.maximum(u0, 0.0) ** power)
+    pooled = filter_in_time(energy, pool_kernels(pop)) * pop.normalization.astype(np.float32)
+    return response / (pop.semi_saturation**2 + pooled)
 
 
 def raw_drive(pop, video, pupil_center):
@@ -101,7 +138,7 @@ def raw_drive(pop, video, pupil_center):
     batch, n_frames = video.shape[:2]
     shift = eye_shift(pupil_center, pop.eye_center, pop.eye_gain).reshape(-1, 2)
     retina = shift_frames(contrast(video).reshape(-1, HEIGHT, WIDTH), shift).reshape(batch * n_frames, -1)
-    projections = retina @ gabor_filters(pop).reshape(2 * len(pop), -1).T
+    projections = retina @ spatial_filters(pop).reshape(2 * len(pop), -1).T
     even, odd = projections.reshape(batch, n_frames, 2, len(pop)).transpose(2, 0, 1, 3)
     energy = (retina**2 @ contrast_pools(pop).T).reshape(batch, n_frames, len(pop))
     return drive_from_projections(pop, even, odd, energy)

@@ -11,6 +11,7 @@ gratings and dots are shared by all recordings of one seed; training clips are u
 """
 import numpy as np
 
+from .family import Variant
 from .stimuli import dot_movie, grating_movie, natural_movie
 
 TIERS = ("train", "oracle", "live_test_main", "final_test_main", "live_test_bonus", "final_test_bonus", "none")
@@ -32,9 +33,14 @@ def clip_table(seed, recording, train_trials, oracle_clips, test_clips):
     return [{"clip_id": i, "kind": kind, "tier": tier, "key": key} for i, (kind, tier, key) in enumerate(clips)]
 
 
-def render_clip(clip, trial_frames):
-    """Frames ``(trial_frames, H, W)`` float32 and generator parameters of one clip."""
-    return GENERATORS[clip["kind"]](np.random.default_rng(clip["key"]), trial_frames)
+def render_clip(clip, trial_frames, variant=Variant()):
+    """Frames ``(trial_frames, H, W)`` float32 and generator parameters of one clip; natural movies
+    with ``variant``'s movie statistics."""
+    rng = np.random.default_rng(clip["key"])
+    if clip["kind"] != "natural":
+        return GENERATORS[clip["kind"]](rng, trial_frames)
+    return natural_movie(rng, trial_frames, spectral_exponent=variant.spectral_exponent,
+                         rms_contrast=variant.rms_contrast, pan_speed=variant.pan_speed, objects=variant.objects)
 
 
 def trial_plan(rng, clips, repeats, trial_frames):

@@ -1,4 +1,9 @@
-"""Receptive-field filters of the virtual neurons: Gabor spatial filters, contrast pools, temporal kernels.
+"""Receptive-field filters of the virtual neurons: spatial filters, contrast pools, temporal kernels.
+
+Spatial filters by RF family (``family.RF_FAMILIES``): a Gabor quadrature pair (simple, complex, and
+weakly tuned: under one carrier cycle under the envelope), a sum of ``SUBUNITS`` Gabor pairs offset and
+rotated around the RF (multi-subunit), or a balanced difference of Gaussians as the even filter and
+none as the odd one (centre–surround: rectified; untuned: its energy, blind to orientation and sign).
 
 Spatial filters act on flattened retinal frames ``(H*W,)`` in contrast units; temporal kernels act on
 time-first signals ``(B, T, N)`` causally (index = lag in frames, 0 = same frame). ``pop`` is a
@@ -11,6 +16,9 @@ from .stimuli import HEIGHT, WIDTH
 KERNEL_FRAMES = 12
 POOL_SIGMA_SCALE = 1.5  # contrast pool width relative to the RF envelope
 POOL_TAU_FRAMES = 3.0   # memory of the contrast pool
+SURROUND_SCALE = 2.0    # surround σ / centre σ of a difference of Gaussians
+# Preferred period / centre σ of a balanced DoG (the peak of its spectrum): π / sqrt(ln k² / 2(k² − 1)), ≈ 6.5.
+DOG_PERIOD_PER_SIGMA = np.pi / np.sqrt(np.log(SURROUND_SCALE**2) / (2 * (SURROUND_SCALE**2 - 1)))
 
 
 def _offsets(pop):
@@ -19,20 +27,42 @@ def _offsets(pop):
     return cols.ravel()[None] - pop.rf_center[:, :1], rows.ravel()[None] - pop.rf_center[:, 1:]
 
 
-def gabor_filters(pop):
-    """Zero-mean even (cos) and odd (sin) Gabor filters ``(2, N, H*W)``, float32, unit RMS norm per pair.
+def _gabor_pairs(dx, dy, orientation_deg, period, sigma):
+    """Zero-mean even (cos) and odd (sin) Gabors ``(2, N, H*W)`` at offsets ``dx, dy (N, H*W)``.
 
     Envelope ``exp(−|x − rf_center|² / 2 rf_sigma²)``; carrier phase ``2π (dx cos θ − dy sin θ) / period``
     with θ = ``orientation_deg``: the carrier's wave vector points along direction θ.
     """
-    dx, dy = _offsets(pop)
-    theta = np.deg2rad(pop.orientation_deg)[:, None]
-    envelope = np.exp(-(dx**2 + dy**2) / (2 * pop.rf_sigma[:, None] ** 2))
-    angle = 2 * np.pi * (dx * np.cos(theta) - dy * np.sin(theta)) / pop.spatial_period[:, None]
+    theta = np.deg2rad(orientation_deg)[:, None]
+    envelope = np.exp(-(dx**2 + dy**2) / (2 * sigma[:, None] ** 2))
+    angle = 2 * np.pi * (dx * np.cos(theta) - dy * np.sin(theta)) / period[:, None]
     filters = np.stack([envelope * np.cos(angle), envelope * np.sin(angle)])
-    filters -= filters.sum(-1, keepdims=True) / envelope.sum(-1, keepdims=True) * envelope
+    return filters - filters.sum(-1, keepdims=True) / np.maximum(envelope.sum(-1, keepdims=True), 1e-12) * envelope
+
+
+def _difference_of_gaussians(dx, dy, sigma):
+    """Balanced (zero-sum) ON-centre DoGs ``(N, H*W)``, surround ``SURROUND_SCALE`` × wider."""
+    radius2 = dx**2 + dy**2
+    centre, surround = (np.exp(-radius2 / (2 * (scale * sigma[:, None]) ** 2)) for scale in (1.0, SURROUND_SCALE))
+    return centre / centre.sum(-1, keepdims=True).clip(1e-12) - surround / surround.sum(-1, keepdims=True).clip(1e-12)
+
+
+def spatial_filters(pop):
+    """Even and odd spatial filters ``(2, N, H*W)``, float32, zero-mean, unit RMS norm per pair (see module)."""
+    from .family import RF_FAMILIES
+
+    dx, dy = _offsets(pop)
+    filters = _gabor_pairs(dx, dy, pop.orientation_deg, pop.spatial_period, pop.rf_sigma)
+    multi = np.flatnonzero(pop.rf_family == RF_FAMILIES.index("multi_subunit"))
+    for sub in pop.subunits[multi].transpose(1, 0, 2):  # one subunit (M, 3) of every multi-subunit neuron
+        filters[:, multi] += _gabor_pairs(dx[multi] - sub[:, :1], dy[multi] - sub[:, 1:2],
+                                          pop.orientation_deg[multi] + sub[:, 2], pop.spatial_period[multi],
+                                          pop.rf_sigma[multi])
+    dog = np.flatnonzero(np.isin(pop.rf_family, [RF_FAMILIES.index("center_surround"), RF_FAMILIES.index("untuned")]))
+    filters[0, dog] = _difference_of_gaussians(dx[dog], dy[dog], pop.rf_sigma[dog])
+    filters[1, dog] = 0.0
     norm = np.sqrt((filters**2).sum(axis=(0, 2)) / 2)
-    return (filters / norm[:, None]).astype(np.float32)
+    return (filters / np.maximum(norm, 1e-12)[:, None]).astype(np.float32)
 
 
 def contrast_pools(pop):

@@ -88,8 +88,12 @@ def _ou(rng, n, tau, std, dims):
     return lfilter([1.0], [1.0, -decay], kicks, axis=0)
 
 
-def natural_movie(rng, n_frames):
+def natural_movie(rng, n_frames, spectral_exponent=(0.9, 1.3), rms_contrast=(0.12, 0.4), pan_speed=0.5,
+                  objects=3.0):
     """Natural-like movie: panning 1/f scenes with objects, scene cuts every 1–3 s.
+
+    Per scene: the amplitude spectrum's exponent and the RMS contrast are drawn from the given ranges,
+    the mean pan velocity from N(0, pan_speed) px/frame, the number of objects from Poisson(objects).
 
     Each scene is a fresh periodic 1/f canvas (plus a few hard-edged ellipses) seen through the screen
     while it pans with a slowly varying random velocity (px/frame); its RMS contrast drifts smoothly.
@@ -98,14 +102,14 @@ def natural_movie(rng, n_frames):
     frames, scenes, start = [], [], 0
     while start < n_frames:
         length = min(int(rng.integers(30, 91)), n_frames - start)
-        canvas = pink_noise(rng, CANVAS, exponent=rng.uniform(0.9, 1.3))
-        add_objects(rng, canvas, int(rng.poisson(3)))
+        canvas = pink_noise(rng, CANVAS, exponent=rng.uniform(*spectral_exponent))
+        add_objects(rng, canvas, int(rng.poisson(objects)))
         canvas = (canvas - canvas.mean()) / canvas.std()
-        mean_velocity = rng.normal(0.0, 0.5, 2)
+        mean_velocity = rng.normal(0.0, pan_speed, 2)
         velocity = mean_velocity + _ou(rng, length, tau=20.0, std=0.3, dims=2)
         position = rng.uniform(0, CANVAS[::-1]) + np.cumsum(velocity, axis=0)  # [x, y]
         image = sample_periodic(canvas, position[:, 1], position[:, 0])
-        contrast = rng.uniform(0.12, 0.4) * np.exp(np.linspace(0, rng.uniform(-0.4, 0.4), length))
+        contrast = rng.uniform(*rms_contrast) * np.exp(np.linspace(0, rng.uniform(-0.4, 0.4), length))
         mean = GREY + rng.normal(0.0, 8.0)
         frames.append(mean + GREY * contrast[:, None, None] * image)
         scenes.append({"start": start, "frames": length, "mean": round(mean, 2),

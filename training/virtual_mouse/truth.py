@@ -3,7 +3,8 @@ import json
 
 import numpy as np
 
-from .receptive_fields import gabor_filters, temporal_kernels
+from .family import RF_FAMILIES, Variant
+from .receptive_fields import spatial_filters, temporal_kernels
 from .stimuli import HEIGHT, WIDTH
 from .tuning import true_tuning
 
@@ -23,20 +24,26 @@ noise (spiking and fluorescence). Per neuron, the single-trial Pearson correlati
 `expected` (oracle tier, frames ≥ 50) is the ceiling any model of the data can reach.
 
 ## neurons/<key>.npy (first axis = neuron)
-- `rf_center` (N, 2) [x, y] px: centre of the Gabor receptive field's Gaussian envelope.
-- `rf_sigma` (N,) px: envelope standard deviation.  `spatial_period` (N,) px: carrier period.
+- `rf_family` (N,) int: index into `rf_families` of `recording.json` (gabor_simple, gabor_complex,
+  center_surround, multi_subunit, weakly_tuned, untuned; see `variant.json` for the mix).
+- `rf_center` (N, 2) [x, y] px: centre of the receptive field's Gaussian envelope (may lie off screen).
+- `rf_sigma` (N,) px: envelope standard deviation (the centre's for a difference of Gaussians).
+  `spatial_period` (N,) px: carrier period (a DoG's preferred period).
+- `subunits` (N, 3, 3): [dx px, dy px, dθ deg] of a multi-subunit neuron's extra Gabor subunits (else 0).
 - `orientation_deg` (N,) [0, 180): direction of the carrier's wave vector mod 180.
 - `phase` (N,) rad: simple-cell carrier phase.  `is_complex` (N,) bool: energy model (else simple:
   rectified square of one linear filter).  `is_direction_selective` (N,) bool, `direction_weight` (N,):
   signed weight of the quadrature temporal path (space–time inseparable filter; 0 = not DS).
-- `spatial_filters` (2, N, 36, 64): the zero-mean even and odd Gabor filters (retinal contrast units).
+- `spatial_filters` (2, N, 36, 64): the zero-mean even and odd spatial filters (retinal contrast units).
 - `temporal_kernels` (N, 2, 12): causal kernels [k_a, k_b], index = lag in frames (0 = same frame).
   `latency` (N,) frames, `kernel_freq` (N,) cycles/frame: their envelope peak and carrier.
 - `baseline_rate` (N,) Hz; `amplitude` (N,) Hz: evoked rate at x = 1, the mean drive on the training
   movies (x = drive / drive_norm; `drive_norm` (N,) is the mean drive on the train tier);
   `max_rate` (N,) Hz: soft ceiling of the evoked rate.
+- `exponent` (N,): power p of the static nonlinearity (rectified u0^p, or energy^(p/2)).
 - `semi_saturation` (N,): RMS contrast of contrast normalisation: drive = response / (semi_saturation²
-  + E), E = recent local mean squared contrast in a Gaussian pool 1.5 × rf_sigma wide.
+  + normalization·E), E = recent local mean squared contrast in a Gaussian pool 1.5 × rf_sigma wide;
+  `normalization` (N,) is 1 for neurons with divisive normalisation, 0 without.
 - `running_gain`, `pupil_gain` (N,): rate × exp(running_gain·z_run + pupil_gain·z_pupil), with
   behaviour z-scored by the train-tier mean/std (`recording.json`, = meta/statistics/behavior).
 - `eye_gain` (N,) retinal px per eye-camera px, one value for the whole eye (repeated per neuron):
@@ -61,8 +68,12 @@ the scenes (start frame, length, mean luminance, RMS contrast at start/end, mean
 grating params the blocks (start, frames, direction_deg, period_px, tf_hz, phase), dot params the
 dots (start, frames, x, y, polarity ±1; Gaussian sigma_px).
 
+## variant.json
+The distributions this mouse was drawn from (`training/virtual_mouse/family.py`): "default" is the
+original virtual mouse, "family-<k>" member k of the family of virtual mice.
+
 ## recording.json
-Recording-wide truth: eye_gain, eye_center [x, y] (eye-camera px), behaviour normalisation
+Recording-wide truth: the RF family names, eye_gain, eye_center [x, y] (eye-camera px), behaviour normalisation
 ([pupil size, running speed] mean and std over the train tier), frame rate, imaging rate and the
 animal's behavioural traits.
 
@@ -72,7 +83,7 @@ imaging samples (mean over 125 ms) + Gamma fluorescence noise → 30 Hz by linea
 one imaging period, so response frame t depends only on frames ≤ t.
 
 Rate model: rate(t) = exp(running_gain·z_run + pupil_gain·z_pupil) · (baseline_rate + max_rate ·
-tanh(amplitude · x(t) / max_rate)) Hz, x = drive / drive_norm. The drive is the rectified square
+tanh(amplitude · x(t) / max_rate)) Hz, x = drive / drive_norm. The drive is the rectified power
 (simple) or quadrature energy (complex) of the spatial filters applied to the eye-shifted retinal
 contrast image (frame − 128) / 128, then the temporal kernels, divided by semi_saturation² + E
 (contrast normalisation).
@@ -82,12 +93,14 @@ contrast image (frame − 128) / 128, then the temporal kernels, divided by semi
 def neuron_truth(pop):
     """Per-neuron truth arrays ``{key: (N, ...)}``."""
     n = len(pop)
-    return {"rf_center": pop.rf_center.astype(np.float32), "rf_sigma": pop.rf_sigma.astype(np.float32),
+    return {"rf_family": pop.rf_family.astype(np.int8), "subunits": pop.subunits.astype(np.float32),
+            "exponent": pop.exponent.astype(np.float32), "normalization": pop.normalization.astype(np.float32),
+            "rf_center": pop.rf_center.astype(np.float32), "rf_sigma": pop.rf_sigma.astype(np.float32),
             "spatial_period": pop.spatial_period.astype(np.float32),
             "orientation_deg": pop.orientation_deg.astype(np.float32), "phase": pop.phase.astype(np.float32),
             "is_complex": pop.is_complex.astype(bool), "is_direction_selective": pop.direction_weight != 0,
             "direction_weight": pop.direction_weight.astype(np.float32),
-            "spatial_filters": gabor_filters(pop).reshape(2, n, HEIGHT, WIDTH),
+            "spatial_filters": spatial_filters(pop).reshape(2, n, HEIGHT, WIDTH),
             "temporal_kernels": temporal_kernels(pop), "latency": pop.latency.astype(np.float32),
             "kernel_freq": pop.kernel_freq.astype(np.float32), "baseline_rate": pop.baseline.astype(np.float32),
             "amplitude": pop.amplitude.astype(np.float32),
@@ -99,7 +112,7 @@ def neuron_truth(pop):
             **true_tuning(pop)}
 
 
-def write_truth(root, rec):
+def write_truth(root, rec, variant=Variant()):
     """Write the truth of ``rec`` (a ``writer.Recording``) under ``root``; ``expected/`` comes with the data."""
     (root / "neurons").mkdir(parents=True, exist_ok=True)
     for key, array in neuron_truth(rec.population).items():
@@ -110,9 +123,11 @@ def write_truth(root, rec):
     (root / "stimuli.json").write_text(json.dumps({"trials": trials}, indent=1))
     pop = rec.population
     recording = {"name": rec.name, "n_neurons": len(pop), "fps": 30, "imaging_hz": 8,
+                 "variant": variant.name, "rf_families": list(RF_FAMILIES),
                  "eye_gain": pop.eye_gain, "eye_center": pop.eye_center.tolist(),
                  "behavior_keys": ["pupil_size", "running_speed"],
                  "behavior_mean": pop.behavior_mean.tolist(), "behavior_std": pop.behavior_std.tolist(),
                  "animal": {k: np.asarray(v).tolist() for k, v in vars(rec.animal).items()}}
     (root / "recording.json").write_text(json.dumps(recording, indent=1))
+    (root / "variant.json").write_text(variant.to_json())
     (root / "README.md").write_text(README)

@@ -12,7 +12,7 @@ Vector-sum indices over the 16 directions θ: ``OSI = |Σ r e^{2iθ}| / Σ r``, 
 import numpy as np
 
 from .neurons import drive_from_projections, rate_at_rest
-from .receptive_fields import contrast_pools, gabor_filters, temporal_kernels
+from .receptive_fields import contrast_pools, spatial_filters, temporal_kernels
 from .stimuli import AMPLITUDE, FPS, GREY, HEIGHT, WIDTH
 
 TUNING_DIRECTIONS_DEG = np.arange(16) * 22.5
@@ -35,7 +35,7 @@ def grating_rates(pop, directions_deg, tf_hz):
     contrast is ``A²/2 (1 + Re(ẑ_pool(2k) e^{−2iωt}))``, where ẑ(k) = Σ_x filter(x) e^{i k·x}.
     """
     rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
-    filters = np.concatenate([gabor_filters(pop), contrast_pools(pop)[None]]).astype(np.float64)
+    filters = np.concatenate([spatial_filters(pop), contrast_pools(pop)[None]]).astype(np.float64)
     spectra = np.empty((3,) + directions_deg.shape, complex)  # even, odd at k; pool at 2k
     for d in range(directions_deg.shape[1]):
         theta = np.deg2rad(directions_deg[:, d])[:, None]

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import behavior, imaging, neurons, plan, truth
+from .family import Variant
 from .stimuli import HEIGHT, WIDTH
 
 CHUNK_TRIALS = 8
@@ -43,21 +44,26 @@ class Recording:
     coordinates: np.ndarray    # (N, 3) µm
 
 
-def motor_coordinates(rng, rf_center):
-    """Cortical positions ``(N, 3)`` µm: a rotated ~25 µm/px retinotopic map of ``rf_center`` plus scatter."""
+def motor_coordinates(rng, rf_center, scatter=1.5, extra=None):
+    """Cortical positions ``(N, 3)`` µm: a rotated ~25 µm/px retinotopic map of ``rf_center`` plus a
+    scatter of ``scatter`` RF pixels; with ``scatter`` None no retinotopy (the map of a shuffled
+    ``rf_center``, drawn with the Generator ``extra``)."""
     angle, scale = rng.uniform(0, 2 * np.pi), rng.uniform(22.0, 28.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    if scatter is None:
+        rf_center = rf_center[(extra or np.random.default_rng(0)).permutation(len(rf_center))]
     centred = rf_center - np.array([WIDTH, HEIGHT]) / 2
-    xy = scale * centred @ rotation.T + rng.uniform(300, 900, 2) + rng.normal(0, 1.5 * scale, rf_center.shape)
+    xy = (scale * centred @ rotation.T + rng.uniform(300, 900, 2)
+          + rng.normal(0, (scatter or 1.5) * scale, rf_center.shape))
     depth = rng.uniform(100.0, 400.0, len(rf_center))
     return np.column_stack([xy, depth]).astype(np.float32)
 
 
-def simulate_recording(name, seed, index, n_neurons, clips, trials, trial_frames, bar):
-    """Draw one mouse, show it the planned trials and record responses; returns a ``Recording``."""
-    rng = np.random.default_rng([seed, 100, index])
-    animal = behavior.sample_animal(rng)
-    pop = neurons.sample_population(rng, n_neurons, animal.eye_center)
+def simulate_recording(name, seed, index, n_neurons, clips, trials, trial_frames, bar, variant=Variant()):
+    """Draw one mouse from ``variant``, show it the planned trials and record responses; returns a ``Recording``."""
+    rng, extra = np.random.default_rng([seed, 100, index]), np.random.default_rng([seed, 103, index])
+    animal = behavior.sample_animal(rng, variant)
+    pop = neurons.sample_population(rng, n_neurons, animal.eye_center, variant, extra)
     trial_behavior = [behavior.sample_trial(rng, animal, trial_frames) for _ in trials]
     beh = np.stack([b for b, _ in trial_behavior])
     pupil = np.stack([p for _, p in trial_behavior])
@@ -91,7 +97,7 @@ def simulate_recording(name, seed, index, n_neurons, clips, trials, trial_frames
         pupil_center=pupil, responses=imaging.sample_response(noise, rates, pop.calcium_tau, mean_rate, noise_std),
         expected=noise_free + imaging.noise_mean(noise_std),
         unit_ids=np.sort(rng.choice(np.arange(1, 10 * n_neurons + 1), n_neurons, replace=False)).astype(np.int64),
-        coordinates=motor_coordinates(rng, pop.rf_center))
+        coordinates=motor_coordinates(rng, pop.rf_center, variant.retinotopy_scatter, extra))
 
 
 def time_last(x, valid_frames):
@@ -137,9 +143,11 @@ def write_meta(root, rec, trial_frames):
 
 
 def synthesize(out, recordings=2, neurons=300, train_minutes=6.0, seed=0, trial_frames=300, repeats=10,
-               oracle_clips=6, test_clips=2, progress=True):
+               oracle_clips=6, test_clips=2, progress=True, variant=Variant()):
     """Write ``recordings`` virtual-mouse folders under ``out`` and return their paths.
 
+    ``variant`` (``family.Variant``): the distributions every generative choice is drawn from; the
+    default is the original virtual mouse, ``family.draw_variant(k)`` member k of the family.
     Recording i has ``round(neurons * (1 + 0.15 i))`` neurons, its own behaviour and its own training
     clips; ``int(train_minutes * 60 * 30 / trial_frames)`` training trials; ``oracle_clips`` natural
     clips × ``repeats`` (oracle), ``test_clips`` × ``repeats`` for each test tier, 2 ``none`` trials.
@@ -157,17 +165,17 @@ def synthesize(out, recordings=2, neurons=300, train_minutes=6.0, seed=0, trial_
             name = f"virtual-mouse-{index}"
             clips = plan.clip_table(seed, index, train_trials, oracle_clips, test_clips)
             for clip in clips:
-                clip["frames"], clip["params"] = plan.render_clip(clip, trial_frames)
+                clip["frames"], clip["params"] = plan.render_clip(clip, trial_frames, variant)
             trials = plan.trial_plan(np.random.default_rng([seed, 102, index]), clips, repeats, trial_frames)
             n_neurons = int(round(neurons * (1 + 0.15 * index)))
             bar.set_description(f"{name}: simulating")
-            rec = simulate_recording(name, seed, index, n_neurons, clips, trials, trial_frames, bar)
+            rec = simulate_recording(name, seed, index, n_neurons, clips, trials, trial_frames, bar, variant)
             root, partial = out / name, out / f".{name}.partial"
             shutil.rmtree(partial, ignore_errors=True)
             bar.set_description(f"{name}: writing")
             write_data(partial, rec, bar)
             write_meta(partial, rec, trial_frames)
-            truth.write_truth(partial / "truth", rec)
+            truth.write_truth(partial / "truth", rec, variant)
             partial.rename(root)  # a crash never leaves a half-written recording under its real name
             paths.append(root)
     return paths
