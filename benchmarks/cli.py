@@ -1,4 +1,4 @@
-"""`twin bench train|cores|export|stream|score|soak`: the benchmark subcommands.
+"""`twin bench train|cores|fidelity|export|stream|score|soak`: the benchmark subcommands.
 
 `register` adds them to the `twin bench` subparsers; each handler runs its benchmark (imported only
 then: the command line starts without torch), prints a summary to stderr and returns the results,
@@ -43,6 +43,15 @@ def _cores(args) -> dict:
     return _report(results, (f"{preset:<10} {r['core']:<12} {r['steps']:6d} steps in {r['training_minutes']:5.1f} min  "
                              f"oracle single-trial correlation {r['oracle_single_trial_correlation']:.3f}"
                              for preset, r in results["presets"].items()), args.out, Path(args.out).with_suffix(".png"))
+
+
+def _fidelity(args) -> dict:
+    from .fidelity import lines, run_bench
+
+    results = run_bench(args.out, members=args.members, preset=args.preset, minutes=args.minutes,
+                        neurons=args.neurons, train_minutes=args.train_minutes, recordings=args.recordings,
+                        workdir=args.workdir, experiments=not args.skip_experiments, progress=not args.quiet)
+    return _report(results, lines(results), args.out, Path(args.out).with_suffix(".png"))
 
 
 def _export(args) -> dict:
@@ -123,6 +132,24 @@ def register(benchmarks) -> None:
     cores.add_argument("--data", nargs="+", help="recording folders (default: the demo's virtual mouse)")
     cores.add_argument("--quiet", action="store_true")
     cores.set_defaults(handler=_cores)
+
+    fidelity = benchmarks.add_parser("fidelity", help="train, serve and probe twins of held-out virtual mice: "
+                                                      "fraction of the ceiling, tuning and RF errors vs truth")
+    fidelity.add_argument("--out", default=f"{RESULTS}/fidelity.json")
+    fidelity.add_argument("--members", nargs="+", metavar="NAME",
+                          help="family members, 'default' or 'family-<seed>' (default: the first 6 held-out seeds, "
+                               "family-100 … family-105)")
+    fidelity.add_argument("--preset", default="small", choices=presets)
+    fidelity.add_argument("--minutes", type=float, default=15.0, help="training wall time per member")
+    fidelity.add_argument("--neurons", type=int, default=500, help="neurons of a member's first recording")
+    fidelity.add_argument("--train-minutes", type=float, default=10.0, help="minutes of training movies per recording")
+    fidelity.add_argument("--recordings", type=int, default=1, help="recordings per member")
+    fidelity.add_argument("--workdir", help="folder for data, runs and servers, kept (a rerun reuses members done); "
+                                            "default: a temporary folder")
+    fidelity.add_argument("--skip-experiments", action="store_true",
+                          help="no export, server or in-silico experiments: training fidelity only")
+    fidelity.add_argument("--quiet", action="store_true", help="no progress bars (one line per phase stays)")
+    fidelity.set_defaults(handler=_fidelity)
 
     export = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")
     export.add_argument("--out", default=f"{RESULTS}/export.json")

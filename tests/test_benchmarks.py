@@ -11,6 +11,7 @@ import pytest
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
 from twinserve.contract import BEHAVIOR_CHANNELS
+from twinserve.errors import EXIT_USAGE
 
 CORE_INPUTS = 1 + BEHAVIOR_CHANNELS  # a core sees the video and one map per behaviour channel
 
@@ -115,7 +116,9 @@ def test_bench_commands_keep_their_flags_and_defaults():
     defaults = {"train": {"repeats": 3}, "cores": {"presets": ["small", "vit-small"], "minutes": 10.0, "data": None},
                 "export": {"presets": ["base", "vit-base"], "neurons": 8000},
                 "stream": {"presets": ["small", "base"], "neurons": 8000, "frames": 150},
-                "score": {"preset": "small", "neurons": 8000, "stimuli": 24}}
+                "score": {"preset": "small", "neurons": 8000, "stimuli": 24},
+                "fidelity": {"members": None, "preset": "small", "minutes": 15.0, "neurons": 500, "train_minutes": 10.0,
+                             "recordings": 1, "workdir": None, "skip_experiments": False}}
     for command, expected in defaults.items():
         args = vars(parser.parse_args(["bench", command]))
         assert args["out"] == f"benchmarks/results/{command}.json"
@@ -160,6 +163,43 @@ def test_cores_benchmark_trains_both_cores_for_the_same_wall_time(small_mouse, t
         assert 0.1 <= result["training_minutes"] < 0.5 and result["steps"] > 0
         assert np.isfinite(result["oracle_single_trial_correlation"])
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_fidelity_benchmark_refuses_an_unknown_member_before_any_work(tmp_path, capsys):
+    out = tmp_path / "fidelity.json"
+    assert twin(["bench", "fidelity", "--members", "family-100", "mouse-7", "--workdir", str(tmp_path / "work"),
+                 "--out", str(out)]) == EXIT_USAGE
+    assert "unknown variant 'mouse-7'" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
+    out, work = tmp_path / "fidelity.json", tmp_path / "work"
+    command = ["bench", "fidelity", "--members", "family-100", "--preset", "tiny", "--neurons", "60",
+               "--train-minutes", "1", "--minutes", "0.5", "--workdir", str(work), "--out", str(out), "--quiet"]
+    assert twin(command) == 0
+    results = json.loads(out.read_text())
+    member = results["members"]["family-100"]
+    assert member["sizes"] == {"recordings": 1, "neurons": 60, "train_minutes": 1.0}
+    assert member["member_sizes"]["neurons"] > 0 and member["steps"] > 0 and 0 < member["training_minutes"] < 1
+    assert set(member["seconds"]) == {"synthesize", "train", "export", "serve", "experiments"}
+    assert 0 < member["ceiling_single_trial_correlation"] <= 1
+    assert -1 <= member["oracle_single_trial_correlation"] <= 1 and np.isfinite(member["fraction_of_ceiling"])
+    assert all(member[f"fev_e_{tier}"] is not None for tier in ("live_test_bonus", "final_test_bonus"))
+    recording = member["recordings"]["virtual-mouse-0"]
+    assert recording["neurons"] == 60
+    assert (member["median_orientation_error_deg"] is None) == (recording["tuning"]["tuned_neurons"] == 0)
+    assert (member["median_rf_center_error_px"] is None) == (recording["rf"]["clear_rf_neurons"] == 0)
+    assert 0 <= (member["median_orientation_error_deg"] or 0) <= 90
+    summary = results["summary"]
+    assert summary["worst_member"] == summary["best_member"] == "family-100"
+    assert summary["fraction_of_ceiling_spread"] == 0 and summary["targets_met"]["worst_within_spread_of_best"]
+    assert set(summary["targets_met"]) == {"fraction_of_ceiling_on_every_member", "worst_within_spread_of_best",
+                                           "orientation_error", "rf_center_error"}
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert twin(command) == 0  # a rerun in the same workdir reuses the member measured with the same settings
+    assert json.loads(out.read_text())["members"] == results["members"]
 
 
 @pytest.mark.slow

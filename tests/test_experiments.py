@@ -78,6 +78,9 @@ def test_validation_scores_known_errors(tmp_path):
     centres = truth["rf_center"] + np.where(clear[:, None], [3.0, 4.0], [30.0, 0.0])  # 5 px off where clear
     rf = validate_rf({"rf_center": centres, "clear_rf": clear}, truth, tmp_path)
     assert rf["clear_rf_neurons"] == 25 and rf["median_center_distance_px"] == pytest.approx(5)
+    # A member of the family may have no orientation-tuned neuron at all: no error to report, no crash.
+    untuned = validate_tuning(result, {**truth, "osi": np.linspace(0.0, 0.25, n)}, tmp_path)
+    assert untuned["tuned_neurons"] == 0 and untuned["median_orientation_error_deg"] is None
 
 
 def test_the_lead_in_lines_output_frames_up_with_movie_frames():

@@ -112,8 +112,9 @@ def validate(result: dict, truth: dict, out: Path) -> dict:
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
     axes[0].scatter(truth["orientation_deg"][tuned] % 180, result["preferred_orientation_deg"][tuned], s=8)
     axes[0].plot([0, 180], [0, 180], color="0.5", lw=0.8)
+    error = summary["median_orientation_error_deg"]  # None without tuned neurons
     axes[0].set(xlabel="true orientation (°)", ylabel="twin's preferred orientation (°)",
-                title=f"true OSI > {TRUE_OSI_THRESHOLD}: median error {summary['median_orientation_error_deg']:.1f}°")
+                title=f"true OSI > {TRUE_OSI_THRESHOLD}: median error {np.nan if error is None else error:.1f}°")
     for axis, key in zip(axes[1:], ("osi", "dsi")):
         axis.scatter(truth[key], result[key], s=8)
         axis.set(xlabel=f"true {key.upper()}", ylabel=f"twin {key.upper()}",

@@ -1,0 +1,236 @@
+"""`twin bench fidelity`: how close trained twins come to the truth on held-out members of the family
+of virtual mice → benchmarks/results/fidelity.json and fidelity.png.
+
+For each member (default: the first `DEFAULT_MEMBERS` of `HELD_OUT_SEEDS`, `family-<seed>`) the bench
+1. synthesizes its recordings, scaled down from the member's own sizes (neurons, training minutes) so
+   that the bench fits in hours; the sizes used and the member's own are both recorded;
+2. trains a twin of one preset for a fixed wall time (no step budget) and evaluates it on every tier;
+3. exports it, serves it with the real Triton server on loopback and runs the in-silico tuning and RF
+   experiments through its clip model, validated against the recording's ground truth; stops the server.
+
+Measured per recording (a member's figure is the mean over its recordings):
+- oracle single-trial correlation, its ceiling (responses vs the true expected response) and their
+  ratio, the fraction of the ceiling;
+- FEVE on the gratings (`live_test_bonus`) and the dots (`final_test_bonus`) tiers;
+- median orientation error (deg) over neurons with true OSI > 0.3 (`tuning.validate`) and median
+  RF-centre error (px) over neurons with a clear RF map (`rf.validate`);
+and per member the steps trained and the wall seconds of every phase.
+Across members: the worst and the best fraction of the ceiling, their spread, and whether each of
+`TARGETS` holds on every member (None where a figure is missing, e.g. with `experiments=False`).
+
+Results are rewritten after every member, so an interrupted run keeps what it did. Every member works
+in `<workdir>/<member>`; with a kept `workdir`, a rerun reuses each member already measured with the same
+settings (its `member.json`) and rebuilds the folder of any other.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from twinserve.clients.experiments.rf import run_rf
+from twinserve.clients.experiments.tuning import run_tuning
+from twinserve.clients.plotting import pyplot
+from twinserve.contract import model_names
+from twinserve.export.onnx_export import export_run
+from twinserve.serving.repository import write_repository
+from twinserve.serving.server import Ports, TritonServer
+from twinserve.training.train import train
+from twinserve.training.virtual_mouse import synthesize
+from twinserve.training.virtual_mouse.family import FAMILY_PREFIX, HELD_OUT_SEEDS, variant
+
+from .harness import RESULTS, Stopwatch, machine, write_results
+
+DEFAULT_MEMBERS = 6
+DATA_SEED = 0  # the seed of `synthesize` (the member's name fixes its distributions)
+TARGETS = {"fraction_of_ceiling_min": 0.7, "fraction_of_ceiling_spread_max": 0.1,
+           "orientation_error_deg_max": 10.0, "rf_center_error_px_max": 3.0}
+FEVE_TIERS = ("live_test_bonus", "final_test_bonus")  # drifting gratings, flashing dots
+HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling",
+            *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px")
+
+
+def default_members(count: int = DEFAULT_MEMBERS) -> list[str]:
+    return [f"{FAMILY_PREFIX}{seed}" for seed in HELD_OUT_SEEDS[:count]]
+
+
+def _number(value) -> float | None:
+    """A finite float, or None (JSON has no NaN)."""
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+@contextmanager
+def _phase(seconds: dict, member: str, name: str, what: str = ""):
+    """Time one phase of a member into `seconds[name]`, with a line on stderr as it starts and ends."""
+    print(f"[{member}] {name} {what}".rstrip(), file=sys.stderr, flush=True)
+    with Stopwatch() as watch:
+        yield
+    seconds[name] = round(watch.seconds, 1)
+    print(f"[{member}] {name}: {watch.seconds:.0f} s", file=sys.stderr, flush=True)
+
+
+def _scores(tiers: dict) -> dict:
+    """A recording's neurons, oracle correlations and FEVE on the bonus tiers, from `train`'s metrics."""
+    oracle = tiers["oracle"]
+    return {"neurons": oracle["neurons"],
+            "oracle_single_trial_correlation": _number(oracle["single_trial_correlation"]),
+            "ceiling_single_trial_correlation": _number(oracle.get("ceiling_single_trial_correlation")),
+            "fraction_of_ceiling": _number(oracle.get("fraction_of_ceiling")),
+            **{f"fev_e_{tier}": _number(tiers.get(tier, {}).get("fev_e")) for tier in FEVE_TIERS}}
+
+
+def _experiments(url: str, recording: Path, out: Path, progress: bool) -> dict:
+    """Tuning and RF experiments on the served clip model of `recording`, validated against its truth."""
+    model = model_names(recording.name)["clip"]
+    tuning = run_tuning(url, model, out / "tuning", truth=recording, progress=progress)["validation"]
+    rf = run_rf(url, model, out / "rf", truth=recording, progress=progress)["validation"]
+    return {"median_orientation_error_deg": _number(tuning["median_orientation_error_deg"]),
+            "median_rf_center_error_px": _number(rf["median_center_distance_px"]), "tuning": tuning, "rf": rf}
+
+
+def _measure(name: str, folder: Path, settings: dict, progress: bool) -> dict:
+    """Synthesize, train, evaluate, and (with experiments) export, serve and probe one member → its entry."""
+    member, seconds = variant(name), {}
+    sizes = {key: settings[key] for key in ("recordings", "neurons", "train_minutes")}
+    with _phase(seconds, name, "synthesize", f"{sizes['recordings']} × {sizes['neurons']} neurons, "
+                                             f"{sizes['train_minutes']} training minutes"):
+        data = synthesize(folder / "data", **sizes, seed=settings["data_seed"], progress=progress, variant=member)
+    with _phase(seconds, name, "train", f"{settings['preset']} for {settings['minutes']} min"):
+        metrics = train(data, folder / "run", preset=settings["preset"], progress=progress,
+                        minutes=settings["minutes"], steps=10**9)
+    recordings = {path.name: _scores(metrics[path.name]) for path in data}
+    if settings["experiments"]:
+        with _phase(seconds, name, "export"):
+            export_run(folder / "run", folder / "artifacts")
+        with _phase(seconds, name, "serve", "(Triton, loopback)"):
+            write_repository(folder / "artifacts", folder / "models")
+            server = TritonServer(folder / "models", Ports.free(), log_path=folder / "tritonserver.log")
+        with server, _phase(seconds, name, "experiments", "tuning and rf"):
+            for path in data:
+                recordings[path.name].update(_experiments(server.url, path, folder / "experiments" / path.name,
+                                                          progress))
+    state = json.loads((folder / "run" / "checkpoint" / "state.json").read_text())
+    return {"sizes": sizes, "member_sizes": {"neurons": member.neurons, "train_minutes": member.train_minutes},
+            "steps": state["step"], "best_step": state["best_step"], "training_minutes": state["elapsed"] / 60,
+            **{key: _mean(r.get(key) for r in recordings.values()) for key in HEADLINE},
+            "seconds": seconds, "recordings": recordings}
+
+
+def _member(name: str, folder: Path, settings: dict, progress: bool) -> dict:
+    """The member's entry: reused from `folder/member.json` if measured with the same settings, else
+    measured afresh in a rebuilt `folder`."""
+    done = folder / "member.json"
+    saved = json.loads(done.read_text()) if done.is_file() else {}
+    if saved.get("settings") == settings:
+        print(f"[{name}] reusing {done}", file=sys.stderr, flush=True)
+        return saved["result"]
+    shutil.rmtree(folder, ignore_errors=True)
+    result = _measure(name, folder, settings, progress)
+    write_results({"settings": settings, "result": result}, done)
+    return result
+
+
+def _holds(values: list, test) -> bool | None:
+    """Whether `test` holds on every value; None when any is missing."""
+    return None if not values or any(v is None for v in values) else all(test(v) for v in values)
+
+
+def _largest(values: list) -> float | None:
+    return max((v for v in values if v is not None), default=None)
+
+
+def summarize(members: dict[str, dict]) -> dict:
+    """Worst and best member by fraction of the ceiling, the spread, the worst errors, the targets."""
+    column = {key: [m[key] for m in members.values()]
+              for key in ("fraction_of_ceiling", "median_orientation_error_deg", "median_rf_center_error_px")}
+    fractions = {name: m["fraction_of_ceiling"] for name, m in members.items() if m["fraction_of_ceiling"] is not None}
+    worst, best = (min(fractions, key=fractions.get), max(fractions, key=fractions.get)) if fractions else (None, None)
+    spread = fractions[best] - fractions[worst] if fractions else None
+    met = {"fraction_of_ceiling_on_every_member": _holds(column["fraction_of_ceiling"],
+                                                         lambda v: v >= TARGETS["fraction_of_ceiling_min"]),
+           "worst_within_spread_of_best": _holds([spread], lambda v: v <= TARGETS["fraction_of_ceiling_spread_max"]),
+           "orientation_error": _holds(column["median_orientation_error_deg"],
+                                       lambda v: v <= TARGETS["orientation_error_deg_max"]),
+           "rf_center_error": _holds(column["median_rf_center_error_px"],
+                                     lambda v: v <= TARGETS["rf_center_error_px_max"])}
+    return {"worst_member": worst, "worst_fraction_of_ceiling": fractions.get(worst),
+            "best_member": best, "best_fraction_of_ceiling": fractions.get(best), "fraction_of_ceiling_spread": spread,
+            "worst_orientation_error_deg": _largest(column["median_orientation_error_deg"]),
+            "worst_rf_center_error_px": _largest(column["median_rf_center_error_px"]),
+            "targets": TARGETS, "targets_met": met}
+
+
+def lines(results: dict) -> list[str]:
+    """One summary line per member, then the spread and the targets."""
+    def show(value, unit=""):
+        return "n/a" if value is None else f"{value:.2f}{unit}"
+
+    rows = [f"{name:<12} fraction of ceiling {show(m['fraction_of_ceiling'])} (oracle "
+            f"{show(m['oracle_single_trial_correlation'])} / {show(m['ceiling_single_trial_correlation'])})  "
+            f"orientation error {show(m['median_orientation_error_deg'], '°')}  "
+            f"RF error {show(m['median_rf_center_error_px'], ' px')}  {m['steps']} steps"
+            for name, m in results["members"].items()]
+    summary, verdict = results["summary"], {None: "n/a", True: "yes", False: "NO"}
+    checks = [(f"fraction ≥ {TARGETS['fraction_of_ceiling_min']} on every member",
+               "fraction_of_ceiling_on_every_member"),
+              (f"worst within {TARGETS['fraction_of_ceiling_spread_max']} of best", "worst_within_spread_of_best"),
+              (f"orientation error ≤ {TARGETS['orientation_error_deg_max']:.0f}°", "orientation_error"),
+              (f"RF error ≤ {TARGETS['rf_center_error_px_max']:.0f} px", "rf_center_error")]
+    return rows + [f"worst {summary['worst_member']}, best {summary['best_member']}, spread "
+                   f"{show(summary['fraction_of_ceiling_spread'])}",
+                   "targets: " + ", ".join(f"{label} {verdict[summary['targets_met'][key]]}" for label, key in checks)]
+
+
+def plot(results: dict, path: Path) -> None:
+    """Per member: fraction of the ceiling, orientation error and RF-centre error, with the targets."""
+    plt = pyplot()
+    names = list(results["members"])
+    panels = [("fraction_of_ceiling", "fraction of the ceiling\n(oracle tier)", TARGETS["fraction_of_ceiling_min"]),
+              ("median_orientation_error_deg", "median orientation error (°)\nneurons with true OSI > 0.3",
+               TARGETS["orientation_error_deg_max"]),
+              ("median_rf_center_error_px", "median RF-centre error (px)\nneurons with a clear RF",
+               TARGETS["rf_center_error_px_max"])]
+    figure, axes = plt.subplots(1, 3, figsize=(max(10.0, 3 * (1.5 + 0.6 * len(names))), 4.2), constrained_layout=True)
+    for axis, (key, label, target) in zip(axes, panels):
+        values = [results["members"][n][key] for n in names]
+        axis.bar(range(len(names)), [np.nan if v is None else v for v in values])
+        axis.axhline(target, color="C3", linestyle="--", linewidth=1)
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        axis.set_title(label, fontsize=9)
+    figure.suptitle(f"{results['config']['preset']}, {results['config']['minutes']} min per member (target dashed)")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run_bench(out: str | Path = f"{RESULTS}/fidelity.json", members: list[str] | None = None, preset: str = "small",
+              minutes: float = 15.0, neurons: int = 500, train_minutes: float = 10.0, recordings: int = 1,
+              workdir: str | Path | None = None, experiments: bool = True, progress: bool = True) -> dict:
+    """Measure every member in turn (the module's docstring) → results, rewritten to `out` after each
+    member, with the plot beside it (.png) at the end. An unknown member name is refused before any work."""
+    members = list(dict.fromkeys(members or default_members()))
+    for name in members:
+        variant(name)  # ValueError naming the accepted forms
+    if min(neurons, recordings) < 1 or min(minutes, train_minutes) <= 0:
+        raise ValueError("--neurons and --recordings must be at least 1, --minutes and --train-minutes positive")
+    out = Path(out)
+    settings = {"preset": preset, "minutes": minutes, "neurons": neurons, "train_minutes": train_minutes,
+                "recordings": recordings, "experiments": experiments, "data_seed": DATA_SEED}
+    results = {"config": {**settings, "members": members}, "machine": machine(), "members": {}, "summary": None}
+    with nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="twinserve-fidelity-") as folder:
+        for name in members:
+            results["members"][name] = _member(name, Path(folder) / name, settings, progress)
+            results["summary"] = summarize(results["members"])
+            write_results(results, out)
+    plot(results, out.with_suffix(".png"))
+    return results
