@@ -11,7 +11,8 @@ from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
 from twinserve.training.positions import readout_positions
-from twinserve.training.train import train
+from twinserve.training.presets import TrainConfig
+from twinserve.training.train import readout_l1, should_stop, train
 
 from other_simulator import write_other_recording
 
@@ -108,3 +109,21 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert twin(["data", "synth", "--out", str(tmp_path), "--recordings", "1", "--quiet"]) == 2
     assert "virtual-mouse-0: already exists" in capsys.readouterr().err
     assert not list((tmp_path / "virtual-mouse-0").iterdir())
+
+
+def test_early_stopping_waits_for_half_the_budget():
+    """A plateau early in the run does not stop it; the same plateau late does; the budget always does."""
+    config = TrainConfig(patience=6, min_progress=0.5)
+    assert not should_stop(config, 0.2, bad_validations=10)
+    assert should_stop(config, 0.6, bad_validations=6)
+    assert not should_stop(config, 0.6, bad_validations=5)
+    assert should_stop(config, 1.0, bad_validations=0)
+
+
+def test_readout_l1_is_the_mean_l1_norm_of_the_channel_weights():
+    from twinserve.training.model import Head
+
+    head = Head(channels=4, neurons=3)
+    with torch.no_grad():
+        head.readout.weight.copy_(torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 1.0, 0.0]]))
+    assert readout_l1(head).item() == pytest.approx((1.5 + 3.0 + 3.0) / 3)

@@ -16,6 +16,7 @@ class TrainConfig:
     frames: int = 48           # frames per window (the first `offset` only fill the receptive field)
     lr: float = 5e-3
     weight_decay: float = 1e-4
+    readout_l1: float = 0.0    # L1 on every neuron's readout channel weights (mean over neurons), per recording
     warmup: float = 0.03       # fraction of the run
     min_lr_ratio: float = 0.02
     clip_grad: float = 1.0
@@ -23,7 +24,9 @@ class TrainConfig:
     steps: int = 100_000
     eval_every: int = 100      # steps between validations
     patience: int = 6          # validations without improvement before stopping
+    min_progress: float = 0.5  # no early stop before this fraction of the budget: plateaus come early
     val_trials: int = 20       # oracle trials per recording used for early stopping
+    precision: str = "auto"    # "bf16" autocast (fp32 master weights), "fp32", or "auto": bf16 on CUDA only
     seed: int = 0
 
 

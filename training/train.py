@@ -1,5 +1,7 @@
-"""The trainer: Poisson loss, AdamW, warm-up + cosine schedule, all recordings in every step,
-gradient clipping, early stopping on the oracle tier's single-trial correlation, resumable.
+"""The trainer: Poisson loss, AdamW, warm-up + cosine schedule, all recordings in every step, bf16
+autocast on GPUs (`precision`), gradient clipping, resumable; early stopping on the oracle tier's
+single-trial correlation, but not in the first half of the budget (`min_progress`): validation can
+sit on a plateau for hundreds of steps before it rises.
 
 Training batches are random windows of training trials; validation runs whole trials.
 """
@@ -23,6 +25,7 @@ from .fidelity import write_fidelity
 from .model import Twin
 from .plots import plot_training_curve
 from .positions import readout_positions
+from .precision import autocast, resolve
 from .presets import TrainConfig, preset as find_preset
 
 
@@ -58,12 +61,24 @@ class WindowSampler:
         return [torch.from_numpy(np.stack(arrays)) for arrays in batch]
 
 
+def readout_l1(head) -> torch.Tensor:
+    """Mean over a head's neurons of the L1 norm of its readout channel weights: favours neurons that
+    read few feature channels (neuralpredictors' feature regulariser)."""
+    return head.readout.weight.abs().sum(0).mean()
+
+
 def learning_rate(config: TrainConfig, progress: float) -> float:
     """Linear warm-up, then cosine decay to `min_lr_ratio` of the peak; progress ∈ [0, 1]."""
     if progress < config.warmup:
         return config.lr * max(progress / config.warmup, 0.01)
     cosine = 0.5 * (1 + np.cos(np.pi * min(1.0, (progress - config.warmup) / (1 - config.warmup))))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def should_stop(config: TrainConfig, progress: float, bad_validations: int) -> bool:
+    """At the end of the budget (progress ∈ [0, 1]), or after `patience` validations without
+    improvement once `min_progress` of the budget is spent."""
+    return progress >= 1 or (bad_validations >= config.patience and progress >= config.min_progress)
 
 
 def validation_score(model: Twin, validation: dict[str, list[Trial]]) -> float:
@@ -127,7 +142,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     model = build_model(preset, recordings, train_trials)
     run_config = {
         "preset": preset, "model": model.config, "frame_shape": list(model.frame_shape), "train": asdict(config),
-        "receptive_field": model.receptive_field,
+        "receptive_field": model.receptive_field, "precision": resolve(config.precision),
         "recordings": {r.name: {"neurons": r.neurons, "unit_ids": r.unit_ids.tolist()} for r in recordings},
     }
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -169,16 +184,17 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     while True:
         elapsed = time.time() - started
         fraction = max(state["step"] / config.steps, elapsed / (60 * config.minutes))
-        if fraction >= 1 or bad_validations >= config.patience:
+        if should_stop(config, fraction, bad_validations):
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, fraction)
         loss = 0.0
         for name, sampler in samplers.items():
             video, behavior, pupil, responses = sampler.sample(config.clips)
-            rates = model.rates(name, video, behavior, pupil)
+            with autocast(config.precision):
+                rates = model.rates(name, video, behavior, pupil).float()
             target = responses[:, model.offset:] / model.heads[name].response_scale
-            loss = loss + poisson_loss(rates, target)
+            loss = loss + poisson_loss(rates, target) + config.readout_l1 * readout_l1(model.heads[name])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
