@@ -127,3 +127,16 @@ def test_readout_l1_is_the_mean_l1_norm_of_the_channel_weights():
     with torch.no_grad():
         head.readout.weight.copy_(torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 1.0, 0.0]]))
     assert readout_l1(head).item() == pytest.approx((1.5 + 3.0 + 3.0) / 3)
+
+
+def test_core_smoothness_penalises_rough_input_filters():
+    from twinserve.training.cores import build_core, core_smoothness
+
+    core = build_core("factorized", 3, (36, 64), channels=(4, 4), spatial_kernels=(9, 3), temporal_kernels=(3, 3))
+    rough = core_smoothness(core).item()
+    y, x = torch.meshgrid(torch.arange(9.0) - 4, torch.arange(9.0) - 4, indexing="ij")
+    with torch.no_grad():
+        core.layers[0].spatial.weight[:] = torch.exp(-(x**2 + y**2) / 8)  # every kernel a smooth blob
+    assert core_smoothness(core).item() < 0.1 * rough
+    transformer = build_core("transformer", 3, (36, 64), dim=16, depth=1, heads=2, window=4, patch=4, channels=8)
+    assert core_smoothness(transformer) == 0.0

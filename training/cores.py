@@ -47,6 +47,15 @@ class Core(Protocol):
     def step_flops(self, frame_shape: tuple[int, int]) -> float:
         """FLOPs of the core on one streamed frame of (H, W)."""
 
+    # Optional: `smoothness() -> torch.Tensor`, a scalar penalty of rough input filters that the
+    # trainer adds weighted by `TrainConfig.core_smoothness` (see `core_smoothness`).
+
+
+def core_smoothness(core: Core) -> torch.Tensor | float:
+    """The core's smoothness penalty, or 0 for a core that has none."""
+    penalty = getattr(core, "smoothness", None)
+    return penalty() if callable(penalty) else 0.0
+
 
 CORES: dict[str, type] = {"factorized": FactorizedCore, "transformer": TransformerCore}
 

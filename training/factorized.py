@@ -58,6 +58,14 @@ class FactorizedCore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
+    def smoothness(self) -> torch.Tensor:
+        """Roughness of the first layer's spatial kernels: Σ (Laplacian ∗ w)² / Σ w² (neuralpredictors'
+        LaplaceL2norm), small for smooth kernels; the trainer weighs it by `core_smoothness`."""
+        weight = self.layers[0].spatial.weight[:, :, 0]  # (C_out, C_in, k, k)
+        kernel = weight.new_tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])[None, None]
+        laplace = F.conv2d(weight.reshape(-1, 1, *weight.shape[-2:]), kernel, padding=1)
+        return laplace.pow(2).sum() / weight.pow(2).sum().clamp(min=1e-12)
+
     def _layer_costs(self, frame_shape: tuple[int, int]) -> list[tuple[int, int, int, tuple[int, int]]]:
         """Per layer: FLOPs (2 × multiply-adds) of its spatial conv per input frame and of its
         temporal conv per output frame, its kt, and its output (H', W')."""

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from . import checkpoint, metrics
+from .cores import core_smoothness
 from .data import Recording, Trial, common_frame_shape, open_recordings
 from .evaluate import evaluate, predict
 from .fidelity import write_fidelity
@@ -195,6 +196,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
                 rates = model.rates(name, video, behavior, pupil).float()
             target = responses[:, model.offset:] / model.heads[name].response_scale
             loss = loss + poisson_loss(rates, target) + config.readout_l1 * readout_l1(model.heads[name])
+        loss = loss + config.core_smoothness * core_smoothness(model.core)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
