@@ -16,7 +16,7 @@ class TrainConfig:
     frames: int = 48           # frames per window (the first `offset` only fill the receptive field)
     lr: float = 5e-3
     weight_decay: float = 1e-4
-    readout_l1: float = 0.0    # L1 on every neuron's readout channel weights (mean over neurons), per recording
+    readout_l1: float = 0.005  # L1 on every neuron's readout channel weights (mean over neurons), per recording
     core_smoothness: float = 0.0  # weight of the core's input-filter roughness (`cores.core_smoothness`)
     warmup: float = 0.03       # fraction of the run
     min_lr_ratio: float = 0.02
