@@ -1,19 +1,20 @@
 """Neurons of the virtual mouse: a population with known receptive fields → expected spike rates.
 
 Each neuron sees the retinal image (the screen in contrast units, shifted by eye position; see
-``retina``) through a receptive field of one of the ``family.RF_FAMILIES`` (Gabor in the original mouse;
-see ``receptive_fields``): even and odd spatial filters applied
-to all frames at once as one ``(2N, H*W)`` matrix give projections ``p_e, p_o (B, T, N)``; two causal
-temporal kernels turn them into one (simple cell) or two (complex cell) linear channels ``u``, with
-a space–time inseparable mix for direction-selective neurons. The response is
+``retina``) through a receptive field of one of the ``family.RF_FAMILIES`` (Gabor in the original
+mouse; see ``receptive_fields``): even and odd spatial filters applied to all frames at once as one
+``(2N, H*W)`` matrix give projections ``p_e, p_o (B, T, N)``; two causal temporal kernels turn them
+into one (simple cell) or two (complex cell) linear channels ``u``, with a space–time inseparable mix
+for direction-selective neurons. The response is
 
 - simple cell: ``relu(u0)^p`` (rectified power), complex cell: ``(u0² + u1²)^(p/2)`` (quadrature
   energy), with the neuron's exponent p (2 in the original mouse),
 
-divided by ``semi_saturation² + w·E(t)`` (w = 1 with divisive normalisation, else 0), where E is the local mean squared contrast in a Gaussian pool
-around the RF over the last few frames (contrast normalisation: responses saturate with contrast but
-keep their selectivity). This drive is scaled to mean 1 over the training movies (``drive_norm``):
-``x(t) = drive(t) / drive_norm``, and, with a soft ceiling at ``max_rate`` for the strongest stimuli,
+divided by ``semi_saturation² + w·E(t)`` (w = 1 with divisive normalisation, else 0), where E is the
+local mean squared contrast in a Gaussian pool around the RF over the last few frames (contrast
+normalisation: responses saturate with contrast but keep their selectivity). This drive is scaled to
+mean 1 over the training movies (``drive_norm``): ``x(t) = drive(t) / drive_norm``, and, with a soft
+ceiling at ``max_rate`` for the strongest stimuli,
 
     λ(t) = exp(running_gain·z_run(t) + pupil_gain·z_pupil(t))
            · (baseline + max_rate · tanh(amplitude · x(t) / max_rate))   [Hz]
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .family import RF_FAMILIES, Variant
-from .receptive_fields import DOG_PERIOD_PER_SIGMA, channel_kernels, contrast_pools, filter_in_time, pool_kernels, \
-    spatial_filters
+from .receptive_fields import (DOG_PERIOD_PER_SIGMA, channel_kernels, contrast_pools, filter_in_time, pool_kernels,
+                               spatial_filters)
 from .retina import contrast, eye_shift, shift_frames
 from .stimuli import HEIGHT, WIDTH
 

@@ -11,6 +11,7 @@ time-first signals ``(B, T, N)`` causally (index = lag in frames, 0 = same frame
 """
 import numpy as np
 
+from .family import RF_FAMILIES
 from .stimuli import HEIGHT, WIDTH
 
 KERNEL_FRAMES = 12
@@ -49,8 +50,6 @@ def _difference_of_gaussians(dx, dy, sigma):
 
 def spatial_filters(pop):
     """Even and odd spatial filters ``(2, N, H*W)``, float32, zero-mean, unit RMS norm per pair (see module)."""
-    from .family import RF_FAMILIES
-
     dx, dy = _offsets(pop)
     filters = _gabor_pairs(dx, dy, pop.orientation_deg, pop.spatial_period, pop.rf_sigma)
     multi = np.flatnonzero(pop.rf_family == RF_FAMILIES.index("multi_subunit"))

@@ -51,7 +51,8 @@ def motor_coordinates(rng, rf_center, scatter=1.5, extra=None):
     angle, scale = rng.uniform(0, 2 * np.pi), rng.uniform(22.0, 28.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     if scatter is None:
-        rf_center = rf_center[(extra or np.random.default_rng(0)).permutation(len(rf_center))]
+        shuffle = extra if extra is not None else np.random.default_rng(0)
+        rf_center = rf_center[shuffle.permutation(len(rf_center))]
     centred = rf_center - np.array([WIDTH, HEIGHT]) / 2
     xy = (scale * centred @ rotation.T + rng.uniform(300, 900, 2)
           + rng.normal(0, (scatter or 1.5) * scale, rf_center.shape))
