@@ -31,6 +31,7 @@ MIN_CEILING = 0.05
 QUANTILE_BINS = 4
 MAX_CATEGORIES = 6  # a numeric property with at most this many distinct values gets one bin per value
 VIRTUAL_MOUSE_FRAME = (36, 64)  # (H, W), when the folder itself does not tell
+NOT_PROPERTIES = {"tuning_directions_deg"}  # 1-D truth arrays that are axes, not one value per neuron
 
 
 def _frame_shape(recording, folder: Path) -> tuple[int, int]:
@@ -61,6 +62,8 @@ def true_properties(folder: Path, neurons: int, frame_shape: tuple[int, int]) ->
     """Every (N,) array of ``truth/neurons`` plus ``rf_edge_distance``; others (N, k) are left out."""
     properties = {}
     for path in sorted((folder / "truth" / "neurons").glob("*.npy")):
+        if path.stem in NOT_PROPERTIES:
+            continue
         try:
             array = np.load(path, mmap_mode="r")
         except (ValueError, OSError):  # pickled objects or an unreadable file: not a property
