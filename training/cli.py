@@ -28,7 +28,8 @@ def _train(args) -> dict:
 
     overrides = {k: v for k, v in [("minutes", args.minutes), ("steps", args.steps), ("seed", args.seed),
                                    ("precision", args.precision)] if v is not None}
-    results = train(args.data, args.out, preset=args.preset, progress=not args.quiet, **overrides)
+    results = train(args.data, args.out, preset=args.preset, progress=not args.quiet, device=args.device,
+                    loader=args.loader, workers=args.workers, **overrides)
     print_metrics(results)
     return results
 
@@ -96,6 +97,13 @@ def register(commands) -> None:
     train.add_argument("--precision", choices=("auto", "bf16", "fp32"),
                        help="bf16 autocast with fp32 master weights, or fp32; auto (default): bf16 on CUDA, "
                             "fp32 on CPUs (where bf16 learned worse and was not faster)")
+    train.add_argument("--device", default="auto", help="auto (default: a GPU where CUDA is available), cpu, cuda, "
+                       "cuda:<i>; under torchrun each process takes its local rank's GPU")
+    train.add_argument("--loader", default="disk", choices=("disk", "memory"),
+                       help="disk (default): windows read from memory-mapped files when sampled, in background "
+                            "workers (recordings larger than RAM); memory: load the training trials first")
+    train.add_argument("--workers", type=int, default=1, help="background processes reading windows (--loader disk); "
+                       "0 reads in the training process")
     _seed_and_quiet(train, default_seed=None)
     train.set_defaults(handler=_train)
 

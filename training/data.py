@@ -54,11 +54,11 @@ class Trial:
         return len(self.video)
 
 
-def _load(path: Path, ndim: int | None = None) -> np.ndarray:
+def _load(path: Path, ndim: int | None = None, mmap_mode: str | None = None) -> np.ndarray:
     if not path.is_file():
         raise LayoutError(f"{path}: file missing")
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError) as error:
         raise LayoutError(f"{path}: not a readable .npy array ({error})") from None
     if ndim is not None and array.ndim != ndim:
@@ -126,13 +126,14 @@ class Recording:
         """Trial indices of a tier; ``live_test`` or ``final_test`` prefixes match all their tiers."""
         return [i for i, t in enumerate(self.tiers) if t == tier or t.startswith(tier + "_")]
 
-    def trial(self, index: int) -> Trial:
-        """Read trial `index`, check shapes, move time first and cut the NaN padding."""
+    def _arrays(self, index: int, mmap_mode: str | None = None) -> tuple[np.ndarray, ...]:
+        """Trial `index` as on disk, shapes checked: video (H, W, T), behavior (2, T), pupil (2, T),
+        responses (N, T) or None where the file is missing; memory maps with mmap_mode "r"."""
         files = {key: self.path / "data" / key / f"{index}.npy" for key in ARRAYS}
-        video = _load(files["videos"], ndim=3)
-        behavior = _load(files["behavior"], ndim=2)
-        pupil = _load(files["pupil_center"], ndim=2)
-        responses = _load(files["responses"], ndim=2) if files["responses"].is_file() else None
+        video = _load(files["videos"], ndim=3, mmap_mode=mmap_mode)
+        behavior = _load(files["behavior"], ndim=2, mmap_mode=mmap_mode)
+        pupil = _load(files["pupil_center"], ndim=2, mmap_mode=mmap_mode)
+        responses = _load(files["responses"], ndim=2, mmap_mode=mmap_mode) if files["responses"].is_file() else None
         frames = video.shape[-1]
         if video.shape[:2] != self.frame_shape:
             raise LayoutError(f"{files['videos']}: frames of {video.shape[:2]} pixels, expected "
@@ -143,6 +144,11 @@ class Recording:
             if array is not None and array.shape != (rows, frames):
                 raise LayoutError(f"{files[key]}: expected shape ({rows}, {frames}) to match "
                                   f"{files['videos'].name} of data/videos, found {array.shape}")
+        return video, behavior, pupil, responses
+
+    def trial(self, index: int) -> Trial:
+        """Read trial `index`, check shapes, move time first and cut the NaN padding."""
+        video, behavior, pupil, responses = self._arrays(index)
         inputs = [np.moveaxis(video, -1, 0), behavior.T, pupil.T]
         responses = responses.T if responses is not None else None
         length = _valid_length(inputs, responses)
@@ -156,6 +162,29 @@ class Recording:
     def load(self, tier: str) -> list[Trial]:
         """All trials of a tier (see `trials_in`), in index order."""
         return [self.trial(i) for i in self.trials_in(tier)]
+
+    def scan(self, index: int) -> int:
+        """Valid frames of trial `index` (as `trial` would cut it), or 0 where its responses are
+        withheld (file missing, all zero or all NaN); reads through memory maps, one array at a time."""
+        video, behavior, pupil, responses = self._arrays(index, mmap_mode="r")
+        if responses is None:
+            return 0
+        bad = np.isnan(behavior).any(0) | np.isnan(pupil).any(0) | np.isnan(video).any((0, 1))
+        missing = np.isnan(responses).all(0)
+        bad |= missing
+        if missing.all() or not np.nan_to_num(responses).any():
+            return 0
+        return int(np.argmax(bad)) if bad.any() else len(bad)
+
+    def window(self, index: int, start: int, frames: int) -> tuple[np.ndarray, ...]:
+        """Frames [start, start + frames) of trial `index`, copied out of memory maps (nothing stays
+        resident), time first, float32: video (frames, H, W), behavior (frames, 2), pupil_center
+        (frames, 2), responses (frames, N). The caller keeps the window inside `scan`'s valid frames."""
+        video, behavior, pupil, responses = self._arrays(index, mmap_mode="r")
+        window = slice(start, start + frames)
+        arrays = (np.moveaxis(video[..., window], -1, 0), behavior[:, window].T, pupil[:, window].T,
+                  responses[:, window].T)
+        return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in arrays)
 
     @cached_property
     def statistics(self) -> dict[str, dict[str, np.ndarray]]:

@@ -24,10 +24,10 @@ SKIPPED_TIERS = ("none",)
 def predict(model: Twin, recording: str, trials: list[Trial]) -> list[np.ndarray]:
     """Predicted responses per trial, (T, N) each, NaN in the first `model.offset` frames."""
     model.eval()
-    predictions = []
+    device, predictions = next(model.parameters()).device, []
     for trial in trials:
-        inputs = [torch.from_numpy(a)[None] for a in (trial.video, trial.behavior, trial.pupil_center)]
-        out = model(recording, *inputs)[0].numpy()
+        inputs = [torch.from_numpy(a)[None].to(device) for a in (trial.video, trial.behavior, trial.pupil_center)]
+        out = model(recording, *inputs)[0].float().cpu().numpy()
         padded = np.full((trial.frames, out.shape[1]), np.nan, dtype=np.float32)
         padded[model.offset:] = out
         predictions.append(padded)

@@ -23,6 +23,7 @@ PIXEL_SCALE = 64.0      # divides the mean-free pixels (the correlations below d
 ORIENTATIONS = 4
 MAX_TRIALS = 60         # enough for a position estimate; bounds the cost on large recordings
 MIN_FIT_R2 = 0.5
+NEURON_BLOCK = 1024     # neurons correlated at a time
 
 
 def gabor_bank(size: int = 15) -> torch.Tensor:
@@ -71,10 +72,16 @@ def receptive_field_peaks(trials: list[Trial], grid: tuple[int, int]) -> tuple[n
     trials = trials[:: max(1, len(trials) // MAX_TRIALS)]
     energy = np.concatenate([oriented_energy(t.video, grid) for t in trials])  # (T, K, G)
     frames, channels, cells = energy.shape
-    responses = np.nan_to_num(np.concatenate([t.responses for t in trials]).astype(np.float64))
-    maps = (_standardize(responses).T @ _standardize(energy.reshape(frames, -1))).reshape(-1, channels, cells)
-    best = maps[np.arange(len(maps)), maps.max(2).argmax(1)]  # (N, G): the neuron's best channel
-    return _grid_centres(grid)[best.argmax(1)], best.max(1)
+    energy = _standardize(energy.reshape(frames, -1))
+    responses = np.concatenate([t.responses for t in trials])  # (T, N) float32
+    peaks, strength = [], []
+    for block in range(0, responses.shape[1], NEURON_BLOCK):  # bounded memory at thousands of neurons
+        chunk = _standardize(np.nan_to_num(responses[:, block:block + NEURON_BLOCK].astype(np.float64)))
+        maps = (chunk.T @ energy).reshape(-1, channels, cells)
+        best = maps[np.arange(len(maps)), maps.max(2).argmax(1)]  # (n, G): the neuron's best channel
+        peaks.append(best.argmax(1))
+        strength.append(best.max(1))
+    return _grid_centres(grid)[np.concatenate(peaks)], np.concatenate(strength)
 
 
 def _grid_centres(grid: tuple[int, int]) -> np.ndarray:

@@ -8,6 +8,7 @@ Training batches are random windows of training trials; validation runs whole tr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, replace
@@ -16,18 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpoint, metrics
 from .cores import core_smoothness
+from . import distributed
 from .data import Recording, Trial, common_frame_shape, open_recordings
 from .evaluate import evaluate, predict
 from .fidelity import write_fidelity
 from .model import Twin
 from .plots import plot_training_curve
-from .positions import readout_positions
+from .positions import MAX_TRIALS, readout_positions
 from .precision import autocast, resolve
 from .presets import TrainConfig, preset as find_preset
+from .windows import LOADERS, TrialIndex, WindowStream, batches, index_trials, spaced
 
 
 def poisson_loss(rates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -36,30 +40,6 @@ def poisson_loss(rates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets = torch.where(valid, targets, torch.zeros_like(targets))
     loss = rates - targets * torch.log(rates + 1e-8)
     return (loss * valid).sum() / valid.sum().clamp(min=1)
-
-
-class WindowSampler:
-    """Random windows of `frames` frames from training trials, uniform over all valid start frames."""
-
-    def __init__(self, trials: list[Trial], frames: int, rng: np.random.Generator):
-        self.trials = [t for t in trials if t.frames >= frames and t.responses is not None]
-        if not self.trials:
-            raise ValueError(f"no training trial has {frames} frames with responses")
-        self.frames, self.rng = frames, rng
-        starts = np.array([t.frames - frames + 1 for t in self.trials])
-        self.weights = starts / starts.sum()
-
-    def sample(self, clips: int) -> list[torch.Tensor]:
-        """→ video (B, T, H, W), behavior (B, T, 2), pupil_center (B, T, 2), responses (B, T, N)."""
-        picks = self.rng.choice(len(self.trials), size=clips, p=self.weights)
-        batch = [[], [], [], []]
-        for i in picks:
-            trial = self.trials[i]
-            start = self.rng.integers(0, trial.frames - self.frames + 1)
-            window = slice(start, start + self.frames)
-            for j, array in enumerate((trial.video, trial.behavior, trial.pupil_center, trial.responses)):
-                batch[j].append(array[window])
-        return [torch.from_numpy(np.stack(arrays)) for arrays in batch]
 
 
 def readout_l1(head) -> torch.Tensor:
@@ -92,26 +72,49 @@ def validation_score(model: Twin, validation: dict[str, list[Trial]]) -> float:
     return float(np.mean(scores))
 
 
-def _validation_subset(trials: list[Trial], count: int) -> list[Trial]:
-    trials = [t for t in trials if t.responses is not None and t.frames > metrics.BURN_IN]
-    return trials[:: max(1, len(trials) // count)][:count]
+class StepLoss(torch.nn.Module):
+    """The loss of one optimizer step over every recording's windows (the module DDP wraps)."""
+
+    def __init__(self, model: Twin, config: TrainConfig, device: torch.device):
+        super().__init__()
+        self.model, self.config, self.device = model, config, device
+
+    def forward(self, batch: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+        """batch: {recording: [video (B, T, H, W), behavior (B, T, 2), pupil_center (B, T, 2),
+        responses (B, T, N)]} → the scalar loss."""
+        model, config, loss = self.model, self.config, 0.0
+        for name, arrays in batch.items():
+            video, behavior, pupil, responses = (a.to(self.device, non_blocking=True) for a in arrays)
+            with autocast(config.precision, str(self.device)):
+                rates = model.rates(name, video, behavior, pupil).float()
+            target = responses[:, model.offset:] / model.heads[name].response_scale
+            loss = loss + poisson_loss(rates, target) + config.readout_l1 * readout_l1(model.heads[name])
+        return loss + config.core_smoothness * core_smoothness(model.core)
 
 
-def build_model(preset: str, recordings: list[Recording], train_trials: dict[str, list[Trial]]) -> Twin:
+def validation_trials(recording: Recording, count: int) -> list[Trial]:
+    """At most `count` oracle trials with responses, evenly spaced, read from disk (only these)."""
+    trials = [recording.trial(i) for i in spaced(recording.trials_in("oracle"), count)]
+    return [t for t in trials if t.responses is not None and t.frames > metrics.BURN_IN]
+
+
+def build_model(preset: str, recordings: list[Recording], indexes: dict[str, TrialIndex]) -> Twin:
     """A fresh twin for the recordings' frame shape, with normalisation and readout positions
-    initialised from the training data."""
+    initialised from the training data (at most `MAX_TRIALS` trials read per recording)."""
     model = Twin(find_preset(preset).model_config(), {r.name: r.neurons for r in recordings},
                  frame_shape=common_frame_shape(recordings))
     for recording in recordings:
-        positions = readout_positions(train_trials[recording.name], recording.coordinates)
-        model.heads[recording.name].initialize(recording.statistics, positions)
+        trials = [recording.trial(int(i)) for i in spaced(list(indexes[recording.name].trials), MAX_TRIALS)]
+        model.heads[recording.name].initialize(recording.statistics, readout_positions(trials, recording.coordinates))
     return model
 
 
 def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
-    """A checkpoint resumes only the same twin and settings; the budget (minutes, steps) may change."""
+    """A checkpoint resumes only the same twin and settings; the budget (minutes, steps) and where it
+    runs (`runtime`: device, processes, loader) may change."""
     def comparable(config):
         config = json.loads(json.dumps(config))
+        config.pop("runtime", None)
         for budget in ("minutes", "steps"):
             config["train"].pop(budget)
         return config
@@ -121,51 +124,79 @@ def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
                          f"choose another --out or delete {out / 'checkpoint'}")
 
 
-def train(data: list[str | Path], out: str | Path, preset: str = "small", progress: bool = True,
-          **overrides) -> dict:
-    """Train a twin on the recordings `data` into run directory `out`; returns the metrics.
+def _window_indexes(recordings: list[Recording], frames: int, loader: str,
+                    progress: bool) -> tuple[dict[str, TrialIndex], dict | None]:
+    """Per recording the training trials to draw windows from, and for loader "memory" the trials
+    themselves ({recording: {trial index: Trial}})."""
+    if loader not in LOADERS:
+        raise ValueError(f"unknown loader {loader!r}; choose one of {LOADERS}")
+    if loader == "disk":
+        return {r.name: index_trials(r, "train", frames, progress) for r in recordings}, None
+    indexes, memory = {}, {}
+    for r in recordings:
+        trials = [t for t in r.load("train") if t.responses is not None and t.frames >= frames]
+        if not trials:
+            raise ValueError(f"{r.name}: no train trial has {frames} valid frames with responses")
+        memory[r.name] = {t.index: t for t in trials}
+        indexes[r.name] = TrialIndex(r, np.array([t.index for t in trials]), np.array([t.frames for t in trials]))
+    return indexes, memory
 
+
+def train(data: list[str | Path], out: str | Path, preset: str = "small", progress: bool = True,
+          device: str = "auto", loader: str = "disk", workers: int = 1, **overrides) -> dict:
+    """Train a twin on the recordings `data` into run directory `out`; returns the metrics (rank 0;
+    other ranks of a torchrun job return {}).
+
+    device: "auto", "cpu", "cuda" or "cuda:<i>". loader: "disk" reads each step's windows from
+    memory-mapped files in `workers` background processes; "memory" loads the training trials first.
     overrides: fields of `TrainConfig` (e.g. minutes=5). An existing checkpoint in `out` with the
     same settings is resumed.
     """
     config = replace(find_preset(preset).train, **overrides)
+    rank = distributed.start(device)
+    progress = progress and rank.main
     out = Path(out)
-    (out / "checkpoint").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     recordings = open_recordings(data)
     common_frame_shape(recordings)  # refuse recordings of different frame shapes before reading any trial
-    train_trials = {r.name: r.load("train") for r in recordings}
-    validation = {r.name: _validation_subset(r.load("oracle"), config.val_trials) for r in recordings}
+    indexes, memory = _window_indexes(recordings, config.frames, loader, progress)
+    validation = {r.name: validation_trials(r, config.val_trials) for r in recordings} if rank.main else {}
     empty = [name for name, trials in validation.items() if not trials]
     if empty:
         raise ValueError(f"recordings {empty} have no oracle trials with responses to validate on")
 
-    model = build_model(preset, recordings, train_trials)
+    model = build_model(preset, recordings, indexes).to(rank.device)
     run_config = {
         "preset": preset, "model": model.config, "frame_shape": list(model.frame_shape), "train": asdict(config),
-        "receptive_field": model.receptive_field, "precision": resolve(config.precision),
+        "receptive_field": model.receptive_field, "precision": resolve(config.precision, str(rank.device)),
         "recordings": {r.name: {"neurons": r.neurons, "unit_ids": r.unit_ids.tolist()} for r in recordings},
+        "runtime": {"device": str(rank.device), "processes": rank.world, "loader": loader, "workers": workers},
     }
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = {"step": 0, "elapsed": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
     state_path = out / "checkpoint" / "state.json"
     if state_path.is_file():
         _check_resumable(checkpoint.read_config(out), run_config, out)
-        model.load_state_dict(load_file(str(out / "checkpoint" / "last.safetensors")))
+        model.load_state_dict(load_file(str(out / "checkpoint" / "last.safetensors"), device=str(rank.device)))
         checkpoint.load_optimizer(optimizer, out / "checkpoint" / "optimizer.safetensors")
         state = json.loads(state_path.read_text())
-    checkpoint.write_json(out / "config.json", run_config)
+    distributed.barrier(rank)  # every rank has read the checkpoint before rank 0 writes a new one
+    if rank.main:
+        (out / "checkpoint").mkdir(parents=True, exist_ok=True)
+        checkpoint.write_json(out / "config.json", run_config)
 
-    samplers = {name: WindowSampler(trials, config.frames, np.random.default_rng(config.seed + state["step"]))
-                for name, trials in train_trials.items()}
+    step_loss = StepLoss(model, config, rank.device)
+    if rank.world > 1:
+        step_loss = DistributedDataParallel(step_loss, device_ids=[rank.device.index] if rank.device.type == "cuda" else None)
+    stream = WindowStream(indexes, config.clips, config.frames, [config.seed, state["step"], rank.index], memory)
+    windows = batches(stream, workers if loader == "disk" else 0, pin_memory=rank.device.type == "cuda")
 
     def validate() -> bool:
-        """Score the validation trials, keep the best weights, write a resumable checkpoint."""
+        """Rank 0: score the validation trials, keep the best weights, write a resumable checkpoint."""
         score = validation_score(model, validation)
         state["history"].append({"step": state["step"], "minutes": (time.time() - started) / 60,
                                  "loss": float(np.mean(losses)) if losses else float("nan"),
                                  "lr": optimizer.param_groups[0]["lr"], "validation": score})
-        losses.clear()
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_step=state["step"])
@@ -176,27 +207,28 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         checkpoint.write_json(state_path, state)
         return improved
 
+    def validate_everywhere(bad: int) -> int:
+        """Validations without improvement after this one, agreed by all ranks."""
+        bad = (0 if validate() else bad + 1) if rank.main else 0
+        losses.clear()
+        return distributed.from_main(bad, rank)
+
     model.train()
     bar = tqdm(total=100, desc=f"train {preset}", unit="%", disable=not progress, initial=0)
-    started, losses = time.time() - state["elapsed"], []
+    started, losses, first_batch = time.time() - state["elapsed"], [], None
     bad_validations = sum(1 for h in state["history"] if h["step"] > state["best_step"])
     if not state["history"]:
-        validate()  # the untrained score, the first point of the curve
+        bad_validations = validate_everywhere(bad_validations)  # the untrained score, the first point of the curve
     while True:
         elapsed = time.time() - started
-        fraction = max(state["step"] / config.steps, elapsed / (60 * config.minutes))
+        fraction = distributed.largest(max(state["step"] / config.steps, elapsed / (60 * config.minutes)), rank)
         if should_stop(config, fraction, bad_validations):
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, fraction)
-        loss = 0.0
-        for name, sampler in samplers.items():
-            video, behavior, pupil, responses = sampler.sample(config.clips)
-            with autocast(config.precision):
-                rates = model.rates(name, video, behavior, pupil).float()
-            target = responses[:, model.offset:] / model.heads[name].response_scale
-            loss = loss + poisson_loss(rates, target) + config.readout_l1 * readout_l1(model.heads[name])
-        loss = loss + config.core_smoothness * core_smoothness(model.core)
+        batch = next(windows)
+        first_batch = first_batch or _digest(batch)
+        loss = step_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
@@ -205,15 +237,41 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         state["step"] += 1
         bar.update(int(100 * fraction) - bar.n)
         if state["step"] % config.eval_every == 0:
-            bad_validations = 0 if validate() else bad_validations + 1
-            bar.set_postfix(step=state["step"], loss=f"{state['history'][-1]['loss']:.3f}",
-                            val=f"{state['history'][-1]['validation']:.3f}")
+            bad_validations = validate_everywhere(bad_validations)
+            if rank.main:
+                bar.set_postfix(step=state["step"], loss=f"{state['history'][-1]['loss']:.3f}",
+                                val=f"{state['history'][-1]['validation']:.3f}")
     bar.close()
+    del windows  # stops the background workers
     if losses or not state["history"]:
-        validate()
+        validate_everywhere(bad_validations)
+    distributed.share_buffers(model, rank)
+    record = {"processes": rank.world, "first_batch": distributed.gather(first_batch, rank),
+              "weights": distributed.gather(_digest(model.state_dict()), rank)}
+    results = _finish_run(model, recordings, out, record, progress) if rank.main else {}
+    distributed.finish(rank)
+    return results
+
+
+def _digest(tensors) -> str | None:
+    """A short hash of a batch ({recording: [tensors]}) or a state dict, to compare ranks."""
+    if tensors is None:
+        return None
+    items = tensors.items() if isinstance(tensors, dict) else enumerate(tensors)
+    digest = hashlib.sha256()
+    for key, value in sorted(items, key=lambda item: str(item[0])):
+        for tensor in value if isinstance(value, list) else [value]:
+            digest.update(str(key).encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _finish_run(model: Twin, recordings: list[Recording], out: Path, record: dict, progress: bool) -> dict:
+    """Rank 0 after training: the curve, the ranks' record, metrics of the best weights, fidelity."""
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
     plot_training_curve(state["history"], out / "training_curve.png")
+    checkpoint.write_json(out / "processes.json", record)
     best, _ = checkpoint.load_run(out)
-    results = evaluate(best, recordings, out, progress=progress)
+    results = evaluate(best.to(next(model.parameters()).device), recordings, out, progress=progress)
     checkpoint.write_json(out / "metrics.json", results)
     write_fidelity(out, recordings)
     return results
