@@ -27,7 +27,7 @@ def _blur(gradient, sigma: float):
     if sigma <= 0:
         return gradient
     radius = int(3 * sigma)
-    offsets = torch.arange(-radius, radius + 1, dtype=gradient.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=gradient.dtype, device=gradient.device)
     kernel = torch.exp(-offsets**2 / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     batch, frames, height, width = gradient.shape
@@ -39,15 +39,18 @@ def _blur(gradient, sigma: float):
 
 def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path, steps: int = 200,
             extra: int = 10, rms: float = 40.0, smooth_px: float = 1.0, learning_rate: float = 2.0,
-            seed: int = 0, progress: bool = True) -> dict:
-    """Optimise one movie per neuron → summary; writes mei.npy (neurons, T, H, W), mei.json, mei.png."""
+            seed: int = 0, progress: bool = True, device: str = "auto") -> dict:
+    """Optimise one movie per neuron on `device` (auto, cpu, cuda[:i]) → summary; writes mei.npy
+    (neurons, T, H, W), mei.json, mei.png."""
     import torch
     from tqdm import tqdm
 
     from .checkpoint import load_run
+    from .distributed import resolve_device
 
+    device = resolve_device(device)
     twin, _ = load_run(run)
-    twin.eval().requires_grad_(False)
+    twin.to(device).eval().requires_grad_(False)
     if recording not in twin.heads:
         raise KeyError(f"unknown recording {recording!r}; this twin knows {sorted(twin.heads)}")
     head = twin.heads[recording]
@@ -58,16 +61,17 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
     out.mkdir(parents=True, exist_ok=True)
     frames = twin.offset + 1 + extra
     generator = torch.Generator().manual_seed(seed)
-    video = (GREY + 2.0 * torch.randn(len(neurons), frames, *twin.frame_shape, generator=generator)).requires_grad_(True)
+    video = (GREY + 2.0 * torch.randn(len(neurons), frames, *twin.frame_shape, generator=generator)).to(device)
+    video.requires_grad_(True)
     behavior = head.behavior_mean.expand(len(neurons), frames, BEHAVIOR_CHANNELS)
     pupil = head.pupil_mean.expand(len(neurons), frames, PUPIL_CHANNELS)
-    index = torch.tensor(neurons)
+    index, rows = torch.tensor(neurons, device=device), torch.arange(len(neurons), device=device)
     budget = rms * np.sqrt(frames * int(np.prod(twin.frame_shape)))
     optimizer = torch.optim.Adam([video], lr=learning_rate)
     history = []
     for _ in tqdm(range(steps), disable=not progress, desc="MEI", unit="step"):
         responses = twin(recording, video, behavior, pupil)  # (B, T', N)
-        drive = responses[torch.arange(len(neurons)), :, index].mean(1)  # (B,)
+        drive = responses[rows, :, index].mean(1)  # (B,)
         optimizer.zero_grad()
         (-drive.sum()).backward()
         video.grad = _blur(video.grad, smooth_px)
@@ -76,12 +80,11 @@ def run_mei(run: str | Path, recording: str, neurons: list[int], out: str | Path
             deviation = video - GREY
             norms = deviation.flatten(1).norm(dim=1).clamp(min=1e-6)
             video.copy_((GREY + deviation * (budget / norms).clamp(max=1.0)[:, None, None, None]).clamp(*PIXEL_RANGE))
-        history.append(drive.detach().numpy().tolist())
+        history.append(drive.detach().cpu().numpy().tolist())
     with torch.no_grad():
-        final = twin(recording, video, behavior, pupil)[torch.arange(len(neurons)), :, index].mean(1).numpy()
-        grey = twin(recording, torch.full_like(video, GREY), behavior, pupil)[
-            torch.arange(len(neurons)), :, index].mean(1).numpy()
-    meis = video.detach().numpy()
+        final = twin(recording, video, behavior, pupil)[rows, :, index].mean(1).cpu().numpy()
+        grey = twin(recording, torch.full_like(video, GREY), behavior, pupil)[rows, :, index].mean(1).cpu().numpy()
+    meis = video.detach().cpu().numpy()
     np.save(out / "mei.npy", meis)
     summary = {"recording": recording, "neurons": neurons, "steps": steps, "frames": frames, "rms_budget": rms,
                "smooth_px": smooth_px, "seed": seed, "response": final.tolist(), "response_to_grey": grey.tolist(),
