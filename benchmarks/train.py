@@ -14,7 +14,7 @@ import torch
 from twinserve.contract import FPS
 from twinserve.export.onnx_export import random_inputs
 from twinserve.training.presets import PRESETS
-from twinserve.training.train import poisson_loss
+from twinserve.training.loss import poisson_loss
 
 from .harness import RESULTS, Workload, machine, measure, write_results
 from .twins import random_twin

@@ -26,20 +26,13 @@ from . import distributed
 from .data import Recording, Trial, common_frame_shape, open_recordings
 from .evaluate import evaluate, predict
 from .fidelity import write_fidelity
+from .loss import poisson_loss
 from .model import Twin
 from .plots import plot_training_curve
 from .positions import MAX_TRIALS, readout_positions
 from .precision import autocast, resolve
 from .presets import TrainConfig, preset as find_preset
 from .windows import LOADERS, TrialIndex, WindowStream, batches, index_trials, spaced
-
-
-def poisson_loss(rates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean Poisson negative log-likelihood (up to a constant), NaN targets ignored; (B, T, N) each."""
-    valid = torch.isfinite(targets)
-    targets = torch.where(valid, targets, torch.zeros_like(targets))
-    loss = rates - targets * torch.log(rates + 1e-8)
-    return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
 def readout_l1(head) -> torch.Tensor:
