@@ -3,10 +3,15 @@
 A trial's prediction is (T, N) like its responses; its first `offset` frames (R - 1 for a receptive
 field of R frames, before it is full; none for unbounded memory) are NaN, which the 50-frame burn-in
 of the metrics excludes anyway.
+
+Trials whose responses are withheld (`data.withheld`: files missing, or placeholders of zeros or NaN,
+as a public release ships its test tiers) are not scored; a tier of only such trials is left out of
+the results, and each recording and tier with withheld trials is said once, as a warning in the log.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +21,12 @@ from tqdm import tqdm
 from . import metrics
 from .data import Recording, Trial
 from .model import Twin
+from .running import RunningCorrelation
 
 SKIPPED_TIERS = ("none",)
+
+log = logging.getLogger(__name__)
+STREAMED_TIERS = ("train",)  # no repeats, and it grows with the recording: read one trial at a time
 
 
 @torch.inference_mode()
@@ -44,10 +53,14 @@ def load_expected(recording: Recording, trials: list[Trial]) -> list[np.ndarray]
 
 
 def score(responses: list[np.ndarray], predictions: list[np.ndarray], groups) -> tuple[dict, dict]:
-    """Per-neuron metrics and their summary; repeat-based ones only where clips repeat."""
-    per_neuron = {"single_trial_correlation": metrics.single_trial_correlation(responses, predictions)}
+    """Per-neuron metrics and their summary; repeat-based ones only where clips repeat. The correlations
+    come twice: ours (NaN where undefined, left out of the mean) and `*_official` (the SENSORIUM scorer's)."""
+    per_neuron = {"single_trial_correlation": metrics.single_trial_correlation(responses, predictions),
+                  "single_trial_correlation_official": metrics.single_trial_correlation_official(responses, predictions)}
     if any(len(g) > 1 for g in groups):
         per_neuron["correlation_to_average"] = metrics.correlation_to_average(responses, predictions, groups)
+        per_neuron["correlation_to_average_official"] = metrics.correlation_to_average_official(
+            responses, predictions, groups)
         per_neuron["fev_e"] = metrics.fev_e(responses, predictions, groups)
         per_neuron["cc_norm"] = metrics.cc_norm(responses, predictions, groups)
     return per_neuron, metrics.summarize(per_neuron, responses, groups)
@@ -71,6 +84,42 @@ def evaluate_tier(model: Twin, recording: Recording, trials: list[Trial]) -> tup
     return summary, per_neuron
 
 
+def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> tuple[dict, dict]:
+    """Single-trial correlation (and its ceiling) of a tier read one trial at a time → (summary,
+    per-neuron arrays): memory does not grow with the tier's length."""
+    correlation, ceiling, count = RunningCorrelation(), RunningCorrelation(), 0
+    for index in indices:
+        trial = recording.trial(index)
+        if trial.responses is None or trial.frames <= metrics.BURN_IN:
+            continue
+        correlation.add(trial.responses, predict(model, recording.name, [trial])[0])
+        expected = load_expected(recording, [trial])
+        if expected is not None:
+            ceiling.add(trial.responses, expected[0])
+        count += 1
+    if not count:
+        return {}, {}
+    per_neuron = {"single_trial_correlation": correlation.result()}
+    if ceiling.sums:
+        per_neuron["ceiling_single_trial_correlation"] = ceiling.result()
+    summary = metrics.summarize(per_neuron)
+    if ceiling.sums:
+        summary["fraction_of_ceiling"] = summary["single_trial_correlation"] / summary["ceiling_single_trial_correlation"]
+    summary.update(trials=count, clips=count, neurons=recording.neurons)
+    return summary, per_neuron
+
+
+def _say_withheld(recording: str, tier: str, trials: list[Trial]) -> None:
+    """One warning for a recording's tier if any of its trials' responses are withheld."""
+    count = sum(t.responses is None for t in trials)
+    if count == len(trials):
+        log.warning("%s, tier %s: responses withheld in all %d trials (files missing, or all zero or NaN); "
+                    "tier not scored", recording, tier, count)
+    elif count:
+        log.warning("%s, tier %s: responses withheld in %d of %d trials (files missing, or all zero or NaN); "
+                    "scoring the other %d", recording, tier, count, len(trials), len(trials) - count)
+
+
 def evaluate(model: Twin, recordings: list[Recording], out: Path | None = None, progress: bool = True) -> dict:
     """Metrics per recording and tier; with `out`, per-neuron arrays go to `out/metrics_per_neuron.npz`."""
     results, arrays = {}, {}
@@ -82,7 +131,12 @@ def evaluate(model: Twin, recordings: list[Recording], out: Path | None = None, 
         if recording.frame_shape != model.frame_shape:
             raise ValueError(f"{recording.name} has frames of {recording.frame_shape} pixels; "
                              f"the twin takes {model.frame_shape}")
-        summary, per_neuron = evaluate_tier(model, recording, recording.load(tier))
+        if tier in STREAMED_TIERS:
+            summary, per_neuron = evaluate_streamed(model, recording, recording.trials_in(tier))
+        else:
+            trials = recording.load(tier)
+            _say_withheld(recording.name, tier, trials)
+            summary, per_neuron = evaluate_tier(model, recording, trials)
         if summary:
             results.setdefault(recording.name, {})[tier] = summary
             arrays.update({f"{recording.name}/{tier}/{k}": v for k, v in per_neuron.items()})

@@ -1,0 +1,41 @@
+"""Metrics accumulated trial by trial equal the in-memory ones."""
+
+import numpy as np
+
+from twinserve.training import metrics
+from twinserve.training.checkpoint import load_run
+from twinserve.training.data import Recording
+from twinserve.training.evaluate import evaluate_streamed, evaluate_tier
+from twinserve.training.running import RunningCorrelation
+
+
+def test_running_correlation_equals_the_stacked_one():
+    rng = np.random.default_rng(0)
+    responses, predictions = [], []
+    for frames in (120, 90, 300):
+        signal = rng.gamma(2.0, 3.0, (frames, 6)) + 50.0  # a large offset tests the shifted sums
+        responses.append(signal + rng.normal(0, 2.0, signal.shape))
+        predictions.append(0.5 * signal + rng.normal(0, 1.0, signal.shape))
+    responses[1][70:] = np.nan                     # NaN padding
+    predictions[2][100:110, 2] = np.nan            # a gap in one neuron's prediction
+    for trial in predictions:
+        trial[:, 4] = 7.0                          # a constant prediction: NaN in both
+    running = RunningCorrelation()
+    for r, p in zip(responses, predictions):
+        running.add(r, p)
+    expected = metrics.single_trial_correlation(responses, predictions)
+    np.testing.assert_allclose(running.result(), expected, rtol=1e-9, atol=1e-12)
+    assert np.isnan(running.result()[4]) and np.isfinite(running.result()).sum() == 5
+
+
+def test_the_streamed_train_tier_equals_the_loaded_one(tiny_run, default_mouse):
+    out, _ = tiny_run
+    model, _ = load_run(out)
+    recording = Recording(default_mouse[0])
+    indices = recording.trials_in("train")[:8]
+    streamed, streamed_neurons = evaluate_streamed(model, recording, indices)
+    loaded, loaded_neurons = evaluate_tier(model, recording, [recording.trial(i) for i in indices])
+    for key in ("single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling", "trials"):
+        np.testing.assert_allclose(streamed[key], loaded[key], rtol=1e-7, err_msg=key)
+    np.testing.assert_allclose(streamed_neurons["single_trial_correlation"],
+                               loaded_neurons["single_trial_correlation"], rtol=1e-7, atol=1e-9)

@@ -1,0 +1,51 @@
+"""Per-neuron correlation accumulated trial by trial: metrics of tiers too large to hold in memory.
+
+Equal to `metrics.single_trial_correlation` over the same trials (Pearson over all frames after the
+burn-in, samples with NaN in either array left out), from float64 sums of values shifted by the
+first trial's means, so memory does not grow with the number of trials.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .metrics import BURN_IN
+
+
+class RunningCorrelation:
+    """Add (T, N) pairs of trials with `add`; `result` gives the correlation per neuron (N,)."""
+
+    def __init__(self, burn_in: int = BURN_IN):
+        self.burn_in = burn_in
+        self.shift = None
+        self.sums: dict[str, np.ndarray] = {}
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """One trial: x, y (T, N), e.g. responses and predictions."""
+        if np.shape(x) != np.shape(y):
+            raise ValueError(f"responses {np.shape(x)} vs predictions {np.shape(y)}")
+        x = np.asarray(x, dtype=np.float64)[self.burn_in:]
+        y = np.asarray(y, dtype=np.float64)[self.burn_in:]
+        valid = np.isfinite(x) & np.isfinite(y)
+        if self.shift is None:
+            with np.errstate(invalid="ignore"):
+                self.shift = [np.nan_to_num(np.where(valid, a, 0).sum(0) / valid.sum(0)) for a in (x, y)]
+        x = np.where(valid, x - self.shift[0], 0)
+        y = np.where(valid, y - self.shift[1], 0)
+        terms = {"n": valid, "x": x, "y": y, "xx": x * x, "yy": y * y, "xy": x * y}
+        for name, term in terms.items():
+            self.sums[name] = self.sums.get(name, 0) + term.sum(0)
+
+    def result(self) -> np.ndarray:
+        """Correlation per neuron (N,); NaN with no variance or fewer than two samples."""
+        if not self.sums:
+            raise ValueError("no trials added")
+        s = self.sums
+        n = np.maximum(s["n"], 1)
+        covariance = s["xy"] - s["x"] * s["y"] / n
+        variance_x = np.maximum(s["xx"] - s["x"] ** 2 / n, 0)
+        variance_y = np.maximum(s["yy"] - s["y"] ** 2 / n, 0)
+        denominator = np.sqrt(variance_x * variance_y)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = covariance / denominator
+        return np.where((s["n"] > 1) & (denominator > 0), r, np.nan)
