@@ -39,7 +39,7 @@ class Trial:
     """One trial, time first and cut to its valid frames.
 
     video (T, H, W), behavior (T, 2), pupil_center (T, 2): raw values as on disk;
-    responses (T, N) or None where the recording withholds them (test tiers of real data).
+    responses (T, N) or None where the recording withholds them (test tiers of real data; `withheld`).
     """
 
     index: int
@@ -64,6 +64,13 @@ def _load(path: Path, ndim: int | None = None, mmap_mode: str | None = None) -> 
     if ndim is not None and array.ndim != ndim:
         raise LayoutError(f"{path}: expected {ndim} dimensions, found shape {array.shape}")
     return array
+
+
+def withheld(responses: np.ndarray | None) -> bool:
+    """Whether a trial's responses (N, T) or (T, N) are withheld, as a public release does for its test
+    tiers: the file is missing, or a placeholder in which no value is a finite non-zero (all zero, all
+    NaN). The rule is on the whole trial, never per neuron: a silent neuron is data."""
+    return responses is None or not np.nan_to_num(responses, nan=0.0, posinf=0.0, neginf=0.0).any()
 
 
 def _valid_length(inputs: list[np.ndarray], responses: np.ndarray | None) -> int:
@@ -147,10 +154,11 @@ class Recording:
         return video, behavior, pupil, responses
 
     def trial(self, index: int) -> Trial:
-        """Read trial `index`, check shapes, move time first and cut the NaN padding."""
+        """Read trial `index`, check shapes, move time first and cut the NaN padding; responses None where
+        `withheld` (the inputs are kept: a withheld trial can still be predicted)."""
         video, behavior, pupil, responses = self._arrays(index)
         inputs = [np.moveaxis(video, -1, 0), behavior.T, pupil.T]
-        responses = responses.T if responses is not None else None
+        responses = None if withheld(responses) else responses.T
         length = _valid_length(inputs, responses)
 
         def cut(array):
@@ -167,13 +175,10 @@ class Recording:
         """Valid frames of trial `index` (as `trial` would cut it), or 0 where its responses are
         withheld (file missing, all zero or all NaN); reads through memory maps, one array at a time."""
         video, behavior, pupil, responses = self._arrays(index, mmap_mode="r")
-        if responses is None:
+        if withheld(responses):
             return 0
         bad = np.isnan(behavior).any(0) | np.isnan(pupil).any(0) | np.isnan(video).any((0, 1))
-        missing = np.isnan(responses).all(0)
-        bad |= missing
-        if missing.all() or not np.nan_to_num(responses).any():
-            return 0
+        bad |= np.isnan(responses).all(0)
         return int(np.argmax(bad)) if bad.any() else len(bad)
 
     def window(self, index: int, start: int, frames: int) -> tuple[np.ndarray, ...]:

@@ -55,8 +55,10 @@ def load_expected(recording: Recording, trials: list[Trial]) -> list[np.ndarray]
 def score(responses: list[np.ndarray], predictions: list[np.ndarray], groups) -> tuple[dict, dict]:
     """Per-neuron metrics and their summary; repeat-based ones only where clips repeat. The correlations
     come twice: ours (NaN where undefined, left out of the mean) and `*_official` (the SENSORIUM scorer's)."""
-    per_neuron = {"single_trial_correlation": metrics.single_trial_correlation(responses, predictions),
-                  "single_trial_correlation_official": metrics.single_trial_correlation_official(responses, predictions)}
+    per_neuron = {
+        "single_trial_correlation": metrics.single_trial_correlation(responses, predictions),
+        "single_trial_correlation_official": metrics.single_trial_correlation_official(responses, predictions),
+    }
     if any(len(g) > 1 for g in groups):
         per_neuron["correlation_to_average"] = metrics.correlation_to_average(responses, predictions, groups)
         per_neuron["correlation_to_average_official"] = metrics.correlation_to_average_official(
@@ -109,20 +111,20 @@ def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> 
     return summary, per_neuron
 
 
-def _say_withheld(recording: str, tier: str, trials: list[Trial]) -> None:
-    """One warning for a recording's tier if any of its trials' responses are withheld."""
-    count = sum(t.responses is None for t in trials)
+def _withheld_note(recording: str, tier: str, trials: list[Trial]) -> str | None:
+    """What to say about a recording's tier if any of its trials' responses are withheld, else None."""
+    count, why = sum(t.responses is None for t in trials), "(files missing, or all zero or NaN)"
     if count == len(trials):
-        log.warning("%s, tier %s: responses withheld in all %d trials (files missing, or all zero or NaN); "
-                    "tier not scored", recording, tier, count)
-    elif count:
-        log.warning("%s, tier %s: responses withheld in %d of %d trials (files missing, or all zero or NaN); "
-                    "scoring the other %d", recording, tier, count, len(trials), len(trials) - count)
+        return f"{recording}, tier {tier}: responses withheld in all {count} trials {why}; tier not scored"
+    if count:
+        return (f"{recording}, tier {tier}: responses withheld in {count} of {len(trials)} trials {why}; "
+                f"scoring the other {len(trials) - count}")
+    return None
 
 
 def evaluate(model: Twin, recordings: list[Recording], out: Path | None = None, progress: bool = True) -> dict:
     """Metrics per recording and tier; with `out`, per-neuron arrays go to `out/metrics_per_neuron.npz`."""
-    results, arrays = {}, {}
+    results, arrays, notes = {}, {}, []
     jobs = [(r, tier) for r in recordings for tier in sorted(set(r.tiers)) if tier not in SKIPPED_TIERS]
     for recording, tier in tqdm(jobs, desc="evaluate", disable=not progress):
         if recording.name not in model.heads:
@@ -135,11 +137,13 @@ def evaluate(model: Twin, recordings: list[Recording], out: Path | None = None, 
             summary, per_neuron = evaluate_streamed(model, recording, recording.trials_in(tier))
         else:
             trials = recording.load(tier)
-            _say_withheld(recording.name, tier, trials)
+            notes.append(_withheld_note(recording.name, tier, trials))
             summary, per_neuron = evaluate_tier(model, recording, trials)
         if summary:
             results.setdefault(recording.name, {})[tier] = summary
             arrays.update({f"{recording.name}/{tier}/{k}": v for k, v in per_neuron.items()})
+    for note in filter(None, notes):  # after the progress bar: one line per recording and tier
+        log.warning(note)
     if out is not None:
         np.savez_compressed(Path(out) / "metrics_per_neuron.npz", **arrays)
     return results

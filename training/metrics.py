@@ -12,6 +12,11 @@ excluded (paper 000, sec. 4). NaN anywhere (padding, a skipped trial) removes th
   its upper bound CC_max given the trial-to-trial variability.
 
 Repeat-based metrics take ``groups``: a list of lists of trial indices, one list per clip.
+
+The ``*_official`` variants score as the SENSORIUM 2023 scorer does (neuralpredictors'
+``measures.np_functions.corr``): population standard deviations plus ε = 1e-8 in the denominator,
+and a neuron whose correlation is NaN counts as 0. A constant prediction thus scores 0 and stays in
+the mean over neurons, where `pearson` gives NaN and `summarize` leaves the neuron out.
 """
 
 from __future__ import annotations
@@ -44,6 +49,24 @@ def pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where((count > 1) & (denominator > 0), r, np.nan)
 
 
+def official_corr(x: np.ndarray, y: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Per-column correlation of x, y (S, N) as neuralpredictors' ``corr(x, y, axis=0)`` → (N,), NaN → 0:
+    mean over samples of (x - x̄)(y - ȳ) / ((σx + ε)(σy + ε)), σ the standard deviation with ddof=0."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    dx, dy = x - x.mean(0), y - y.mean(0)
+    with np.errstate(invalid="ignore"):
+        r = (dx * dy).mean(0) / ((np.sqrt((dx**2).mean(0)) + eps) * (np.sqrt((dy**2).mean(0)) + eps))
+    return np.nan_to_num(r, nan=0.0)
+
+
+def _without_padding(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the samples (rows of x, y (S, N)) that are NaN for every neuron in either: padding, or a
+    model's first frames before its receptive field is full. Any other NaN stays (→ 0 for its neuron)."""
+    keep = ~(np.isnan(x).all(1) | np.isnan(y).all(1))
+    return x[keep], y[keep]
+
+
 def _stack(trials: Trials, burn_in: int) -> np.ndarray:
     """Concatenate trials after the burn-in → (S, N)."""
     return np.concatenate([np.asarray(t, dtype=np.float64)[burn_in:] for t in trials], axis=0)
@@ -62,6 +85,12 @@ def single_trial_correlation(responses: Trials, predictions: Trials, burn_in: in
     """Correlation over all frames of all single trials, per neuron → (N,)."""
     _check_pair(responses, predictions)
     return pearson(_stack(responses, burn_in), _stack(predictions, burn_in))
+
+
+def single_trial_correlation_official(responses: Trials, predictions: Trials, burn_in: int = BURN_IN) -> np.ndarray:
+    """`single_trial_correlation` as the official scorer computes it (`official_corr`), per neuron → (N,)."""
+    _check_pair(responses, predictions)
+    return official_corr(*_without_padding(_stack(responses, burn_in), _stack(predictions, burn_in)))
 
 
 def repeat_stack(trials: Trials, group: Sequence[int], burn_in: int = BURN_IN) -> np.ndarray:
@@ -96,6 +125,12 @@ def _repeat_means(responses: Trials, predictions: Trials, groups, burn_in: int):
 def correlation_to_average(responses: Trials, predictions: Trials, groups, burn_in: int = BURN_IN) -> np.ndarray:
     """Correlation of repeat-averaged responses with repeat-averaged predictions → (N,)."""
     return pearson(*_repeat_means(responses, predictions, groups, burn_in))
+
+
+def correlation_to_average_official(responses: Trials, predictions: Trials, groups,
+                                    burn_in: int = BURN_IN) -> np.ndarray:
+    """`correlation_to_average` as the official scorer computes it (`official_corr`) → (N,)."""
+    return official_corr(*_without_padding(*_repeat_means(responses, predictions, groups, burn_in)))
 
 
 def _paired_repeats(responses: Trials, predictions: Trials, groups, burn_in: int):
