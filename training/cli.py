@@ -43,7 +43,7 @@ def _evaluate(args) -> dict:
     results = evaluate(model, open_recordings(args.data), progress=not args.quiet)
     if args.out:
         write_json(Path(args.out), results)
-    print_metrics(results)
+    print_metrics(results, official=args.official)
     return results
 
 
@@ -56,16 +56,22 @@ def _mei(args) -> dict:
     return summary
 
 
-def print_metrics(results: dict) -> None:
-    """One line per recording and tier with the summary metrics, on stderr."""
+def print_metrics(results: dict, official: bool = False) -> None:
+    """One line per recording and tier with the summary metrics, on stderr; with `official`, the
+    official scorer's correlations (`*_official`, marked *) beside ours."""
     names = ["single_trial_correlation", "correlation_to_average", "fev_e", "cc_norm",
              "ceiling_single_trial_correlation", "fraction_of_ceiling"]
     short = ["single", "to_avg", "fev_e", "cc_norm", "ceiling", "of_ceil"]
+    if official:
+        names[2:2] = ["single_trial_correlation_official", "correlation_to_average_official"]
+        short[2:2] = ["single*", "to_avg*"]
     print(f"{'recording':<22}{'tier':<18}" + "".join(f"{s:>9}" for s in short), file=sys.stderr)
     for recording, tiers in results.items():
         for tier, summary in tiers.items():
             values = "".join(f"{summary[n]:>9.3f}" if n in summary else f"{'-':>9}" for n in names)
             print(f"{recording:<22}{tier:<18}{values}", file=sys.stderr)
+    if official:
+        print("* official: neuralpredictors' corr (std + 1e-8), a neuron without variance counts as 0", file=sys.stderr)
 
 
 def _seed_and_quiet(parser, default_seed: int | None) -> None:
@@ -111,6 +117,10 @@ def register(commands) -> None:
     evaluate.add_argument("--run", required=True)
     evaluate.add_argument("--data", nargs="+", required=True, help="recording folders")
     evaluate.add_argument("--out", help="write the metrics as JSON here")
+    evaluate.add_argument("--official", action="store_true",
+                          help="print the official SENSORIUM scorer's correlations beside ours (neuralpredictors' "
+                               "corr: std + 1e-8, a neuron without variance counts as 0, where ours leaves it out); "
+                               "the metrics JSON holds both either way")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 
