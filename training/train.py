@@ -166,7 +166,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         "runtime": {"device": str(rank.device), "processes": rank.world, "loader": loader, "workers": workers},
     }
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = {"step": 0, "elapsed": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
+    state = {"step": 0, "elapsed": 0.0, "step_seconds": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
     state_path = out / "checkpoint" / "state.json"
     if state_path.is_file():
         _check_resumable(checkpoint.read_config(out), run_config, out)
@@ -219,6 +219,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, fraction)
+        step_started = time.perf_counter()
         batch = next(windows)
         first_batch = first_batch or _digest(batch)
         loss = step_loss(batch)
@@ -228,6 +229,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         optimizer.step()
         losses.append(loss.item())
         state["step"] += 1
+        state["step_seconds"] = state.get("step_seconds", 0.0) + time.perf_counter() - step_started
         bar.update(int(100 * fraction) - bar.n)
         if state["step"] % config.eval_every == 0:
             bad_validations = validate_everywhere(bad_validations)
