@@ -26,6 +26,9 @@ def test_running_correlation_equals_the_stacked_one():
     expected = metrics.single_trial_correlation(responses, predictions)
     np.testing.assert_allclose(running.result(), expected, rtol=1e-9, atol=1e-12)
     assert np.isnan(running.result()[4]) and np.isfinite(running.result()).sum() == 5
+    official = metrics.single_trial_correlation_official(responses, predictions)
+    np.testing.assert_allclose(running.official(), official, rtol=1e-9, atol=1e-12)
+    assert running.official()[4] == 0 and running.official()[2] == 0  # constant, and a NaN inside the trial
 
 
 def test_the_streamed_train_tier_equals_the_loaded_one(tiny_run, default_mouse):
@@ -33,9 +36,10 @@ def test_the_streamed_train_tier_equals_the_loaded_one(tiny_run, default_mouse):
     model, _ = load_run(out)
     recording = Recording(default_mouse[0])
     indices = recording.trials_in("train")[:8]
-    streamed, streamed_neurons = evaluate_streamed(model, recording, indices)
+    streamed, streamed_neurons, withheld = evaluate_streamed(model, recording, indices)
+    assert withheld == 0
     loaded, loaded_neurons = evaluate_tier(model, recording, [recording.trial(i) for i in indices])
     for key in ("single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling", "trials"):
         np.testing.assert_allclose(streamed[key], loaded[key], rtol=1e-7, err_msg=key)
-    np.testing.assert_allclose(streamed_neurons["single_trial_correlation"],
-                               loaded_neurons["single_trial_correlation"], rtol=1e-7, atol=1e-9)
+    for key in ("single_trial_correlation", "single_trial_correlation_official"):
+        np.testing.assert_allclose(streamed_neurons[key], loaded_neurons[key], rtol=1e-7, atol=1e-9, err_msg=key)

@@ -71,7 +71,8 @@ def test_evaluate_skips_withheld_tiers_and_says_so_once(release, caplog):
     assert np.isfinite(results["oracle"]["single_trial_correlation"])
     assert np.isfinite(results["final_test_bonus"]["single_trial_correlation_official"])
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 3, said  # once per tier, not per trial
+    assert len(said) == 4, said  # once per tier, not per trial
+    assert sum("train: responses withheld in 1 of" in m for m in said) == 1  # the streamed tier too
     assert sum("final_test_main: responses withheld in all" in m for m in said) == 1
     assert sum("live_test_main: responses withheld in all" in m for m in said) == 1
     assert sum("oracle: responses withheld in 1 of" in m for m in said) == 1

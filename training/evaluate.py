@@ -86,12 +86,13 @@ def evaluate_tier(model: Twin, recording: Recording, trials: list[Trial]) -> tup
     return summary, per_neuron
 
 
-def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> tuple[dict, dict]:
-    """Single-trial correlation (and its ceiling) of a tier read one trial at a time → (summary,
-    per-neuron arrays): memory does not grow with the tier's length."""
-    correlation, ceiling, count = RunningCorrelation(), RunningCorrelation(), 0
+def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> tuple[dict, dict, int]:
+    """Single-trial correlation (ours, official, and the ceiling) of a tier read one trial at a time →
+    (summary, per-neuron arrays, trials withheld): memory does not grow with the tier's length."""
+    correlation, ceiling, count, withheld = RunningCorrelation(), RunningCorrelation(), 0, 0
     for index in indices:
         trial = recording.trial(index)
+        withheld += trial.responses is None
         if trial.responses is None or trial.frames <= metrics.BURN_IN:
             continue
         correlation.add(trial.responses, predict(model, recording.name, [trial])[0])
@@ -100,25 +101,26 @@ def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> 
             ceiling.add(trial.responses, expected[0])
         count += 1
     if not count:
-        return {}, {}
-    per_neuron = {"single_trial_correlation": correlation.result()}
+        return {}, {}, withheld
+    per_neuron = {"single_trial_correlation": correlation.result(),
+                  "single_trial_correlation_official": correlation.official()}
     if ceiling.sums:
         per_neuron["ceiling_single_trial_correlation"] = ceiling.result()
     summary = metrics.summarize(per_neuron)
     if ceiling.sums:
         summary["fraction_of_ceiling"] = summary["single_trial_correlation"] / summary["ceiling_single_trial_correlation"]
     summary.update(trials=count, clips=count, neurons=recording.neurons)
-    return summary, per_neuron
+    return summary, per_neuron, withheld
 
 
-def _withheld_note(recording: str, tier: str, trials: list[Trial]) -> str | None:
-    """What to say about a recording's tier if any of its trials' responses are withheld, else None."""
-    count, why = sum(t.responses is None for t in trials), "(files missing, or all zero or NaN)"
-    if count == len(trials):
+def _withheld_note(recording: str, tier: str, count: int, total: int) -> str | None:
+    """What to say about a recording's tier if `count` of its `total` trials' responses are withheld."""
+    why = "(files missing, or all zero or NaN)"
+    if count == total:
         return f"{recording}, tier {tier}: responses withheld in all {count} trials {why}; tier not scored"
     if count:
-        return (f"{recording}, tier {tier}: responses withheld in {count} of {len(trials)} trials {why}; "
-                f"scoring the other {len(trials) - count}")
+        return (f"{recording}, tier {tier}: responses withheld in {count} of {total} trials {why}; "
+                f"scoring the other {total - count}")
     return None
 
 
@@ -134,10 +136,12 @@ def evaluate(model: Twin, recordings: list[Recording], out: Path | None = None, 
             raise ValueError(f"{recording.name} has frames of {recording.frame_shape} pixels; "
                              f"the twin takes {model.frame_shape}")
         if tier in STREAMED_TIERS:
-            summary, per_neuron = evaluate_streamed(model, recording, recording.trials_in(tier))
+            indices = recording.trials_in(tier)
+            summary, per_neuron, withheld = evaluate_streamed(model, recording, indices)
+            notes.append(_withheld_note(recording.name, tier, withheld, len(indices)))
         else:
             trials = recording.load(tier)
-            notes.append(_withheld_note(recording.name, tier, trials))
+            notes.append(_withheld_note(recording.name, tier, sum(t.responses is None for t in trials), len(trials)))
             summary, per_neuron = evaluate_tier(model, recording, trials)
         if summary:
             results.setdefault(recording.name, {})[tier] = summary

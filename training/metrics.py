@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 BURN_IN = 50
+OFFICIAL_EPS = 1e-8  # neuralpredictors' corr: added to each standard deviation
 
 Trials = Sequence[np.ndarray]
 
@@ -49,7 +50,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where((count > 1) & (denominator > 0), r, np.nan)
 
 
-def official_corr(x: np.ndarray, y: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+def official_corr(x: np.ndarray, y: np.ndarray, eps: float = OFFICIAL_EPS) -> np.ndarray:
     """Per-column correlation of x, y (S, N) as neuralpredictors' ``corr(x, y, axis=0)`` → (N,), NaN → 0:
     mean over samples of (x - x̄)(y - ȳ) / ((σx + ε)(σy + ε)), σ the standard deviation with ddof=0."""
     x = np.asarray(x, dtype=np.float64)
