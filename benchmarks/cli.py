@@ -1,4 +1,4 @@
-"""`twin bench train|cores|fidelity|export|stream|score|soak`: the benchmark subcommands.
+"""`twin bench train|cores|fidelity|memory|gpu-train|export|stream|score|soak`: the benchmark subcommands.
 
 `register` adds them to the `twin bench` subparsers; each handler runs its benchmark (imported only
 then: the command line starts without torch), prints a summary to stderr and returns the results,
@@ -52,6 +52,32 @@ def _fidelity(args) -> dict:
                         neurons=args.neurons, train_minutes=args.train_minutes, recordings=args.recordings,
                         workdir=args.workdir, experiments=not args.skip_experiments, progress=not args.quiet)
     return _report(results, lines(results), args.out, Path(args.out).with_suffix(".png"))
+
+
+def _memory(args) -> dict:
+    from .memory import run_bench
+
+    results = run_bench(args.out, args.workdir, neurons=args.neurons, recordings=args.recordings,
+                        large_minutes=args.large_minutes, steps=args.steps, speed_steps=args.speed_steps,
+                        repeats=args.repeats, preset=args.preset, progress=not args.quiet)
+    memory, speed = results["memory"], results["speed"]
+    return _report(results, [f"{size}: {memory[size]['data_bytes'] / 1e9:6.1f} GB of data, peak PSS "
+                             f"{memory[size]['peak_pss_bytes'] / 1e9:5.2f} GB" for size in ("small", "large")]
+                   + [f"peak ratio {memory['peak_ratio']:.2f}; out-of-core steps/s {speed['disk_vs_memory']:.2f}x "
+                      f"in-memory; targets {results['targets_met']}"], args.out, Path(args.out).with_suffix(".png"))
+
+
+def _gpu_train(args) -> dict:
+    from .gpu_train import run_bench
+
+    results = run_bench(args.out, preset=args.preset, steps=args.steps, device=args.device, precision=args.precision,
+                        neurons=args.neurons, recordings=args.recordings, progress=not args.quiet)
+    peak = results["machine"]["gpu"].get("peak_allocated_bytes")
+    return _report(results, [f"{args.preset} on {results['config']['device']} ({results['config']['precision']}): "
+                             f"{results['steps_per_s']:.2f} steps/s, {results['training_frames_per_s']:.0f} training "
+                             f"frames/s, peak GPU memory {peak / 2**30:.2f} GiB" if peak else
+                             f"{args.preset} on {results['config']['device']}: {results['steps_per_s']:.2f} steps/s"],
+                   args.out)
 
 
 def _export(args) -> dict:
@@ -150,6 +176,34 @@ def register(benchmarks) -> None:
                           help="no export, server or in-silico experiments: training fidelity only")
     fidelity.add_argument("--quiet", action="store_true", help="no progress bars (one line per phase stays)")
     fidelity.set_defaults(handler=_fidelity)
+
+    memory = benchmarks.add_parser("memory", help="peak memory of twin train on data sets 8x apart (out of core), "
+                                                  "and out-of-core vs in-memory training speed")
+    memory.add_argument("--out", default=f"{RESULTS}/memory.json")
+    memory.add_argument("--workdir", required=True, help="folder for the data sets and runs (kept and reused; the "
+                                                         "large set takes recordings x large-minutes of disk)")
+    memory.add_argument("--neurons", type=int, default=7900, help="neurons per recording")
+    memory.add_argument("--recordings", type=int, default=6)
+    memory.add_argument("--large-minutes", type=float, default=60.0,
+                        help="training minutes per recording of the large set; the small set has 1/8")
+    memory.add_argument("--steps", type=int, default=20, help="training steps of the memory runs")
+    memory.add_argument("--speed-steps", type=int, default=60, help="training steps of each speed run")
+    memory.add_argument("--repeats", type=int, default=3, help="speed runs per loader, interleaved")
+    memory.add_argument("--preset", default="small", choices=presets)
+    memory.add_argument("--quiet", action="store_true")
+    memory.set_defaults(handler=_memory)
+
+    gpu = benchmarks.add_parser("gpu-train", help="a few hundred training steps on a GPU (make gpu-check): steps/s, "
+                                                  "frames/s, peak GPU memory")
+    gpu.add_argument("--out", default=f"{RESULTS}/gpu_train.json")
+    gpu.add_argument("--preset", default="base", choices=presets)
+    gpu.add_argument("--steps", type=int, default=300)
+    gpu.add_argument("--device", default="cuda", help="cuda, cuda:<i>, or cpu to check the script")
+    gpu.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    gpu.add_argument("--neurons", type=int, default=1000, help="neurons of the first recording")
+    gpu.add_argument("--recordings", type=int, default=2)
+    gpu.add_argument("--quiet", action="store_true")
+    gpu.set_defaults(handler=_gpu_train)
 
     export = benchmarks.add_parser("export", help="clip, step and window re-run throughput (PyTorch vs ONNX Runtime)")
     export.add_argument("--out", default=f"{RESULTS}/export.json")
