@@ -162,10 +162,11 @@ def test_ceiling_is_calibrated_and_stimulus_driven(recordings):
 
 
 def test_same_seed_same_files(tmp_path):
+    """Same seed, same bytes, whether the recordings are written one after another or by two workers."""
     small = dict(recordings=2, neurons=20, train_minutes=0.5, repeats=2, oracle_clips=1, test_clips=1,
                  progress=False)
     first = synthesize(tmp_path / "a", seed=3, **small)
-    second = synthesize(tmp_path / "b", seed=3, **small)
+    second = synthesize(tmp_path / "b", seed=3, workers=2, **small)
     other = synthesize(tmp_path / "c", seed=4, **small)
     for a, b, c in zip(first, second, other):
         files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
@@ -250,3 +251,51 @@ def test_imaging_is_causal_and_unbiased():
     samples = np.stack([imaging.sample_response(rng, rates, tau, mean_rate, noise) for _ in range(400)])
     assert samples.min() >= 0
     assert abs(samples.mean() - expected.mean()) < 0.01 * expected.mean()
+
+
+def test_streamed_reductions_match_numpy_in_memory(tmp_path):
+    from twinserve.training.virtual_mouse.streaming import ColumnSum, column_variance, file_statistics
+    rng = np.random.default_rng(0)
+    rows = (rng.gamma(2.0, 1.0, (700, 33)) ** 3).astype(np.float32)
+    blocks = [rows[:250], rows[250:250], rows[250:251], rows[251:]]
+    total = ColumnSum()
+    for block in blocks:
+        total.add(block)
+    assert np.array_equal(total.mean(), rows.mean(0))  # the same bits, not just close
+    assert np.array_equal(column_variance(blocks, total.mean()), rows.var(0))
+    lengths = [300, 250, 280]
+    trials = [rng.normal(size=(33, 300)).astype(np.float32) for _ in lengths]
+    paths = [tmp_path / f"{i}.npy" for i in range(len(trials))]
+    for path, trial in zip(paths, trials):
+        np.save(path, trial)
+    values = np.concatenate([t[:, :n].T for t, n in zip(trials, lengths)]).astype(np.float64)
+    functions = {"mean": np.mean, "std": np.std, "median": np.median}
+    for block_bytes in (1, 2**30):  # two channels per block, or all at once
+        streamed = file_statistics(paths, lengths, functions, block_bytes=block_bytes)
+        for name, function in functions.items():
+            assert np.array_equal(streamed[name], function(values, axis=0).astype(np.float32)), name
+
+
+def test_sensorium_scale_flag(tmp_path, capsys):
+    """`--scale sensorium`: SENSORIUM neuron counts (+1% per recording) and 60 minutes unless overridden;
+    `--expected test` leaves the train tier's expected responses out; sizes are checked before any work."""
+    from twinserve.cli import main as twin
+    from twinserve.training.virtual_mouse.recording import Job
+    from twinserve.training.virtual_mouse.writer import recording_bytes
+
+    out = tmp_path / "set"
+    assert twin(["data", "synth", "--out", str(out), "--scale", "sensorium", "--neurons", "100", "--train-minutes",
+                 "0.5", "--recordings", "2", "--expected", "test", "--quiet"]) == 0
+    assert [len(load(rec / "meta/neurons/unit_ids.npy")) for rec in sorted(out.iterdir())] == [100, 101]
+    tiers = load(out / "virtual-mouse-0/meta/trials/tiers.npy")
+    written = sorted(int(p.stem) for p in (out / "virtual-mouse-0/truth/expected").iterdir())
+    assert written == np.flatnonzero(tiers != "train").tolist() and (tiers == "train").sum() == 3
+
+    huge = 100_000  # recordings of the scale's default size (7,900 neurons +1% each, 60 minutes): no disk holds them
+    assert twin(["data", "synth", "--out", str(tmp_path / "huge"), "--scale", "sensorium", "--recordings", str(huge),
+                 "--quiet"]) == 2
+    jobs = [Job(out=out, index=i, seed=0, n_neurons=round(7900 * (1 + 0.01 * i)), train_trials=360, trial_frames=300,
+                repeats=10, oracle_clips=6, test_clips=2, variant=None) for i in range(huge)]
+    needed = sum(recording_bytes(job)[0] for job in jobs) + recording_bytes(jobs[-1])[1]  # files + one scratch
+    assert f"need about {needed / 1e9:.1f} GB" in capsys.readouterr().err
+    assert not (tmp_path / "huge").exists()

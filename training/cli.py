@@ -14,12 +14,16 @@ from .presets import PRESETS
 def _synth(args) -> list[str]:
     from .virtual_mouse import synthesize
     from .virtual_mouse.family import variant
+    from .virtual_mouse.writer import SCALES
 
     member = variant(args.variant)
-    neurons = member.neurons if args.neurons is None else args.neurons
-    minutes = member.train_minutes if args.train_minutes is None else args.train_minutes
+    size = SCALES.get(args.scale, {"neurons": member.neurons, "train_minutes": member.train_minutes,
+                                   "neuron_step": 0.15})
+    neurons = size["neurons"] if args.neurons is None else args.neurons
+    minutes = size["train_minutes"] if args.train_minutes is None else args.train_minutes
     paths = synthesize(args.out, recordings=args.recordings, neurons=neurons, train_minutes=minutes,
-                       seed=args.seed, progress=not args.quiet, variant=member)
+                       seed=args.seed, progress=not args.quiet, variant=member, neuron_step=size["neuron_step"],
+                       expected=args.expected, workers=args.workers)
     return [str(path) for path in paths]
 
 
@@ -88,9 +92,20 @@ def register(commands) -> None:
     synth.add_argument("--variant", default="default",
                        help="which virtual mouse: 'default' (the original) or 'family-<k>', member k of the family "
                             "of virtual mice (every generative choice drawn per member; see truth/variant.json)")
-    synth.add_argument("--neurons", type=int, help="neurons of the first recording (default: the variant's; 300)")
-    synth.add_argument("--train-minutes", type=float,
-                       help="minutes of training movies per recording (default: the variant's; 6)")
+    synth.add_argument("--scale", choices=("variant", "sensorium"), default="variant",
+                       help="recording size: the variant's (default; 300 neurons, 6 minutes, +15%% neurons per "
+                            "recording), or 'sensorium': SENSORIUM 2023's ~7,900 neurons (+1%% per recording) and "
+                            "60 minutes of training video (~4.8 GB of responses, 1.4 GB of video per recording); "
+                            "--neurons and --train-minutes override either")
+    synth.add_argument("--neurons", type=int, help="neurons of the first recording (default: the scale's)")
+    synth.add_argument("--train-minutes", type=float, help="minutes of training movies per recording "
+                                                           "(default: the scale's)")
+    synth.add_argument("--expected", choices=("all", "test", "none"), default="all",
+                       help="which trials get truth/expected/ (as large as the responses): all (default), "
+                            "test (all but the train tier: what `twin evaluate` reads), or none")
+    synth.add_argument("--workers", type=int, default=1,
+                       help="recordings written at once, one process each (default 1; 2 uses both cores here); "
+                            "the files do not depend on it")
     _seed_and_quiet(synth, default_seed=0)
     synth.set_defaults(handler=_synth)
 

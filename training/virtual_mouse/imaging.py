@@ -21,6 +21,11 @@ IMAGING_HZ = 8
 NOISE_SHAPE = 4.0
 
 
+def sample_count(n_frames):
+    """Imaging samples ``K + 2`` of a trial of ``n_frames`` frames: 2 pre-trial, then K at 8 Hz."""
+    return n_frames * IMAGING_HZ // FPS + 2
+
+
 def readout_matrices(n_frames):
     """``average (K, T)``: imaging samples from calcium; ``interp (T, K + 2)``: frames from the 2 pre-trial
     samples followed by the K imaging samples. Both rows sum to 1; ``interp`` is causal (see module)."""
@@ -76,12 +81,25 @@ def expected_response(rates, tau, mean_rate, noise_std):
     return (to_frames(samples, rates.shape[1]) + noise_mean(noise_std)).astype(np.float32)
 
 
-def sample_response(rng, rates, tau, mean_rate, noise_std):
-    """One noisy observation ``(B, T, N)`` of rates λ ``(B, T, N)`` Hz: Poisson spikes, Gamma noise."""
+def spike_samples(rng, rates, tau, mean_rate):
+    """Noise-free imaging samples ``(B, K + 2, N)`` of one draw of Poisson spikes at rates λ ``(B, T, N)`` Hz."""
     counts = rng.poisson(np.asarray(rates, np.float64) / FPS).astype(np.float32)
-    samples = imaging_samples(counts, tau, mean_rate)
+    return imaging_samples(counts, tau, mean_rate)
+
+
+def add_noise(rng, samples, noise_std, n_frames):
+    """30 Hz responses ``(B, T, N)`` from samples ``(B, K + 2, N)`` plus Gamma fluorescence noise."""
     noise = rng.gamma(NOISE_SHAPE, 1.0, samples.shape).astype(np.float32) * (noise_std / np.sqrt(NOISE_SHAPE))
-    return to_frames(samples + noise.astype(np.float32, copy=False), rates.shape[1]).astype(np.float32)
+    return to_frames(samples + noise.astype(np.float32, copy=False), n_frames).astype(np.float32)
+
+
+def sample_response(rng, rates, tau, mean_rate, noise_std):
+    """One noisy observation ``(B, T, N)`` of rates λ ``(B, T, N)`` Hz: Poisson spikes, Gamma noise.
+
+    All spikes are drawn before any noise: a recording written trial by trial draws the spikes of
+    every trial (``spike_samples``) before the noise of any (``add_noise``) to keep this stream.
+    """
+    return add_noise(rng, spike_samples(rng, rates, tau, mean_rate), noise_std, rates.shape[1])
 
 
 def poisson_variance_gain(tau, n_frames, skip):
@@ -89,22 +107,22 @@ def poisson_variance_gain(tau, n_frames, skip):
     average, interp = readout_matrices(n_frames)
     readout = interp[:, 2:] @ average  # (T, T)
     lag = np.subtract.outer(np.arange(n_frames), np.arange(n_frames))
+    causal, steps = lag >= 0, np.maximum(lag, 0)
     gains = []
     for decay in calcium_decay(tau):
-        impulse = readout @ np.where(lag >= 0, decay ** np.maximum(lag, 0), 0.0)
+        impulse = readout @ np.where(causal, (decay ** np.arange(n_frames))[steps], 0.0)  # decay ** lag
         gains.append((impulse[skip:] ** 2).sum(1).mean())
     return np.array(gains)
 
 
-def noise_std_for_reliability(expected, mean_rate, tau, reliability, n_frames, skip):
+def noise_std_for_reliability(signal, mean_rate, tau, reliability, n_frames, skip):
     """Fluorescence noise std ``(N,)`` that brings each neuron's single-trial correlation with its
     expected response to ``reliability (N,)``.
 
-    ``expected (F, N)``: noise-free expected responses of the calibration frames (frames ≥ ``skip``);
-    ``mean_rate (N,)``: their mean rate in Hz. Solves ρ² = S / (S + P + g σ²), with S the signal
-    variance, P the Poisson variance and g the mean of Σ_j interp[t, j]² (noise kept by interpolation).
+    ``signal (N,)``: variance of the noise-free expected responses over the calibration frames (frames
+    ≥ ``skip``); ``mean_rate (N,)``: their mean rate in Hz. Solves ρ² = S / (S + P + g σ²), with S the
+    signal variance, P the Poisson variance and g the mean of Σ_j interp[t, j]² (noise kept by interpolation).
     """
-    signal = expected.var(axis=0)
     poisson = poisson_variance_gain(tau, n_frames, skip) * mean_rate / FPS
     interp = readout_matrices(n_frames)[1]
     kept = (interp[skip:] ** 2).sum(1).mean()

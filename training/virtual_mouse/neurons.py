@@ -23,7 +23,7 @@ with behaviour z-scored by ``behavior_mean/std``. Arrays are time-first: video `
 behaviour ``(B, T, 2)`` = [pupil size, running speed], pupil centre ``(B, T, 2)`` = [x, y], rates
 ``(B, T, N)``.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -69,6 +69,14 @@ class Population:
 
     def __len__(self):
         return len(self.baseline)
+
+
+RECORDING_WIDE = ("eye_gain", "eye_center", "behavior_mean", "behavior_std")  # the fields not per neuron
+
+
+def subset(pop, index):
+    """The neurons ``index`` (a slice or an index array) of ``pop``, as a ``Population``."""
+    return replace(pop, **{f.name: getattr(pop, f.name)[index] for f in fields(pop) if f.name not in RECORDING_WIDE})
 
 
 def sample_population(rng, n, eye_center, variant=Variant(), extra=None):
@@ -134,15 +142,25 @@ def drive_from_projections(pop, even, odd, energy):
     return response / (pop.semi_saturation**2 + pooled)
 
 
-def raw_drive(pop, video, pupil_center):
-    """Drive ``(B, T, N)`` (before ``drive_norm``) for ``video (B, T, H, W)`` (0..255), ``pupil_center (B, T, 2)``."""
+def retinal_filters(pop):
+    """``(spatial (H*W, 2N), pools (H*W, N))``: the even and odd spatial filters and the contrast pools
+    of ``pop``, transposed (views, as ``raw_drive`` multiplies by them)."""
+    return spatial_filters(pop).reshape(2 * len(pop), -1).T, contrast_pools(pop).T
+
+
+def raw_drive(pop, video, pupil_center, filters=None):
+    """Drive ``(B, T, N)`` (before ``drive_norm``) for ``video (B, T, H, W)`` (0..255), ``pupil_center (B, T, 2)``;
+    ``filters``: ``retinal_filters(pop)``, computed here if not given."""
     batch, n_frames = video.shape[:2]
+    spatial, pools = retinal_filters(pop) if filters is None else filters
     shift = eye_shift(pupil_center, pop.eye_center, pop.eye_gain).reshape(-1, 2)
     retina = shift_frames(contrast(video).reshape(-1, HEIGHT, WIDTH), shift).reshape(batch * n_frames, -1)
-    projections = retina @ spatial_filters(pop).reshape(2 * len(pop), -1).T
+    projections = retina @ spatial
     even, odd = projections.reshape(batch, n_frames, 2, len(pop)).transpose(2, 0, 1, 3)
-    energy = (retina**2 @ contrast_pools(pop).T).reshape(batch, n_frames, len(pop))
-    return drive_from_projections(pop, even, odd, energy)
+    energy = (retina**2 @ pools).reshape(batch, n_frames, len(pop))
+    # one trial at a time: the same numbers, in arrays that stay in the cache
+    return np.concatenate([drive_from_projections(pop, even[b:b + 1], odd[b:b + 1], energy[b:b + 1])
+                           for b in range(batch)])
 
 
 def behavioral_gain(pop, behavior):

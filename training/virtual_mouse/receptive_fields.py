@@ -112,9 +112,16 @@ def channel_kernels(pop):
     return np.einsum("ncap,nak->cpnk", weights, temporal_kernels(pop))
 
 
-def filter_in_time(x, kernels):
-    """Causal per-neuron convolution of ``x (B, T, N)`` with ``kernels (N, K)``; zeros before t = 0."""
-    out = np.zeros_like(x)
-    for lag in range(min(kernels.shape[1], x.shape[1])):
-        out[:, lag:] += kernels[:, lag] * x[:, :x.shape[1] - lag]
+def filter_in_time(x, kernels, block=512):
+    """Causal per-neuron convolution of ``x (B, T, N)`` with ``kernels (N, K)``; zeros before t = 0.
+    ``block`` neurons at a time, so that the arrays stay in the cache."""
+    out = np.empty_like(x)
+    for start in range(0, x.shape[2], block):
+        neurons = slice(start, start + block)
+        part = np.ascontiguousarray(x[..., neurons])
+        result, product = np.zeros_like(part), np.empty(part.shape, np.result_type(kernels, part))
+        for lag in range(min(kernels.shape[1], x.shape[1])):
+            kept = x.shape[1] - lag
+            result[:, lag:] += np.multiply(kernels[neurons, lag], part[:, :kept], out=product[:, :kept])
+        out[..., neurons] = result
     return out

@@ -20,7 +20,8 @@ Angle convention: a direction θ means drift toward (cos θ, −sin θ) in (x, y
 ## expected/<trial>.npy
 float32 (N, T): the exact expected observed response of that trial (same units and NaN padding as
 `data/responses`), given its video, behaviour and eye movements: responses = expected + zero-mean
-noise (spiking and fluorescence). Per neuron, the single-trial Pearson correlation of responses with
+noise (spiking and fluorescence). Written for every trial, or (`twin data synth --expected test`) for
+all but the train tier's, or (`--expected none`) for none. Per neuron, the single-trial Pearson correlation of responses with
 `expected` (oracle tier, frames ≥ 50) is the ceiling any model of the data can reach.
 
 ## neurons/<key>.npy (first axis = neuron)

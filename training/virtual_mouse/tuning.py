@@ -11,7 +11,7 @@ Vector-sum indices over the 16 directions θ: ``OSI = |Σ r e^{2iθ}| / Σ r``, 
 """
 import numpy as np
 
-from .neurons import drive_from_projections, rate_at_rest
+from .neurons import drive_from_projections, rate_at_rest, subset
 from .receptive_fields import contrast_pools, spatial_filters, temporal_kernels
 from .stimuli import AMPLITUDE, FPS, GREY, HEIGHT, WIDTH
 
@@ -28,12 +28,17 @@ def best_temporal_frequency(pop):
     return TUNING_TF_HZ[np.abs(kernel @ phasors.T).argmax(axis=1)]
 
 
-def grating_rates(pop, directions_deg, tf_hz):
+def grating_rates(pop, directions_deg, tf_hz, block=256):
     """Mean expected rates ``(N, D)`` Hz for gratings at ``directions_deg (N, D)`` and ``tf_hz (N,)``.
 
     With contrast c = A cos(k·x − ωt), projections are ``A Re(ẑ(k) e^{−iωt})`` and the pooled squared
     contrast is ``A²/2 (1 + Re(ẑ_pool(2k) e^{−2iωt}))``, where ẑ(k) = Σ_x filter(x) e^{i k·x}.
+    Each neuron's rates depend on it alone: ``block`` neurons at a time, to bound the memory.
     """
+    if len(pop) > block:
+        return np.concatenate([grating_rates(subset(pop, slice(start, start + block)),
+                                             directions_deg[start:start + block], tf_hz[start:start + block], block)
+                               for start in range(0, len(pop), block)])
     rows, cols = np.mgrid[0:HEIGHT, 0:WIDTH]
     filters = np.concatenate([spatial_filters(pop), contrast_pools(pop)[None]]).astype(np.float64)
     spectra = np.empty((3,) + directions_deg.shape, complex)  # even, odd at k; pool at 2k
