@@ -1,4 +1,4 @@
-"""`twin bench train|cores|fidelity|memory|gpu-train|export|stream|score|soak`: the benchmark subcommands.
+"""`twin bench train|cores|fidelity|memory|gpu-train|export|stream|score|soak|experiments`: the benchmark subcommands.
 
 `register` adds them to the `twin bench` subparsers; each handler runs its benchmark (imported only
 then: the command line starts without torch), prints a summary to stderr and returns the results,
@@ -58,7 +58,7 @@ def _memory(args) -> dict:
     from .memory import run_bench
 
     results = run_bench(args.out, args.workdir, neurons=args.neurons, recordings=args.recordings,
-                        large_minutes=args.large_minutes, steps=args.steps, speed_steps=args.speed_steps,
+                        small_minutes=args.small_minutes, steps=args.steps, speed_steps=args.speed_steps,
                         repeats=args.repeats, preset=args.preset, progress=not args.quiet)
     memory, speed = results["memory"], results["speed"]
     return _report(results, [f"{size}: {memory[size]['data_bytes'] / 1e9:6.1f} GB of data, peak PSS "
@@ -143,6 +143,14 @@ def _soak(args) -> dict:
                    args.out, Path(args.out).with_suffix(".png"))
 
 
+def _experiments(args) -> dict:
+    from .experiments import lines, run_bench
+
+    results = run_bench(args.out, neurons=args.neurons, preset=args.preset, sample=args.sample,
+                        progress=not args.quiet)
+    return _report(results, lines(results), args.out)
+
+
 def register(benchmarks) -> None:
     """Add the benchmark subcommands to `benchmarks`, the subparsers of `twin bench`."""
     presets = sorted(PRESETS)
@@ -183,9 +191,10 @@ def register(benchmarks) -> None:
     memory.add_argument("--workdir", required=True, help="folder for the data sets and runs (kept and reused; the "
                                                          "large set takes recordings x large-minutes of disk)")
     memory.add_argument("--neurons", type=int, default=7900, help="neurons per recording")
-    memory.add_argument("--recordings", type=int, default=6)
-    memory.add_argument("--large-minutes", type=float, default=60.0,
-                        help="training minutes per recording of the large set; the small set has 1/8")
+    memory.add_argument("--recordings", type=int, default=2)
+    memory.add_argument("--small-minutes", type=float, default=20.0,
+                        help="training minutes per recording of the small set; the large set has as many as make "
+                             "it 8x the size (~190 for 20)")
     memory.add_argument("--steps", type=int, default=20, help="training steps of the memory runs")
     memory.add_argument("--speed-steps", type=int, default=60, help="training steps of each speed run")
     memory.add_argument("--repeats", type=int, default=3, help="speed runs per loader, interleaved")
@@ -235,3 +244,13 @@ def register(benchmarks) -> None:
                       help="tritonserver kills, after the first minute (default max(1, minutes // 5))")
     soak.add_argument("--seed", type=int, default=0)
     soak.set_defaults(handler=_soak)
+
+    experiments = benchmarks.add_parser("experiments", help="twin experiment tuning and rf on a served twin of "
+                                                            "thousands of neurons: wall time, scoring vs fits, "
+                                                            "batched vs per-neuron scipy fits")
+    experiments.add_argument("--out", default=f"{RESULTS}/experiments.json")
+    experiments.add_argument("--neurons", type=int, default=8000)
+    experiments.add_argument("--preset", default="small", choices=presets)
+    experiments.add_argument("--sample", type=int, default=200, help="neurons whose fits scipy redoes one by one")
+    experiments.add_argument("--quiet", action="store_true")
+    experiments.set_defaults(handler=_experiments)

@@ -1,14 +1,15 @@
 """`twin bench memory`: peak memory of `twin train` on two data sets 8× apart, and out-of-core speed.
 
 1. Memory: the same `twin train --steps S` (out-of-core loader, final evaluation included) on a
-   small and a large data set that differ 8× in training minutes; the peak of the summed
+   small and a large data set 8× apart in size (same recordings and test tiers, longer training
+   video); the peak of the summed
    proportional set size (PSS: shared pages split between the processes that map them) of `twin
    train` and its data workers, sampled every 0.2 s. Target: the peaks differ by < 20% and stay
    under 4 GB, with the large set at least as large as this machine's RAM.
 2. Speed: training steps/s on a demo-sized mouse with `--loader disk` against `--loader memory`,
    interleaved (disk, memory, disk, memory, ...), steps timed without validation. Target: within 10%.
 
-Data sets are written with `twin data synth` into --workdir (reused when present).
+Data sets are virtual mice written into --workdir (reused when present), without truth/expected.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from twinserve.clients.plotting import pyplot
 from .harness import machine, write_results
 
 TARGETS = {"peak_ratio_max": 1.2, "peak_gb_max": 4.0, "disk_vs_memory_steps_ratio_min": 0.9}
+SIZE_RATIO = 8
+TEST_TIERS = {"repeats": 4, "oracle_clips": 2, "test_clips": 1}  # small, so the training video sets the size
 
 
 def folder_bytes(folder: Path) -> int:
@@ -67,16 +70,24 @@ def run_measured(command: list[str], interval: float = 0.2) -> dict:
 
 
 def synthesize(folder: Path, recordings: int, neurons: int, minutes: float, progress: bool) -> list[str]:
-    """`twin data synth` into `folder` unless a finished set is there → the recording folders."""
+    """SENSORIUM-like recordings of `minutes` of training video and small test tiers (`TEST_TIERS`),
+    without truth/expected, into `folder` unless a finished set is there → the recording folders."""
+    from twinserve.training.virtual_mouse import synthesize as write
+
     done = folder / ".complete"
     if not done.is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        command = [sys.executable, "-m", "twinserve.cli", "data", "synth", "--out", str(folder), "--recordings",
-                   str(recordings), "--neurons", str(neurons), "--train-minutes", str(minutes), "--expected", "test",
-                   "--workers", "2"]
-        subprocess.run(command + ([] if progress else ["--quiet"]), check=True, stdout=subprocess.DEVNULL)
+        write(folder, recordings=recordings, neurons=neurons, train_minutes=minutes, seed=0, progress=progress,
+              neuron_step=0.01, expected="none", workers=2, **TEST_TIERS)
         done.touch()
     return sorted(str(p) for p in folder.iterdir() if p.is_dir())
+
+
+def minutes_for_ratio(small_minutes: float, ratio: float = SIZE_RATIO) -> float:
+    """Training minutes per recording that make a data set `ratio` times the size of one with
+    `small_minutes` (trials of 10 s; the test tiers and the 2 `none` trials stay the same)."""
+    other = TEST_TIERS["repeats"] * (TEST_TIERS["oracle_clips"] + 4 * TEST_TIERS["test_clips"]) + 2
+    return (ratio * (small_minutes * 6 + other) - other) / 6
 
 
 def train_command(data: list[str], out: Path, preset: str, steps: int, loader: str, evaluate_every: int) -> list[str]:
@@ -91,16 +102,17 @@ def steps_per_second(out: Path) -> float:
     return state["step"] / state["step_seconds"]
 
 
-def run_bench(out: str | Path, workdir: str | Path, neurons: int = 7900, recordings: int = 6,
-              large_minutes: float = 60.0, steps: int = 20, speed_steps: int = 60, repeats: int = 3,
+def run_bench(out: str | Path, workdir: str | Path, neurons: int = 7900, recordings: int = 2,
+              small_minutes: float = 20.0, steps: int = 20, speed_steps: int = 60, repeats: int = 3,
               preset: str = "small", progress: bool = True) -> dict:
     workdir = Path(workdir)
     ram = psutil.virtual_memory().total
-    results = {"config": {"neurons": neurons, "recordings": recordings, "large_minutes": large_minutes,
-                          "small_minutes": large_minutes / 8, "steps": steps, "speed_steps": speed_steps,
-                          "repeats": repeats, "preset": preset},
+    large_minutes = minutes_for_ratio(small_minutes)
+    results = {"config": {"neurons": neurons, "recordings": recordings, "small_minutes": small_minutes,
+                          "large_minutes": large_minutes, "test_tiers": TEST_TIERS, "steps": steps,
+                          "speed_steps": speed_steps, "repeats": repeats, "preset": preset},
                "machine": {**machine(), "ram_bytes": ram}, "targets": TARGETS, "memory": {}}
-    for size, minutes in (("small", large_minutes / 8), ("large", large_minutes)):
+    for size, minutes in (("small", small_minutes), ("large", large_minutes)):
         data = synthesize(workdir / f"data-{size}", recordings, neurons, minutes, progress)
         measured = run_measured(train_command(data, workdir / f"run-{size}", preset, steps, "disk", steps))
         results["memory"][size] = {"data_bytes": folder_bytes(workdir / f"data-{size}"), **measured}

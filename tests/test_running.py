@@ -43,3 +43,21 @@ def test_the_streamed_train_tier_equals_the_loaded_one(tiny_run, default_mouse):
         np.testing.assert_allclose(streamed[key], loaded[key], rtol=1e-7, err_msg=key)
     for key in ("single_trial_correlation", "single_trial_correlation_official"):
         np.testing.assert_allclose(streamed_neurons[key], loaded_neurons[key], rtol=1e-7, atol=1e-9, err_msg=key)
+
+
+def test_predict_pads_trials_without_changing_their_predictions(tiny_run, default_mouse):
+    import torch
+
+    from twinserve.training.evaluate import LENGTH_BUCKET, predict
+
+    model, _ = load_run(tiny_run[0])
+    recording = Recording(default_mouse[0])
+    trials = [recording.trial(i) for i in recording.trials_in("oracle")[:6]]
+    assert any(t.frames % LENGTH_BUCKET for t in trials)
+    for trial, predicted in zip(trials, predict(model, recording.name, trials)):
+        with torch.no_grad():
+            direct = model(recording.name, *[torch.from_numpy(a)[None] for a in
+                                             (trial.video, trial.behavior, trial.pupil_center)])[0].numpy()
+        assert predicted.shape == (trial.frames, recording.neurons)
+        assert np.isnan(predicted[: model.offset]).all()
+        np.testing.assert_allclose(predicted[model.offset:], direct, rtol=1e-5, atol=1e-6)
