@@ -55,3 +55,18 @@ def test_devices_resolve_or_refuse_clearly():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda:0")
+
+
+def test_twin_train_nproc_runs_torchrun_with_the_same_settings():
+    from twinserve.cli import build_parser
+    from twinserve.training.cli import _torchrun
+
+    args = build_parser().parse_args(["train", "--data", "a", "b", "--out", "R", "--preset", "tiny", "--nproc", "2",
+                                      "--steps", "5", "--device", "cpu", "--quiet"])
+    command = _torchrun(args)
+    assert command[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    tail = command[command.index("train"):]
+    assert tail[:4] == ["train", "--data", "a", "b"] and "--nproc" not in tail
+    for flag, value in [("--out", "R"), ("--preset", "tiny"), ("--steps", "5"), ("--device", "cpu")]:
+        assert tail[tail.index(flag) + 1] == value
+    assert "--quiet" in tail and "--minutes" not in tail

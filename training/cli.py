@@ -5,6 +5,7 @@ Handlers return their result (printed as JSON on stdout by `twinserve.cli`); tab
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -27,8 +28,28 @@ def _synth(args) -> list[str]:
     return [str(path) for path in paths]
 
 
+def _torchrun(args) -> list[str]:
+    """The torchrun command that runs this `twin train` in `args.nproc` processes on this machine."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+               "-m", "twinserve.cli", "train", "--data", *args.data, "--out", args.out, "--preset", args.preset,
+               "--device", args.device, "--loader", args.loader, "--workers", str(args.workers)]
+    for flag in ("minutes", "steps", "precision", "seed"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    return command + (["--quiet"] if args.quiet else [])
+
+
 def _train(args) -> dict:
+    import os
+    import subprocess
+
     from .train import train
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        done = subprocess.run(_torchrun(args), stdout=subprocess.DEVNULL)  # the metrics are printed once, here
+        if done.returncode:
+            raise SystemExit(done.returncode)
+        return json.loads((Path(args.out) / "metrics.json").read_text())
 
     overrides = {k: v for k, v in [("minutes", args.minutes), ("steps", args.steps), ("seed", args.seed),
                                    ("precision", args.precision)] if v is not None}
@@ -43,8 +64,10 @@ def _evaluate(args) -> dict:
     from .data import open_recordings
     from .evaluate import evaluate
 
+    from .distributed import resolve_device
+
     model, _ = load_run(args.run)
-    results = evaluate(model, open_recordings(args.data), progress=not args.quiet)
+    results = evaluate(model.to(resolve_device(args.device)), open_recordings(args.data), progress=not args.quiet)
     if args.out:
         write_json(Path(args.out), results)
     print_metrics(results, official=args.official)
@@ -55,7 +78,7 @@ def _mei(args) -> dict:
     from .mei import run_mei
 
     summary = run_mei(args.run, args.recording, args.neuron, args.out, steps=args.steps, rms=args.rms,
-                      smooth_px=args.smooth, seed=args.seed, progress=not args.quiet)
+                      smooth_px=args.smooth, seed=args.seed, progress=not args.quiet, device=args.device)
     print(f"wrote {args.out}/mei.npy, mei.json, mei.png", file=sys.stderr)
     return summary
 
@@ -120,6 +143,8 @@ def register(commands) -> None:
                             "fp32 on CPUs (where bf16 learned worse and was not faster)")
     train.add_argument("--device", default="auto", help="auto (default: a GPU where CUDA is available), cpu, cuda, "
                        "cuda:<i>; under torchrun each process takes its local rank's GPU")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="data-parallel processes on this machine (runs torchrun; one GPU each, or gloo on CPUs)")
     train.add_argument("--loader", default="disk", choices=("disk", "memory"),
                        help="disk (default): windows read from memory-mapped files when sampled, in background "
                             "workers (recordings larger than RAM); memory: load the training trials first")
@@ -132,6 +157,7 @@ def register(commands) -> None:
     evaluate.add_argument("--run", required=True)
     evaluate.add_argument("--data", nargs="+", required=True, help="recording folders")
     evaluate.add_argument("--out", help="write the metrics as JSON here")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
     evaluate.add_argument("--official", action="store_true",
                           help="print the official SENSORIUM scorer's correlations beside ours (neuralpredictors' "
                                "corr: std + 1e-8, a neuron without variance counts as 0, where ours leaves it out); "
@@ -150,5 +176,6 @@ def register_experiments(kinds) -> None:
     mei.add_argument("--steps", type=int, default=200)
     mei.add_argument("--rms", type=float, default=40.0, help="norm budget: RMS deviation from grey, pixel values")
     mei.add_argument("--smooth", type=float, default=1.0, help="gradient smoothing, pixels")
+    mei.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
     _seed_and_quiet(mei, default_seed=0)
     mei.set_defaults(handler=_mei)
