@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .factorized import FactorizedCore
+from .fnn import FnnCore
+from .gru import GRUCore
 from .transformer import TransformerCore
 
 
@@ -57,7 +59,8 @@ def core_smoothness(core: Core) -> torch.Tensor | float:
     return penalty() if callable(penalty) else 0.0
 
 
-CORES: dict[str, type] = {"factorized": FactorizedCore, "transformer": TransformerCore}
+CORES: dict[str, type] = {"factorized": FactorizedCore, "transformer": TransformerCore, "gru": GRUCore,
+                          "fnn": FnnCore}
 
 
 def register_core(name: str, cls: type) -> None:

@@ -60,6 +60,25 @@ PRESETS: dict[str, Preset] = {
                         TrainConfig(lr=2e-3, weight_decay=0.01)),
     "vit-base": Preset("transformer", dict(dim=128, depth=4, heads=4, window=8, patch=4, channels=64),
                        TrainConfig(frames=80, lr=1e-3, weight_decay=0.01, minutes=60.0, eval_every=50)),
+    # Recurrent cores, unbounded memory (receptive field None); numbers for 36×64 frames, core only.
+    # The SENSORIUM GRU baseline (`training/gru.py`): per-frame CNN → ConvGRU; stream state = the hidden map.
+    # gru-small 170 k parameters, 0.20 GFLOP/frame, 74 kB state; gru-base 2.30 M, 2.65 GFLOP/frame, 147 kB.
+    "gru-tiny": Preset("gru", dict(channels=(8,), kernels=(5,), hidden=8, gru_kernel=5),
+                       TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6)),
+    "gru-small": Preset("gru", dict(channels=(16, 32), kernels=(9, 5), hidden=32, gru_kernel=5),
+                        TrainConfig(lr=3e-3)),
+    "gru-base": Preset("gru", dict(channels=(32, 64, 64), kernels=(9, 7, 7), hidden=64, gru_kernel=9),
+                       TrainConfig(frames=80, lr=2e-3, minutes=60.0, eval_every=50)),
+    # fnn-style (`training/fnn.py`): behaviour LSTM, causal 3D convs, Conv-LSTM; state = conv buffers + LSTM maps.
+    # fnn-small 87 k parameters, 0.10 GFLOP/frame, 194 kB state; fnn-base 1.29 M, 1.49 GFLOP/frame, 756 kB.
+    "fnn-tiny": Preset("fnn", dict(channels=(8,), spatial_kernels=(5,), temporal_kernels=(2,), hidden=8, modulation=4),
+                       TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6)),
+    "fnn-small": Preset("fnn", dict(channels=(16, 32), spatial_kernels=(7, 3), temporal_kernels=(2, 2), hidden=32,
+                                    modulation=8, lstm_kernel=3),
+                        TrainConfig(lr=3e-3)),
+    "fnn-base": Preset("fnn", dict(channels=(32, 64, 64), spatial_kernels=(7, 5, 5), temporal_kernels=(3, 3, 3),
+                                   hidden=64, modulation=16, lstm_kernel=5),
+                       TrainConfig(frames=80, lr=2e-3, minutes=60.0, eval_every=50)),
 }
 
 
