@@ -11,14 +11,14 @@ window, whose maps peak as sharply at the previous dot's place: the wrong one). 
 - the RF map = Σ_dots max(r, 0) · |dot image|: where any dot excites the neuron;
 - the spatial selectivity index SSI = −log det of the covariance of the |STA|-weighted pixel
   positions (high for a compact RF);
-- the RF centre (x = column, y = row) and width from a 2D Gaussian fit to the RF map; a neuron has
-  a clear RF when that fit explains at least half of the map's variance.
+- the RF centre (x = column, y = row) and width from a 2D Gaussian fit to the RF map (all neurons'
+  maps at once, `fits.fit`); a neuron has a clear RF when that fit explains at least half of the
+  map's variance.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,10 @@ from twinserve.contract import GREY
 from ..plotting import pyplot
 from ..stimuli import HEIGHT, WIDTH, flashing_dots
 from .common import ServedTwin, load_truth
+from .fits import fit
 
 CLEAR_RF_R2 = 0.5
+START_SIGMAS = (4.0, 1.5, 10.0)  # px: the fit starts once from each width
 
 
 def gaussian_2d(coords, amplitude, x0, y0, sigma, offset):
@@ -37,26 +39,60 @@ def gaussian_2d(coords, amplitude, x0, y0, sigma, offset):
     return amplitude * np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2)) + offset
 
 
-def fit_centre(rf_map: np.ndarray) -> tuple[float, float, float, float]:
-    """2D Gaussian fit to a map (H, W) → (x, y, sigma, R²); NaNs where the fit fails."""
-    from scipy.optimize import curve_fit
+def gaussian_model(shape: tuple[int, int]):
+    """`fits.fit` model of `gaussian_2d` on a map of `shape` (H, W): params (n, 5) = amplitude, x0, y0,
+    sigma, offset → maps (n, H·W) and their derivatives (n, 5, H·W)."""
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    x, y = cols.ravel().astype(np.float64), rows.ravel().astype(np.float64)
 
-    height, width = rf_map.shape
-    rows, cols = np.mgrid[0:height, 0:width]
-    y0, x0 = np.unravel_index(np.argmax(rf_map), rf_map.shape)
-    start = [rf_map.max() - rf_map.min(), x0, y0, 4.0, rf_map.min()]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parameters, _ = curve_fit(gaussian_2d, (cols.ravel(), rows.ravel()), rf_map.ravel(), p0=start,
-                                      bounds=([0, -10, -10, 0.5, -np.inf],
-                                              [np.inf, width + 10, height + 10, 40, np.inf]),
-                                      maxfev=4000)
-    except (RuntimeError, ValueError):
-        return np.nan, np.nan, np.nan, np.nan
-    residual = rf_map.ravel() - gaussian_2d((cols.ravel(), rows.ravel()), *parameters)
-    r2 = 1 - residual.var() / max(rf_map.var(), 1e-12)
-    return float(parameters[1]), float(parameters[2]), float(parameters[3]), float(r2)
+    def model(params: np.ndarray, jacobian: bool):
+        amplitude, x0, y0, sigma, offset = (params[:, [k]] for k in range(5))
+        dx, dy, variance = x - x0, y - y0, sigma**2
+        squared = dx**2 + dy**2
+        bump = np.exp(-squared / (2 * variance))
+        prediction = amplitude * bump + offset
+        if not jacobian:
+            return prediction
+        scaled = amplitude * bump / variance
+        return prediction, np.stack([bump, scaled * dx, scaled * dy, scaled * squared / sigma, np.ones_like(bump)],
+                                    axis=1)
+
+    return model
+
+
+def gaussian_bounds(shape: tuple[int, int]) -> tuple[tuple, tuple]:
+    """(lower, upper) bounds of (amplitude, x0, y0, sigma, offset) on a map of `shape` (H, W)."""
+    height, width = shape
+    return (0, -10, -10, 0.5, -np.inf), (np.inf, width + 10, height + 10, 40, np.inf)
+
+
+def fit_gaussians(rf_maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2D Gaussian fits to maps (N, H, W), all at once (`fits.fit`, starting at each map's peak with
+    each of `START_SIGMAS`) → (params (N, 5): amplitude, x0, y0, sigma, offset; RSS (N,)), NaN where
+    a map is not finite."""
+    maps = np.asarray(rf_maps, np.float64)
+    flat = maps.reshape(len(maps), -1)
+    y0, x0 = np.unravel_index(flat.argmax(1), maps.shape[1:])
+    low = flat.min(1)
+    starts = np.stack([np.stack([flat.max(1) - low, x0, y0, np.full_like(low, sigma), low], axis=1)
+                       for sigma in START_SIGMAS])
+    return fit(gaussian_model(maps.shape[1:]), flat, starts, *gaussian_bounds(maps.shape[1:]))
+
+
+def fit_centres(rf_maps: np.ndarray) -> np.ndarray:
+    """2D Gaussian fits to maps (N, H, W) → (N, 4): x, y, sigma, R² (1 − residual variance / map
+    variance); NaNs where a map is not finite."""
+    maps = np.asarray(rf_maps, np.float64)
+    params, _ = fit_gaussians(maps)
+    flat = maps.reshape(len(maps), -1)
+    residual = flat - gaussian_model(maps.shape[1:])(params, jacobian=False)
+    r2 = 1 - residual.var(1) / np.maximum(flat.var(1), 1e-12)
+    return np.column_stack([params[:, 1:4], r2])
+
+
+def fit_centre(rf_map: np.ndarray) -> tuple[float, float, float, float]:
+    """2D Gaussian fit to one map (H, W) → (x, y, sigma, R²): `fit_centres`."""
+    return tuple(float(v) for v in fit_centres(np.asarray(rf_map)[None])[0])
 
 
 def spatial_selectivity(sta: np.ndarray) -> float:
@@ -76,9 +112,14 @@ def dot_responses(responses: np.ndarray, dots: list[dict], lag: int) -> np.ndarr
     return per_dot - per_dot.mean(0)
 
 
+def weighted_images(weights: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Σ_dots weight · image (N, H, W) from weights (dots, N), images (dots, H, W): one matrix product."""
+    return (weights.T @ images.reshape(len(images), -1)).reshape(-1, *images.shape[1:])
+
+
 def rf_maps(per_dot: np.ndarray, images: np.ndarray) -> np.ndarray:
     """RF maps (N, H, W) = Σ_dots max(r, 0) · |dot image| from responses (dots, N), images (dots, H, W)."""
-    return np.einsum("dn,dhw->nhw", np.maximum(per_dot, 0), np.abs(images))
+    return weighted_images(np.maximum(per_dot, 0), np.abs(images))
 
 
 def peak_contrast(maps: np.ndarray) -> float:
@@ -110,9 +151,9 @@ def run_rf(url: str, model: str, out: str | Path, grid=(9, 16), sigma_px: float 
     # Responses lag the dots (calcium, temporal filtering): take the lag whose maps are sharpest.
     lag = max(range(min(max_lag, dot_frames - 1) + 1), key=lambda k: peak_contrast(rf_maps(per_dot(k), images)))
     r = per_dot(lag)  # (dots, N)
-    sta = np.einsum("dn,dhw->nhw", r, images) / np.maximum(np.abs(r).sum(0), 1e-12)[:, None, None]
+    sta = weighted_images(r, images) / np.maximum(np.abs(r).sum(0), 1e-12)[:, None, None]
     rf_map = rf_maps(r, images)
-    fits = np.array([fit_centre(m) for m in rf_map])  # (N, 4): x, y, sigma, R²
+    fits = fit_centres(rf_map)  # (N, 4): x, y, sigma, R²
     result = {"sta": sta.astype(np.float32), "rf_map": rf_map.astype(np.float32), "rf_center": fits[:, :2],
               "rf_sigma": fits[:, 2], "fit_r2": fits[:, 3], "ssi": np.array([spatial_selectivity(s) for s in sta]),
               "clear_rf": fits[:, 3] >= CLEAR_RF_R2}

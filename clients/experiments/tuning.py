@@ -5,14 +5,13 @@ Gratings drift in 16 directions at several spatial periods, each after the grey 
 mean predicted response after `settle` frames; its tuning curve is the one at its best spatial period.
 OSI = |Σ r e^{2iθ}| / Σ r and DSI = |Σ r e^{iθ}| / Σ r (vector sums), with r the tuning curve minus its
 minimum (the twin predicts fluorescence-like responses with an offset that would dilute both indices);
-the preferred direction comes from a two-peak von Mises fit (paper 003, "Parametric tuning"),
-the preferred orientation is that mod 180°.
+the preferred direction comes from a two-peak von Mises fit (paper 003, "Parametric tuning"; all
+neurons' curves at once, `fits.fit`), the preferred orientation is that mod 180°.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy as np
 from ..plotting import pyplot
 from ..stimuli import directions, grating_set
 from .common import ServedTwin, load_truth
+from .fits import fit
 
 TRUE_OSI_THRESHOLD = 0.3
 
@@ -37,30 +37,90 @@ def two_peak_von_mises(theta, baseline, first, second, kappa, mu):
             + second * np.exp(kappa * (np.cos(theta - mu - np.pi) - 1)))
 
 
-def preferred_direction(curve: np.ndarray, directions_deg: np.ndarray) -> float:
-    """Preferred direction (degrees, [0, 360)) of one tuning curve (D,) from the two-peak fit;
-    the peak of the curve where the fit fails."""
-    from scipy.optimize import curve_fit
+# Bounds of (baseline, first, second, kappa) of `two_peak_von_mises`; mu is free (a period of 2π).
+VON_MISES_LOWER = (-np.inf, 0.0, 0.0, 0.05)
+VON_MISES_UPPER = (np.inf, np.inf, np.inf, 50.0)
+START_KAPPAS = (2.0, 0.5, 8.0)  # the fit starts once from each width
 
-    theta = np.deg2rad(directions_deg)
-    peak = int(np.argmax(curve))
-    opposite = int(np.argmin(np.abs(((directions_deg - directions_deg[peak] - 180) + 180) % 360 - 180)))
-    low = float(curve.min())
-    start = [low, curve[peak] - low, max(curve[opposite] - low, 0.0), 2.0, theta[peak]]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            (_, first, second, _, mu), _ = curve_fit(
-                two_peak_von_mises, theta, curve, p0=start, maxfev=5000,
-                bounds=([-np.inf, 0, 0, 0.05, -4 * np.pi], [np.inf, np.inf, np.inf, 50, 4 * np.pi]))
-    except (RuntimeError, ValueError):
-        return float(directions_deg[peak])
-    return float(np.rad2deg(mu if first >= second else mu + np.pi) % 360)
+
+def von_mises_model(theta: np.ndarray):
+    """`fits.fit` model of `two_peak_von_mises` at directions theta (D,) in radians, each peak scaled
+    to span [0, 1] whatever its width: params (n, 5) = floor, rise, opposite rise, kappa, mu →
+    responses (n, D) and their derivatives (n, 5, D). Unscaled, a broad curve is the narrow end of
+    a long valley (kappa → 0 against first, second → ∞, baseline → −∞) that the fit crawls along;
+    `from_scaled` maps the fitted params back."""
+
+    def model(params: np.ndarray, jacobian: bool):
+        floor, rise, opposite, kappa, mu = (params[:, [k]] for k in range(5))
+        cos, sin = np.cos(theta - mu), np.sin(theta - mu)
+        trough, span = np.exp(-2 * kappa), -np.expm1(-2 * kappa)  # a peak's lowest value, and 1 minus it
+        raw_one, raw_two = np.exp(kappa * (cos - 1)), np.exp(kappa * (-cos - 1))
+        one, two = (raw_one - trough) / span, (raw_two - trough) / span
+        prediction = floor + rise * one + opposite * two
+        if not jacobian:
+            return prediction
+        # d/dkappa of (raw − trough) / span, with d trough/dkappa = −2 trough = −d span/dkappa
+        d_one = ((cos - 1) * raw_one + 2 * trough - 2 * trough * one) / span
+        d_two = ((-cos - 1) * raw_two + 2 * trough - 2 * trough * two) / span
+        return prediction, np.stack([np.ones_like(one), one, two, rise * d_one + opposite * d_two,
+                                     kappa * sin * (rise * raw_one - opposite * raw_two) / span], axis=1)
+
+    return model
+
+
+def from_scaled(params: np.ndarray) -> np.ndarray:
+    """`von_mises_model`'s params (N, 5) → `two_peak_von_mises`'s (baseline, first, second, kappa,
+    mu), mu in [0, 2π)."""
+    floor, rise, opposite, kappa, mu = params.T
+    trough, span = np.exp(-2 * kappa), -np.expm1(-2 * kappa)
+    first, second = rise / span, opposite / span
+    return np.column_stack([floor - (first + second) * trough, first, second, kappa, mu % (2 * np.pi)])
 
 
 def orientation_error(a_deg: np.ndarray, b_deg: np.ndarray) -> np.ndarray:
     """Absolute difference of orientations (mod 180°), in [0, 90]."""
     return np.abs((np.asarray(a_deg) - np.asarray(b_deg) + 90) % 180 - 90)
+
+
+def _start(curves: np.ndarray, directions_deg: np.ndarray, peak: np.ndarray, kappa: float) -> np.ndarray:
+    """`von_mises_model`'s params (N, 5) for curves (N, D) peaking at the directions `peak` (N,):
+    floor at the minimum, rises to the peak and to the direction opposite, width `kappa`."""
+    rows = np.arange(len(curves))
+    opposite = np.abs(((directions_deg[None] - directions_deg[peak, None] - 180) + 180) % 360 - 180).argmin(1)
+    low = curves.min(1)
+    return np.stack([low, curves[rows, peak] - low, np.maximum(curves[rows, opposite] - low, 0.0),
+                     np.full_like(low, kappa), np.deg2rad(directions_deg[peak])], axis=1)
+
+
+def fit_von_mises(curves: np.ndarray, directions_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-peak von Mises fits to tuning curves (N, D) at directions (D,) in degrees, all at once
+    (`fits.fit`) → (params (N, 5): baseline, first, second, kappa, mu in radians; RSS (N,)), NaN
+    where a curve is not finite. Starts: at the curve's peak with each of `START_KAPPAS`, and at its
+    highest direction more than 45° off the peak's axis (a noisy, barely tuned curve has several
+    local fits)."""
+    curves = np.asarray(curves, np.float64)
+    peak = curves.argmax(1)
+    off_axis = orientation_error(directions_deg[None], directions_deg[peak, None]) > 45  # (N, D)
+    runner_up = np.where(off_axis, curves, -np.inf).argmax(1)
+    starts = np.stack([_start(curves, directions_deg, peak, kappa) for kappa in START_KAPPAS]
+                      + [_start(curves, directions_deg, runner_up, START_KAPPAS[0])])
+    params, rss = fit(von_mises_model(np.deg2rad(directions_deg)), curves, starts, (*VON_MISES_LOWER, -np.inf),
+                      (*VON_MISES_UPPER, np.inf))
+    return from_scaled(params), rss
+
+
+def preferred_directions(curves: np.ndarray, directions_deg: np.ndarray) -> np.ndarray:
+    """Preferred directions (N,) in degrees, [0, 360), of tuning curves (N, D): the larger peak of
+    the two-peak fit; the peak of the curve where the fit fails."""
+    params, _ = fit_von_mises(curves, directions_deg)
+    _, first, second, _, mu = params.T
+    found = np.rad2deg(np.where(first >= second, mu, mu + np.pi)) % 360
+    return np.where(np.isfinite(found), found, directions_deg[np.asarray(curves).argmax(1)])
+
+
+def preferred_direction(curve: np.ndarray, directions_deg: np.ndarray) -> float:
+    """Preferred direction (degrees, [0, 360)) of one tuning curve (D,): `preferred_directions`."""
+    return float(preferred_directions(np.asarray(curve)[None], directions_deg)[0])
 
 
 def run_tuning(url: str, model: str, out: str | Path, count: int = 16, periods=(8.0, 12.0, 16.0, 24.0),
@@ -83,7 +143,7 @@ def run_tuning(url: str, model: str, out: str | Path, count: int = 16, periods=(
     best = table.mean(1).argmax(0)  # (N,)
     curves = table[best, :, np.arange(table.shape[2])]  # (N, D)
     osi, dsi = vector_indices(curves - curves.min(1, keepdims=True) + 1e-9, angles)
-    preferred = np.array([preferred_direction(c, angles) for c in curves])
+    preferred = preferred_directions(curves, angles)
     result = {"tuning_curve": curves, "directions_deg": angles, "best_period_px": np.asarray(periods)[best],
               "osi": osi, "dsi": dsi, "preferred_direction_deg": preferred,
               "preferred_orientation_deg": preferred % 180}
