@@ -111,7 +111,7 @@ def test_a_core_with_unbounded_memory_answers_every_frame(monkeypatch):
 
 
 def test_the_registries_refuse_unknown_and_duplicate_names():
-    with pytest.raises(ValueError, match=r"unknown core 'nope'; known cores: \['factorized', 'transformer'"):
+    with pytest.raises(ValueError, match=r"unknown core 'nope'; known cores: \['factorized', 'fnn', 'gru', 'transformer'"):
         build_core("nope", 3, DEFAULT_FRAME_SHAPE)
     with pytest.raises(ValueError, match="already registered"):
         register_core("factorized", RunningMean)
