@@ -177,9 +177,7 @@ class Recording:
         video, behavior, pupil, responses = self._arrays(index, mmap_mode="r")
         if withheld(responses):
             return 0
-        bad = np.isnan(behavior).any(0) | np.isnan(pupil).any(0) | np.isnan(video).any((0, 1))
-        bad |= np.isnan(responses).all(0)
-        return int(np.argmax(bad)) if bad.any() else len(bad)
+        return _valid_length([np.moveaxis(video, -1, 0), behavior.T, pupil.T], responses.T)
 
     def window(self, index: int, start: int, frames: int) -> tuple[np.ndarray, ...]:
         """Frames [start, start + frames) of trial `index`, copied out of memory maps (nothing stays

@@ -86,12 +86,17 @@ def evaluate_tier(model: Twin, recording: Recording, trials: list[Trial]) -> tup
     per_neuron, summary = score(responses, predict(model, recording.name, trials), groups)
     expected = load_expected(recording, trials)
     if expected is not None:
-        ceiling = metrics.single_trial_correlation(responses, expected)
-        per_neuron["ceiling_single_trial_correlation"] = ceiling
-        summary["ceiling_single_trial_correlation"] = float(np.nanmean(ceiling))
-        summary["fraction_of_ceiling"] = summary["single_trial_correlation"] / summary["ceiling_single_trial_correlation"]
+        _add_ceiling(per_neuron, summary, metrics.single_trial_correlation(responses, expected))
     summary.update(trials=len(trials), clips=len(groups), neurons=recording.neurons)
     return summary, per_neuron
+
+
+def _add_ceiling(per_neuron: dict, summary: dict, ceiling: np.ndarray) -> None:
+    """The ceiling per neuron (N,) (the true expected response's single-trial correlation), its mean,
+    and the fraction of it the twin reaches."""
+    per_neuron["ceiling_single_trial_correlation"] = ceiling
+    summary["ceiling_single_trial_correlation"] = float(np.nanmean(ceiling))
+    summary["fraction_of_ceiling"] = summary["single_trial_correlation"] / summary["ceiling_single_trial_correlation"]
 
 
 def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> tuple[dict, dict, int]:
@@ -112,11 +117,9 @@ def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> 
         return {}, {}, withheld
     per_neuron = {"single_trial_correlation": correlation.result(),
                   "single_trial_correlation_official": correlation.official()}
-    if ceiling.sums:
-        per_neuron["ceiling_single_trial_correlation"] = ceiling.result()
     summary = metrics.summarize(per_neuron)
     if ceiling.sums:
-        summary["fraction_of_ceiling"] = summary["single_trial_correlation"] / summary["ceiling_single_trial_correlation"]
+        _add_ceiling(per_neuron, summary, ceiling.result())
     summary.update(trials=count, clips=count, neurons=recording.neurons)
     return summary, per_neuron, withheld
 

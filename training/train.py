@@ -243,7 +243,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     distributed.share_buffers(model, rank)
     record = {"processes": rank.world, "first_batch": distributed.gather(first_batch, rank),
               "weights": distributed.gather(_digest(model.state_dict()), rank)}
-    results = _finish_run(model, recordings, out, record, progress) if rank.main else {}
+    results = _finish_run(model, recordings, out, state["history"], record, progress) if rank.main else {}
     distributed.finish(rank)
     return results
 
@@ -260,10 +260,10 @@ def _digest(tensors) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def _finish_run(model: Twin, recordings: list[Recording], out: Path, record: dict, progress: bool) -> dict:
+def _finish_run(model: Twin, recordings: list[Recording], out: Path, history: list[dict], record: dict,
+                progress: bool) -> dict:
     """Rank 0 after training: the curve, the ranks' record, metrics of the best weights, fidelity."""
-    state = json.loads((out / "checkpoint" / "state.json").read_text())
-    plot_training_curve(state["history"], out / "training_curve.png")
+    plot_training_curve(history, out / "training_curve.png")
     checkpoint.write_json(out / "processes.json", record)
     best, _ = checkpoint.load_run(out)
     results = evaluate(best.to(next(model.parameters()).device), recordings, out, progress=progress)
