@@ -32,7 +32,7 @@ def tiny_run(default_mouse, tmp_path_factory):
     from twinserve.training.train import train
 
     out = tmp_path_factory.mktemp("run")
-    results = train(default_mouse, out, preset="tiny", progress=False, steps=180, eval_every=30)
+    results = train(default_mouse, out, preset="tiny", progress=False, steps=180, eval_every=30, minutes=60)
     return out, results
 
 

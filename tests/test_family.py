@@ -95,7 +95,7 @@ def test_tiny_learns_structurally_different_members(name, tmp_path):
 
     data = synthesize(tmp_path / "data", recordings=1, neurons=60, train_minutes=1.5, repeats=4, oracle_clips=2,
                       test_clips=1, progress=False, variant=variant(name))
-    train(data, tmp_path / "run", preset="tiny", progress=False, steps=240, eval_every=40)
+    train(data, tmp_path / "run", preset="tiny", progress=False, steps=240, eval_every=40, minutes=60)
     state = json.loads((tmp_path / "run/checkpoint/state.json").read_text())
     untrained = state["history"][0]["validation"]
     assert state["best_score"] > untrained + 0.02, [(h["step"], h["validation"]) for h in state["history"]]
