@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from twinserve.training.data import Recording, withheld
+from twinserve.training.presets import PRESETS
 from twinserve.training.evaluate import evaluate
 from twinserve.training.train import build_model, validation_trials
 from twinserve.training.windows import index_trials
@@ -63,7 +64,7 @@ def test_training_ignores_withheld_trials(release):
 
 def test_evaluate_skips_withheld_tiers_and_says_so_once(release, caplog):
     recording, _, _ = release
-    model = build_model("tiny", [recording], {recording.name: index_trials(recording, "train", 24, progress=False)})
+    model = build_model(PRESETS["tiny"].model_config(), [recording], {recording.name: index_trials(recording, "train", 24, progress=False)})
     with caplog.at_level(logging.WARNING, logger="twinserve.training.evaluate"):
         results = evaluate(model, [recording], progress=False)[recording.name]
     assert "final_test_main" not in results and "live_test_main" not in results

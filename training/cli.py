@@ -33,10 +33,10 @@ def _torchrun(args) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "twinserve.cli", "train", "--data", *args.data, "--out", args.out, "--preset", args.preset,
                "--device", args.device, "--loader", args.loader, "--workers", str(args.workers)]
-    for flag in ("minutes", "steps", "precision", "seed"):
+    for flag in ("minutes", "steps", "precision", "seed", "data_minutes", "core_from"):
         if getattr(args, flag) is not None:
-            command += [f"--{flag}", str(getattr(args, flag))]
-    return command + (["--quiet"] if args.quiet else [])
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return command + (["--quiet"] if args.quiet else []) + (["--freeze-core"] if args.freeze_core else [])
 
 
 def _train(args) -> dict:
@@ -52,9 +52,10 @@ def _train(args) -> dict:
         return json.loads((Path(args.out) / "metrics.json").read_text())
 
     overrides = {k: v for k, v in [("minutes", args.minutes), ("steps", args.steps), ("seed", args.seed),
-                                   ("precision", args.precision)] if v is not None}
+                                   ("precision", args.precision), ("data_minutes", args.data_minutes)] if v is not None}
     results = train(args.data, args.out, preset=args.preset, progress=not args.quiet, device=args.device,
-                    loader=args.loader, workers=args.workers, **overrides)
+                    loader=args.loader, workers=args.workers, core_from=args.core_from,
+                    freeze_core=args.freeze_core, **overrides)
     print_metrics(results)
     return results
 
@@ -150,6 +151,14 @@ def register(commands) -> None:
                             "workers (recordings larger than RAM); memory: load the training trials first")
     train.add_argument("--workers", type=int, default=1, help="background processes reading windows (--loader disk); "
                        "0 reads in the training process")
+    train.add_argument("--data-minutes", type=float,
+                       help="train on the first this many minutes of each recording's training trials (default: all)")
+    train.add_argument("--core-from", metavar="RUN",
+                       help="start from the core (settings and weights) of this trained run instead of the preset's; "
+                            "--preset then gives the training settings only. The run records the core's sha256")
+    train.add_argument("--freeze-core", action="store_true",
+                       help="with --core-from: keep the core fixed and fit only the new recordings' heads "
+                            "(normalisation, shifter, readout, behavioural modulator): the foundation workflow")
     _seed_and_quiet(train, default_seed=None)
     train.set_defaults(handler=_train)
 

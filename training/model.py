@@ -121,6 +121,20 @@ class Twin(nn.Module):
         settings = {k: v for k, v in self.config.items() if k != "core"}
         self.core: Core = build_core(self.config["core"], 1 + BEHAVIOR_CHANNELS, self.frame_shape, **settings)
         self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n) for name, n in neurons.items()})
+        self.core_frozen = False
+
+    def freeze_core(self) -> None:
+        """Fix the core: no gradients, and its normalisation statistics stay as they are (eval mode
+        even while the heads train). For a core transferred from another run."""
+        self.core.requires_grad_(False)
+        self.core_frozen = True
+        self.core.eval()
+
+    def train(self, mode: bool = True) -> "Twin":
+        super().train(mode)
+        if self.core_frozen:
+            self.core.eval()
+        return self
 
     @property
     def receptive_field(self) -> int | None:

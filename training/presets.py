@@ -22,6 +22,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.02
     clip_grad: float = 1.0
     minutes: float = 11.0
+    data_minutes: float | None = None  # train on the first this many minutes of each recording's train tier; None: all
     steps: int = 100_000
     eval_every: int = 100      # steps between validations
     patience: int = 6          # validations without improvement before stopping

@@ -32,7 +32,8 @@ from .plots import plot_training_curve
 from .positions import MAX_TRIALS, readout_positions
 from .precision import autocast, resolve
 from .presets import TrainConfig, preset as find_preset
-from .windows import LOADERS, TrialIndex, WindowStream, batches, index_trials, spaced
+from .transfer import CoreSource
+from .windows import LOADERS, TrialIndex, WindowStream, batches, first_minutes, index_trials, spaced
 
 
 def readout_l1(head) -> torch.Tensor:
@@ -91,11 +92,11 @@ def validation_trials(recording: Recording, count: int) -> list[Trial]:
     return [t for t in trials if t.responses is not None and t.frames > metrics.BURN_IN]
 
 
-def build_model(preset: str, recordings: list[Recording], indexes: dict[str, TrialIndex]) -> Twin:
-    """A fresh twin for the recordings' frame shape, with normalisation and readout positions
-    initialised from the training data (at most `MAX_TRIALS` trials read per recording)."""
-    model = Twin(find_preset(preset).model_config(), {r.name: r.neurons for r in recordings},
-                 frame_shape=common_frame_shape(recordings))
+def build_model(model_config: dict, recordings: list[Recording], indexes: dict[str, TrialIndex]) -> Twin:
+    """A fresh twin ({"core": name, **settings}) for the recordings' frame shape, with normalisation
+    and readout positions initialised from the training data (at most `MAX_TRIALS` trials read per
+    recording)."""
+    model = Twin(model_config, {r.name: r.neurons for r in recordings}, frame_shape=common_frame_shape(recordings))
     for recording in recordings:
         trials = [recording.trial(int(i)) for i in spaced(list(indexes[recording.name].trials), MAX_TRIALS)]
         model.heads[recording.name].initialize(recording.statistics, readout_positions(trials, recording.coordinates))
@@ -117,55 +118,73 @@ def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
                          f"choose another --out or delete {out / 'checkpoint'}")
 
 
-def _window_indexes(recordings: list[Recording], frames: int, loader: str,
-                    progress: bool) -> tuple[dict[str, TrialIndex], dict | None]:
-    """Per recording the training trials to draw windows from, and for loader "memory" the trials
-    themselves ({recording: {trial index: Trial}})."""
+def _window_indexes(recordings: list[Recording], frames: int, loader: str, progress: bool,
+                    data_minutes: float | None = None) -> tuple[dict[str, TrialIndex], dict | None]:
+    """Per recording the training trials to draw windows from (the first `data_minutes` of them
+    where given), and for loader "memory" the trials themselves ({recording: {trial index: Trial}})."""
     if loader not in LOADERS:
         raise ValueError(f"unknown loader {loader!r}; choose one of {LOADERS}")
     if loader == "disk":
-        return {r.name: index_trials(r, "train", frames, progress) for r in recordings}, None
-    indexes, memory = {}, {}
-    for r in recordings:
-        trials = [t for t in r.load("train") if t.responses is not None and t.frames >= frames]
-        if not trials:
-            raise ValueError(f"{r.name}: no train trial has {frames} valid frames with responses")
-        memory[r.name] = {t.index: t for t in trials}
-        indexes[r.name] = TrialIndex(r, np.array([t.index for t in trials]), np.array([t.frames for t in trials]))
+        indexes, memory = {r.name: index_trials(r, "train", frames, progress) for r in recordings}, None
+    else:
+        indexes, memory = {}, {}
+        for r in recordings:
+            trials = [t for t in r.load("train") if t.responses is not None and t.frames >= frames]
+            if not trials:
+                raise ValueError(f"{r.name}: no train trial has {frames} valid frames with responses")
+            memory[r.name] = {t.index: t for t in trials}
+            indexes[r.name] = TrialIndex(r, np.array([t.index for t in trials]), np.array([t.frames for t in trials]))
+    if data_minutes is not None:
+        indexes = {name: first_minutes(index, data_minutes) for name, index in indexes.items()}
     return indexes, memory
 
 
 def train(data: list[str | Path], out: str | Path, preset: str = "small", progress: bool = True,
-          device: str = "auto", loader: str = "disk", workers: int = 1, **overrides) -> dict:
+          device: str = "auto", loader: str = "disk", workers: int = 1, core_from: str | Path | None = None,
+          freeze_core: bool = False, **overrides) -> dict:
     """Train a twin on the recordings `data` into run directory `out`; returns the metrics (rank 0;
     other ranks of a torchrun job return {}).
 
     device: "auto", "cpu", "cuda" or "cuda:<i>". loader: "disk" reads each step's windows from
     memory-mapped files in `workers` background processes; "memory" loads the training trials first.
+    core_from: a run whose core (settings and weights) this twin starts from instead of the preset's;
+    freeze_core: keep that core fixed and fit only the heads (`transfer`).
     overrides: fields of `TrainConfig` (e.g. minutes=5). An existing checkpoint in `out` with the
     same settings is resumed.
     """
+    if freeze_core and core_from is None:
+        raise ValueError("--freeze-core needs --core-from RUN: the trained core to keep fixed")
     config = replace(find_preset(preset).train, **overrides)
+    source = CoreSource.read(core_from) if core_from is not None else None
     rank = distributed.start(device)
     progress = progress and rank.main
     out = Path(out)
     torch.manual_seed(config.seed)
     recordings = open_recordings(data)
-    common_frame_shape(recordings)  # refuse recordings of different frame shapes before reading any trial
-    indexes, memory = _window_indexes(recordings, config.frames, loader, progress)
+    frame_shape = common_frame_shape(recordings)  # refuse different frame shapes before reading any trial
+    if source is not None:
+        source.check_frame_shape(frame_shape)
+    indexes, memory = _window_indexes(recordings, config.frames, loader, progress, config.data_minutes)
     validation = {r.name: validation_trials(r, config.val_trials) for r in recordings} if rank.main else {}
     empty = [name for name, trials in validation.items() if not trials]
     if empty:
         raise ValueError(f"recordings {empty} have no oracle trials with responses to validate on")
 
-    model = build_model(preset, recordings, indexes).to(rank.device)
+    model = build_model(source.model if source else find_preset(preset).model_config(), recordings, indexes)
+    if source is not None:
+        source.load_into(model.core)
+        if freeze_core:
+            model.freeze_core()
+    model = model.to(rank.device)
     run_config = {
         "preset": preset, "model": model.config, "frame_shape": list(model.frame_shape), "train": asdict(config),
         "receptive_field": model.receptive_field, "precision": resolve(config.precision, str(rank.device)),
         "recordings": {r.name: {"neurons": r.neurons, "unit_ids": r.unit_ids.tolist()} for r in recordings},
         "runtime": {"device": str(rank.device), "processes": rank.world, "loader": loader, "workers": workers},
+        "core_from": source.record(freeze_core) if source else None,
     }
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     state = {"step": 0, "elapsed": 0.0, "step_seconds": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
     state_path = out / "checkpoint" / "state.json"
     if state_path.is_file():
@@ -225,7 +244,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         loss = step_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad)
         optimizer.step()
         losses.append(loss.item())
         state["step"] += 1

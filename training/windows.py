@@ -19,6 +19,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
+from twinserve.contract import FPS
+
 from .data import Recording, Trial
 
 LOADERS = ("disk", "memory")
@@ -42,6 +44,17 @@ def index_trials(recording: Recording, tier: str, frames: int, progress: bool = 
     if not keep.any():
         raise ValueError(f"{recording.name}: no {tier} trial has {frames} valid frames with responses")
     return TrialIndex(recording, np.array(candidates, dtype=np.int64)[keep], lengths[keep])
+
+
+def first_minutes(index: TrialIndex, minutes: float) -> TrialIndex:
+    """The fewest first trials of `index` that hold at least `minutes` of valid frames (at the
+    contract's frame rate): a training set cut to a given amount of data."""
+    wanted, total = minutes * 60 * FPS, np.cumsum(index.lengths)
+    if minutes <= 0 or total[-1] < wanted:
+        raise ValueError(f"{index.recording.name}: asked for {minutes:g} minutes of training data; its usable "
+                         f"training trials hold {total[-1] / (60 * FPS):.1f} minutes")
+    keep = int(np.searchsorted(total, wanted)) + 1
+    return TrialIndex(index.recording, index.trials[:keep], index.lengths[:keep])
 
 
 def spaced(items: list, count: int) -> list:

@@ -1,0 +1,70 @@
+"""The foundation workflow: a trained core moved to a new mouse, frozen, with only its head fitted."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from twinserve.cli import main as twin
+from twinserve.training.checkpoint import load_run
+from twinserve.training.data import Recording
+from twinserve.training.train import train
+from twinserve.training.virtual_mouse import synthesize
+from twinserve.training.transfer import CoreSource, core_sha256
+from twinserve.training.windows import TrialIndex, first_minutes
+
+
+@pytest.fixture(scope="module")
+def new_mouse(tmp_path_factory):
+    """One recording of another virtual mouse (seed 7: other neurons, movies and behaviour), 3 minutes."""
+    return synthesize(tmp_path_factory.mktemp("new_mouse"), recordings=1, neurons=300, train_minutes=3, seed=7,
+                      progress=False)[0]
+
+
+@pytest.fixture(scope="module")
+def transferred(tiny_run, new_mouse, tmp_path_factory):
+    """tiny's core (trained on the default mouse) frozen under a head fitted on 2 minutes of a new mouse."""
+    out = tmp_path_factory.mktemp("transferred")
+    results = train([new_mouse], out, preset="tiny", progress=False, steps=300, eval_every=50, minutes=60,
+                    data_minutes=2.0, core_from=tiny_run[0], freeze_core=True)
+    return out, results
+
+
+def test_a_frozen_core_stays_the_source_core_and_the_run_records_it(tiny_run, transferred):
+    source, (out, _) = tiny_run[0], transferred
+    record = json.loads((out / "config.json").read_text())["core_from"]
+    source_core = {k[len("core."):]: v for k, v in load_file(str(source / "model.safetensors")).items()
+                   if k.startswith("core.")}
+    model, _ = load_run(out)
+    assert record["frozen"] is True
+    assert record["core_sha256"] == core_sha256(source_core) == core_sha256(model.core)  # weights and BN statistics
+    assert record["weights_sha256"] == CoreSource.read(source).weights_sha256
+    assert model.config == load_run(source)[0].config
+
+
+def test_the_new_head_learns_and_the_run_is_a_twin_like_any_other(transferred, new_mouse, tmp_path):
+    out, results = transferred
+    history = json.loads((out / "checkpoint/state.json").read_text())["history"]
+    assert results[new_mouse.name]["oracle"]["single_trial_correlation"] > history[0]["validation"] + 0.05, history
+    assert twin(["export", "--run", str(out), "--out", str(tmp_path / "artifacts")]) == 0
+    assert (tmp_path / "artifacts" / "manifest.json").is_file()
+
+
+def test_first_minutes_keeps_the_fewest_first_trials_that_hold_the_minutes(small_mouse):
+    recording = Recording(small_mouse[0])
+    index = TrialIndex(recording, np.arange(5), np.array([300, 300, 300, 300, 300]))  # 10 s each at 30 fps
+    assert first_minutes(index, 0.5).trials.tolist() == [0, 1, 2]
+    assert first_minutes(index, 20 / 60).trials.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="hold 0.8 minutes"):
+        first_minutes(index, 1.0)
+
+
+def test_transfer_refuses_what_it_cannot_do(tiny_run, small_mouse, tmp_path):
+    with pytest.raises(ValueError, match="--freeze-core needs --core-from"):
+        train([small_mouse[0]], tmp_path / "a", preset="tiny", progress=False, freeze_core=True)
+    (tmp_path / "config.json").write_text((tiny_run[0] / "config.json").read_text())  # a run without weights
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        CoreSource.read(tmp_path)
+    with pytest.raises(ValueError, match="a core transfers only to recordings of its frame shape"):
+        CoreSource.read(tiny_run[0]).check_frame_shape((20, 30))
