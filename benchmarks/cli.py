@@ -1,4 +1,4 @@
-"""`twin bench train|cores|fidelity|memory|gpu-train|export|stream|score|soak|experiments`: the benchmark subcommands.
+"""`twin bench train|cores|fidelity|transfer|memory|gpu-train|export|stream|score|soak|experiments`: the benchmark subcommands.
 
 `register` adds them to the `twin bench` subparsers; each handler runs its benchmark (imported only
 then: the command line starts without torch), prints a summary to stderr and returns the results,
@@ -13,6 +13,7 @@ from pathlib import Path
 from twinserve.training.presets import PRESETS
 
 from .harness import RESULTS
+from .transfer import COHORT, MINUTES, NEW
 
 
 def _say(line: str) -> None:
@@ -52,6 +53,20 @@ def _fidelity(args) -> dict:
                         neurons=args.neurons, train_minutes=args.train_minutes, recordings=args.recordings,
                         workdir=args.workdir, experiments=not args.skip_experiments, progress=not args.quiet)
     return _report(results, lines(results), args.out, Path(args.out).with_suffix(".png"))
+
+
+def _transfer(args) -> dict:
+    from .transfer import run_bench
+
+    results = run_bench(args.out, args.workdir, preset=args.preset, cohort=args.cohort, new=args.new,
+                        minutes=args.minutes, neurons=args.neurons, cohort_minutes=args.cohort_minutes,
+                        core_steps=args.core_steps, steps=args.steps, progress=not args.quiet)
+    summary = results["summary"]
+    lines = [f"{name:<12}{mode:<10}" + "  ".join(f"{m:>4} min {value:.3f}" for m, value in points.items())
+             for name, modes in summary["fraction_of_ceiling"].items() for mode, points in modes.items()]
+    lines.append(f"transfer beats scratch at 4 minutes on every new mouse: {summary['transfer_beats_scratch_at_4_minutes']}; "
+                 f"transfer at 4 reaches scratch at 16: {summary['transfer_at_4_reaches_scratch_at_16']}")
+    return _report(results, ["oracle fraction of ceiling"] + lines, args.out, Path(args.out).with_suffix(".png"))
 
 
 def _memory(args) -> dict:
@@ -184,6 +199,24 @@ def register(benchmarks) -> None:
                           help="no export, server or in-silico experiments: training fidelity only")
     fidelity.add_argument("--quiet", action="store_true", help="no progress bars (one line per phase stays)")
     fidelity.set_defaults(handler=_fidelity)
+
+    transfer = benchmarks.add_parser("transfer", help="a core trained on a cohort of virtual mice, frozen, with heads "
+                                                      "fitted on 2-16 minutes of new mice, against twins from scratch")
+    transfer.add_argument("--out", default=f"{RESULTS}/transfer.json")
+    transfer.add_argument("--workdir", required=True, help="folder for the recordings and runs (kept; finished runs "
+                                                           "are reused, so an interrupted bench resumes)")
+    transfer.add_argument("--preset", default="small", choices=presets)
+    transfer.add_argument("--cohort", type=int, nargs="+", default=list(COHORT),
+                          help="family members (seeds) whose recordings train the core")
+    transfer.add_argument("--new", type=int, nargs="+", default=list(NEW), help="family members the core moves to")
+    transfer.add_argument("--minutes", type=float, nargs="+", default=list(MINUTES),
+                          help="minutes of each new mouse's training data to fit on")
+    transfer.add_argument("--neurons", type=int, default=400, help="neurons per recording")
+    transfer.add_argument("--cohort-minutes", type=float, default=12.0, help="training minutes per cohort recording")
+    transfer.add_argument("--core-steps", type=int, default=1000, help="steps of the cohort's twin")
+    transfer.add_argument("--steps", type=int, default=600, help="steps of every new mouse's twin (both kinds)")
+    transfer.add_argument("--quiet", action="store_true")
+    transfer.set_defaults(handler=_transfer)
 
     memory = benchmarks.add_parser("memory", help="peak memory of twin train on data sets 8x apart (out of core), "
                                                   "and out-of-core vs in-memory training speed")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from twinserve.benchmarks.transfer import summarize
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
@@ -68,3 +69,16 @@ def test_transfer_refuses_what_it_cannot_do(tiny_run, small_mouse, tmp_path):
         CoreSource.read(tmp_path)
     with pytest.raises(ValueError, match="a core transfers only to recordings of its frame shape"):
         CoreSource.read(tiny_run[0]).check_frame_shape((20, 30))
+
+
+def test_the_transfer_bench_checks_every_new_mouse():
+    def run(value):
+        return {"oracle": {"family-9": {"fraction_of_ceiling": value}}}
+
+    results = {"runs": {"a": {"scratch": {"4": run(0.3), "16": run(0.6)}, "transfer": {"4": run(0.65)}},
+                        "b": {"scratch": {"4": run(0.3), "16": run(0.5)}, "transfer": {"4": run(0.45)}}}}
+    summary = summarize(results)
+    assert summary["fraction_of_ceiling"]["b"] == {"scratch": {"4": 0.3, "16": 0.5}, "transfer": {"4": 0.45}}
+    assert summary["transfer_beats_scratch_at_4_minutes"] is True
+    assert summary["transfer_at_4_reaches_scratch_at_16"] is False  # b: 0.45 < 0.5
+    assert summary["per_recording"]["transfer_at_4_reaches_scratch_at_16"] == [True, False]

@@ -1,0 +1,140 @@
+"""`twin bench transfer`: the foundation workflow of paper 003 (Fig. 3) on the family of virtual mice.
+
+1. A cohort of family members (one recording each) trains one twin: the shared core.
+2. Each new member (another mouse of the family: other neurons, RF families, behaviour, movies) gets,
+   for every amount of its training data (2, 4, 8, 16 minutes by default), two twins on the same
+   minutes, the same preset, steps and seed: one trained from scratch, one with the cohort's core
+   frozen and only its head fitted (`twin train --core-from CORE --freeze-core --data-minutes M`).
+3. Reported per twin: the oracle tier's single-trial correlation as a fraction of its noise ceiling
+   → benchmarks/results/transfer.json and transfer.png (fraction of ceiling against minutes of data).
+
+Training runs on step budgets (no wall-time budget), so the results do not depend on machine load.
+Every run lands in `workdir`; a run with metrics is reused, so an interrupted bench picks up where it was.
+Imports torch only when it runs (the command line lists its defaults without it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from twinserve.training.virtual_mouse.family import FAMILY_PREFIX, scaled, variant
+
+from .harness import RESULTS, Stopwatch, machine, write_results
+
+COHORT = (40, 41, 42, 43)   # family members 0–99 are for development; HELD_OUT_SEEDS stay for `bench fidelity`
+NEW = (44, 45, 46)
+MINUTES = (2.0, 4.0, 8.0, 16.0)
+UNBOUNDED_MINUTES = 10.0**6  # wall-time budget of every run: none in effect, the steps decide
+
+
+def member_recording(folder: Path, seed: int, neurons: int, train_minutes: float, progress: bool) -> Path:
+    """One recording of family member `seed`, in `folder/family-<seed>` (its name in every twin)."""
+    from twinserve.training.virtual_mouse import synthesize
+
+    target = folder / f"{FAMILY_PREFIX}{seed}"
+    if not target.exists():
+        member = scaled(variant(f"{FAMILY_PREFIX}{seed}"), neurons=neurons, train_minutes=train_minutes)
+        written = synthesize(folder / f"writing-{seed}", recordings=1, neurons=neurons, train_minutes=train_minutes,
+                             seed=seed, progress=progress, variant=member)[0]
+        written.rename(target)
+        written.parent.rmdir()
+    return target
+
+
+def _run(data: list[Path], run: Path, preset: str, steps: int, eval_every: int, **options) -> dict:
+    """Train (or reuse a finished run) → its summary: steps, best step, minutes, oracle metrics."""
+    from twinserve.training.train import train
+
+    if not (run / "metrics.json").is_file():
+        with Stopwatch() as watch:
+            train(data, run, preset=preset, progress=False, steps=steps, eval_every=eval_every,
+                  minutes=UNBOUNDED_MINUTES, **options)
+        (run / "wall_seconds.json").write_text(json.dumps(watch.seconds))
+    metrics = json.loads((run / "metrics.json").read_text())
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    oracle = {name: {key: tiers["oracle"][key] for key in ("single_trial_correlation",
+                                                           "ceiling_single_trial_correlation", "fraction_of_ceiling")}
+              for name, tiers in metrics.items()}
+    return {"steps": state["step"], "best_step": state["best_step"],
+            "wall_seconds": json.loads((run / "wall_seconds.json").read_text()),
+            "training_seconds": state.get("step_seconds"), "oracle": oracle}
+
+
+def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path = "transfer-bench",
+              preset: str = "small", cohort=COHORT, new=NEW, minutes=MINUTES, neurons: int = 400,
+              cohort_minutes: float = 12.0, core_steps: int = 1000, steps: int = 600, eval_every: int = 50,
+              progress: bool = True) -> dict:
+    """The whole bench → results (also written to `out`, with the figure beside it)."""
+    out, workdir = Path(out), Path(workdir)
+    data = workdir / "data"
+    cohort_data = [member_recording(data, seed, neurons, cohort_minutes, progress) for seed in cohort]
+    # Trials are cut short at random (valid lengths), so a new mouse holds 20% more than the most it is fitted on.
+    new_data = [member_recording(data, seed, neurons, 1.2 * max(minutes), progress) for seed in new]
+    if progress:
+        print(f"core: {preset} on {len(cohort)} recordings, {core_steps} steps", flush=True)
+    core_run = workdir / "core"
+    results = {"machine": machine(), "preset": preset, "neurons": neurons, "cohort_minutes": cohort_minutes,
+               "core_steps": core_steps, "steps": steps, "minutes": list(minutes),
+               "cohort": [p.name for p in cohort_data], "new": [p.name for p in new_data],
+               "core": _run(cohort_data, core_run, preset, core_steps, 100), "runs": {}}
+    jobs = [(recording, amount, mode) for recording in new_data for amount in minutes for mode in ("scratch", "transfer")]
+    for recording, amount, mode in tqdm(jobs, desc="transfer bench", disable=not progress):
+        options = {"data_minutes": amount}
+        if mode == "transfer":
+            options.update(core_from=core_run, freeze_core=True)
+        run = workdir / mode / recording.name / f"{amount:g}min"
+        summary = _run([recording], run, preset, steps, eval_every, **options)
+        results["runs"].setdefault(recording.name, {}).setdefault(mode, {})[f"{amount:g}"] = summary
+    results["summary"] = summarize(results)
+    write_results(results, out)
+    plot_transfer(results, out.with_suffix(".png"))
+    return results
+
+
+def fraction(summary: dict) -> float:
+    """A run's oracle single-trial correlation as a fraction of the ceiling (its one recording)."""
+    (oracle,) = summary["oracle"].values()
+    return oracle["fraction_of_ceiling"]
+
+
+def summarize(results: dict) -> dict:
+    """Per new recording: fractions of ceiling by minutes for both modes, and the issue's two checks:
+    at 4 minutes transfer beats scratch, and transfer at 4 minutes reaches scratch at 16 (4× the data)."""
+    table, checks = {}, {"transfer_beats_scratch_at_4_minutes": [], "transfer_at_4_reaches_scratch_at_16": []}
+    for name, modes in results["runs"].items():
+        table[name] = {mode: {m: fraction(s) for m, s in runs.items()} for mode, runs in modes.items()}
+        scratch, transfer = table[name]["scratch"], table[name]["transfer"]
+        if "4" in scratch and "4" in transfer:
+            checks["transfer_beats_scratch_at_4_minutes"].append(transfer["4"] > scratch["4"])
+        if "16" in scratch and "4" in transfer:
+            checks["transfer_at_4_reaches_scratch_at_16"].append(transfer["4"] >= scratch["16"])
+    return {"fraction_of_ceiling": table, **{key: bool(values) and all(values) for key, values in checks.items()},
+            "per_recording": checks}
+
+
+def plot_transfer(results: dict, path: Path) -> None:
+    """Fraction of ceiling against minutes of the new mouse's data: scratch and transfer, per recording."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    colors = {"scratch": "tab:gray", "transfer": "tab:red"}
+    for name, modes in results["summary"]["fraction_of_ceiling"].items():
+        for mode, points in modes.items():
+            minutes = sorted(points, key=float)
+            axis.plot([float(m) for m in minutes], [points[m] for m in minutes], "o-", color=colors[mode], alpha=0.7,
+                      label=f"{mode}" if name == results["new"][0] else None)
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(results["minutes"], [f"{m:g}" for m in results["minutes"]])
+    axis.set_xlabel("minutes of the new mouse's training data")
+    axis.set_ylabel("oracle single-trial correlation / ceiling")
+    axis.set_title(f"{results['preset']}: core from {len(results['cohort'])} mice, frozen, vs from scratch", fontsize=9)
+    axis.legend(frameon=False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
