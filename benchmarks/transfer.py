@@ -16,6 +16,10 @@ Imports torch only when it runs (the command line lists its defaults without it)
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,14 +48,25 @@ def member_recording(folder: Path, seed: int, neurons: int, train_minutes: float
     return target
 
 
-def _run(data: list[Path], run: Path, preset: str, steps: int, eval_every: int, **options) -> dict:
-    """Train (or reuse a finished run) → its summary: steps, best step, minutes, oracle metrics."""
-    from twinserve.training.train import train
+def _train_command(data: list[Path], run: Path, preset: str, steps: int, data_minutes: float | None = None,
+                   core_from: Path | None = None) -> list[str]:
+    """The `twin train` command of one run: a step budget, no wall-time budget in effect."""
+    command = [sys.executable, "-m", "twinserve.cli", "train", "--data", *map(str, data), "--out", str(run),
+               "--preset", preset, "--steps", str(steps), "--minutes", str(UNBOUNDED_MINUTES), "--quiet"]
+    if data_minutes is not None:
+        command += ["--data-minutes", str(data_minutes)]
+    return command + (["--core-from", str(core_from), "--freeze-core"] if core_from else [])
 
+
+def _run(command: list[str], run: Path, threads: int) -> dict:
+    """Run `twin train` (unless the run has its metrics already; its log in RUN.log) → its summary:
+    steps, best step, seconds, oracle metrics."""
     if not (run / "metrics.json").is_file():
-        with Stopwatch() as watch:
-            train(data, run, preset=preset, progress=False, steps=steps, eval_every=eval_every,
-                  minutes=UNBOUNDED_MINUTES, **options)
+        run.parent.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        with Stopwatch() as watch, open(run.with_suffix(".log"), "w") as log:
+            if subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, env=environment).returncode:
+                raise RuntimeError(f"twin train failed for {run}; its log: {log.name}")
         (run / "wall_seconds.json").write_text(json.dumps(watch.seconds))
     metrics = json.loads((run / "metrics.json").read_text())
     state = json.loads((run / "checkpoint" / "state.json").read_text())
@@ -65,9 +80,10 @@ def _run(data: list[Path], run: Path, preset: str, steps: int, eval_every: int, 
 
 def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path = "transfer-bench",
               preset: str = "small", cohort=COHORT, new=NEW, minutes=MINUTES, neurons: int = 400,
-              cohort_minutes: float = 12.0, core_steps: int = 1000, steps: int = 600, eval_every: int = 50,
+              cohort_minutes: float = 12.0, core_steps: int = 1000, steps: int = 600, jobs: int = 2,
               progress: bool = True) -> dict:
-    """The whole bench → results (also written to `out`, with the figure beside it)."""
+    """The whole bench → results (also written to `out`, with the figure beside it). jobs: new
+    mice's runs trained at once, each with its share of the cores (their steps do not depend on it)."""
     out, workdir = Path(out), Path(workdir)
     data = workdir / "data"
     cohort_data = [member_recording(data, seed, neurons, cohort_minutes, progress) for seed in cohort]
@@ -77,17 +93,25 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
         print(f"core: {preset} on {len(cohort)} recordings, {core_steps} steps", flush=True)
     core_run = workdir / "core"
     results = {"machine": machine(), "preset": preset, "neurons": neurons, "cohort_minutes": cohort_minutes,
-               "core_steps": core_steps, "steps": steps, "minutes": list(minutes),
+               "core_steps": core_steps, "steps": steps, "minutes": list(minutes), "jobs": jobs,
                "cohort": [p.name for p in cohort_data], "new": [p.name for p in new_data],
-               "core": _run(cohort_data, core_run, preset, core_steps, 100), "runs": {}}
-    jobs = [(recording, amount, mode) for recording in new_data for amount in minutes for mode in ("scratch", "transfer")]
-    for recording, amount, mode in tqdm(jobs, desc="transfer bench", disable=not progress):
-        options = {"data_minutes": amount}
-        if mode == "transfer":
-            options.update(core_from=core_run, freeze_core=True)
-        run = workdir / mode / recording.name / f"{amount:g}min"
-        summary = _run([recording], run, preset, steps, eval_every, **options)
-        results["runs"].setdefault(recording.name, {}).setdefault(mode, {})[f"{amount:g}"] = summary
+               "core": _run(_train_command(cohort_data, core_run, preset, core_steps), core_run, os.cpu_count()),
+               "runs": {}}
+    runs = {(recording.name, mode, f"{amount:g}"): workdir / mode / recording.name / f"{amount:g}min"
+            for recording in new_data for amount in minutes for mode in ("scratch", "transfer")}
+    recordings = {recording.name: recording for recording in new_data}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(runs), desc="transfer bench", disable=not progress) as bar:
+        def one(key):
+            name, mode, amount = key
+            command = _train_command([recordings[name]], runs[key], preset, steps, float(amount),
+                                     core_run if mode == "transfer" else None)
+            summary = _run(command, runs[key], threads)
+            bar.update()
+            return key, summary
+
+        for (name, mode, amount), summary in pool.map(one, runs):
+            results["runs"].setdefault(name, {}).setdefault(mode, {})[amount] = summary
     results["summary"] = summarize(results)
     write_results(results, out)
     plot_transfer(results, out.with_suffix(".png"))

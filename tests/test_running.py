@@ -45,15 +45,17 @@ def test_the_streamed_train_tier_equals_the_loaded_one(tiny_run, default_mouse):
         np.testing.assert_allclose(streamed_neurons[key], loaded_neurons[key], rtol=1e-7, atol=1e-9, err_msg=key)
 
 
-def test_predict_pads_trials_without_changing_their_predictions(tiny_run, default_mouse):
+def test_predict_pads_and_batches_trials_without_changing_their_predictions(tiny_run, default_mouse):
     import torch
 
-    from twinserve.training.evaluate import LENGTH_BUCKET, predict
+    from twinserve.training.evaluate import BATCH_FRAMES, LENGTH_BUCKET, predict
 
     model, _ = load_run(tiny_run[0])
     recording = Recording(default_mouse[0])
     trials = [recording.trial(i) for i in recording.trials_in("oracle")[:6]]
     assert any(t.frames % LENGTH_BUCKET for t in trials)
+    padded = [-(-t.frames // LENGTH_BUCKET) * LENGTH_BUCKET for t in trials]
+    assert any(padded.count(n) > 1 and 2 * n <= BATCH_FRAMES for n in padded)  # some trials run as one batch
     for trial, predicted in zip(trials, predict(model, recording.name, trials)):
         with torch.no_grad():
             direct = model(recording.name, *[torch.from_numpy(a)[None] for a in

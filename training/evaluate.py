@@ -25,9 +25,16 @@ from .running import RunningCorrelation
 
 SKIPPED_TIERS = ("none",)
 LENGTH_BUCKET = 64  # frames: trials run padded to a multiple of this (see `predict`)
+BATCH_FRAMES = 1024  # padded frames per forward pass of `predict` (3 trials of 300 frames)
 
 log = logging.getLogger(__name__)
-STREAMED_TIERS = ("train",)  # no repeats, and it grows with the recording: read one trial at a time
+STREAMED_TIERS = ("train",)  # no repeats, and it grows with the recording: read a few trials at a time
+STREAMED_TRIALS = 3  # trials read at once from a streamed tier (one batch of `predict` at 300 frames)
+
+
+def _padded(array: np.ndarray, frames: int) -> np.ndarray:
+    """A trial's array (T, ...) with its last frame repeated up to `frames` frames."""
+    return np.pad(array, [(0, frames - len(array))] + [(0, 0)] * (array.ndim - 1), "edge")
 
 
 @torch.inference_mode()
@@ -37,17 +44,24 @@ def predict(model: Twin, recording: str, trials: list[Trial]) -> list[np.ndarray
     Each trial runs padded (its last frame repeated) to a multiple of `LENGTH_BUCKET` frames: the twins
     are causal, so the padding changes none of the trial's predictions, and a few input shapes keep
     the CPU kernels' allocations from piling up (200 trials of 100 different lengths grew the
-    process to 5.6 GB; padded, it stayed at 0.34 GB)."""
+    process to 5.6 GB; padded, it stayed at 0.34 GB). Trials of one padded length run together, up
+    to `BATCH_FRAMES` frames per forward pass (a recurrent twin steps through time once per batch)."""
     model.eval()
-    device, predictions = next(model.parameters()).device, []
-    for trial in trials:
-        padded_frames = -(-trial.frames // LENGTH_BUCKET) * LENGTH_BUCKET
-        inputs = [torch.from_numpy(np.pad(a, [(0, padded_frames - trial.frames)] + [(0, 0)] * (a.ndim - 1), "edge"))
-                  [None].to(device) for a in (trial.video, trial.behavior, trial.pupil_center)]
-        out = model(recording, *inputs)[0, : trial.frames - model.offset].float().cpu().numpy()
-        padded = np.full((trial.frames, out.shape[1]), np.nan, dtype=np.float32)
-        padded[model.offset:] = out
-        predictions.append(padded)
+    device, predictions = next(model.parameters()).device, [None] * len(trials)
+    by_length: dict[int, list[int]] = {}
+    for i, trial in enumerate(trials):
+        by_length.setdefault(-(-trial.frames // LENGTH_BUCKET) * LENGTH_BUCKET, []).append(i)
+    for length, members in by_length.items():
+        per_batch = max(1, BATCH_FRAMES // length)
+        for start in range(0, len(members), per_batch):
+            batch = members[start:start + per_batch]
+            inputs = [torch.from_numpy(np.stack([_padded(getattr(trials[i], name), length) for i in batch])).to(device)
+                      for name in ("video", "behavior", "pupil_center")]
+            outputs = model(recording, *inputs).float().cpu().numpy()
+            for i, out in zip(batch, outputs):
+                prediction = np.full((trials[i].frames, out.shape[1]), np.nan, dtype=np.float32)
+                prediction[model.offset:] = out[: trials[i].frames - model.offset]
+                predictions[i] = prediction
     return predictions
 
 
@@ -100,19 +114,19 @@ def _add_ceiling(per_neuron: dict, summary: dict, ceiling: np.ndarray) -> None:
 
 
 def evaluate_streamed(model: Twin, recording: Recording, indices: list[int]) -> tuple[dict, dict, int]:
-    """Single-trial correlation (ours, official, and the ceiling) of a tier read one trial at a time →
+    """Single-trial correlation (ours, official, and the ceiling) of a tier read `STREAMED_TRIALS` at a time →
     (summary, per-neuron arrays, trials withheld): memory does not grow with the tier's length."""
     correlation, ceiling, count, withheld = RunningCorrelation(), RunningCorrelation(), 0, 0
-    for index in indices:
-        trial = recording.trial(index)
-        withheld += trial.responses is None
-        if trial.responses is None or trial.frames <= metrics.BURN_IN:
-            continue
-        correlation.add(trial.responses, predict(model, recording.name, [trial])[0])
-        expected = load_expected(recording, [trial])
-        if expected is not None:
-            ceiling.add(trial.responses, expected[0])
-        count += 1
+    for start in range(0, len(indices), STREAMED_TRIALS):
+        trials = [recording.trial(index) for index in indices[start:start + STREAMED_TRIALS]]
+        withheld += sum(trial.responses is None for trial in trials)
+        trials = [t for t in trials if t.responses is not None and t.frames > metrics.BURN_IN]
+        expected = load_expected(recording, trials)
+        for i, predicted in enumerate(predict(model, recording.name, trials)):
+            correlation.add(trials[i].responses, predicted)
+            if expected is not None:
+                ceiling.add(trials[i].responses, expected[i])
+        count += len(trials)
     if not count:
         return {}, {}, withheld
     per_neuron = {"single_trial_correlation": correlation.result(),
