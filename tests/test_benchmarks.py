@@ -138,16 +138,20 @@ def test_train_benchmark_measures_every_preset(tmp_path):
 
 
 def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
-    from twinserve.benchmarks.export import run_bench
+    from twinserve.benchmarks.export import WINDOW_PATHS, run_bench
 
-    results = run_bench(tmp_path / "export.json", presets=("tiny", "vit-tiny"), neurons=50, seconds=0.1,
-                        window_outputs=3, repeats=2)
-    for preset in ("tiny", "vit-tiny"):
-        paths = results["presets"][preset]["paths"]
+    results = run_bench(tmp_path / "export.json", presets=("tiny", "vit-tiny", "gru-tiny"), neurons=50,
+                        seconds=0.1, window_outputs=3, repeats=2)
+    for preset, window in (("tiny", True), ("vit-tiny", True), ("gru-tiny", False)):
+        result = results["presets"][preset]
+        paths = result["paths"]
         assert set(paths) == {"pytorch_eager_clip", "onnxruntime_clip", "onnxruntime_step_stream",
-                              "onnxruntime_window_rerun", "pytorch_eager_window_rerun"}
+                              *(WINDOW_PATHS if window else ())}
         assert all(p["output_frames_per_s"] > 0 and p["gflop_per_output_frame"] > 0 for p in paths.values())
-        assert results["presets"][preset]["state_bytes_per_stream"] > 0
+        assert result["state_bytes_per_stream"] > 0
+        # unbounded memory (recurrent): no window to re-run, and the JSON says why
+        assert set(result.get("skipped", {})) == (set() if window else set(WINDOW_PATHS))
+        assert ("step_over_onnxruntime_window_rerun" in result["ratios"]) == window
     assert results["machine"]["matmul_fp32_gflops"] > 0
     assert json.loads((tmp_path / "export.json").read_text())["presets"] == results["presets"]
 
