@@ -52,6 +52,12 @@ def test_the_new_head_learns_and_the_run_is_a_twin_like_any_other(transferred, n
     assert (tmp_path / "artifacts" / "manifest.json").is_file()
 
 
+def test_a_transferred_run_resumes_only_with_its_own_core(transferred, new_mouse):
+    out, _ = transferred
+    with pytest.raises(ValueError, match="checkpoint of a different twin"):
+        train([new_mouse], out, preset="tiny", progress=False, steps=300, eval_every=50, minutes=60, data_minutes=2.0)
+
+
 def test_first_minutes_keeps_the_fewest_first_trials_that_hold_the_minutes(small_mouse):
     recording = Recording(small_mouse[0])
     index = TrialIndex(recording, np.arange(5), np.array([300, 300, 300, 300, 300]))  # 10 s each at 30 fps

@@ -109,6 +109,8 @@ def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
     def comparable(config):
         config = json.loads(json.dumps(config))
         config.pop("runtime", None)
+        config.setdefault("core_from", None)  # runs written before transfer existed
+        config["train"].setdefault("data_minutes", None)
         for budget in ("minutes", "steps"):
             config["train"].pop(budget)
         return config
