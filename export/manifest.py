@@ -29,14 +29,6 @@ class ArtifactError(ValueError):
     """An artifact is missing, unreadable or does not match its manifest; the message names the file."""
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class TensorSpec:
     name: str

@@ -28,13 +28,13 @@ import onnxruntime
 import torch
 
 from twinserve.contract import (BEHAVIOR_CHANNELS, CLIP_INPUTS, PIXEL_RANGE, PUPIL_CHANNELS, RESPONSES, STEP_INPUTS,
-                                state_names)
+                                file_sha256, state_names)
 from twinserve.training.checkpoint import load_run
 from twinserve.training.model import Twin
 from twinserve.training.transformer import use_fused_attention
 
 from .graphs import ClipGraph, StepGraph
-from .manifest import GraphEntry, Manifest, RecordingEntry, TensorSpec, sha256
+from .manifest import GraphEntry, Manifest, RecordingEntry, TensorSpec
 
 # The exporter warns once per torchvision operator when torchvision is absent; we export none of them.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -195,7 +195,7 @@ def _graph_entry(out: Path, path: Path, parity: dict[str, float], reference: str
         raise RuntimeError(f"{path}: differs from {reference} by {worst:.2e} (relative), "
                            f"above the tolerance {PARITY_TOLERANCE:.0e}")
     inputs, outputs = tensor_specs(path)
-    return GraphEntry(path.relative_to(out).as_posix(), sha256(path), inputs, outputs, parity, reference,
+    return GraphEntry(path.relative_to(out).as_posix(), file_sha256(path), inputs, outputs, parity, reference,
                       {"op_counts": op_counts(path), "op_counts_per_layer": op_counts_per_layer(path), **details})
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from twinserve.contract import CLIP_INPUTS
+from twinserve.contract import CLIP_INPUTS, file_sha256
 from twinserve.errors import Unavailable
 
-from .manifest import GraphEntry, Manifest, read_manifest, sha256, verified_path
+from .manifest import GraphEntry, Manifest, read_manifest, verified_path
 from .onnx_export import cpu_session, random_inputs, relative_error, step_parity
 
 # Max relative error vs the ONNX graph. fp32 builds have TF32 switched off; fp16 and bf16 keep
@@ -157,7 +157,7 @@ def export_engines(artifacts: str | Path, precision: str, max_batch: int = 8, ma
                 raise RuntimeError(f"{path}: differs from the ONNX graph by {worst:.2e} (relative), above the "
                                    f"{precision} tolerance {TOLERANCES[precision]:.0e}")
             entry.graphs[f"{kind}_tensorrt_{precision}"] = GraphEntry(
-                path.relative_to(artifacts).as_posix(), sha256(path), graph.inputs, graph.outputs, parity[kind],
+                path.relative_to(artifacts).as_posix(), file_sha256(path), graph.inputs, graph.outputs, parity[kind],
                 "ONNX clip graph on ONNX Runtime", {"format": "tensorrt", "precision": precision,
                                                     "tolerance": TOLERANCES[precision],
                                                     "tensorrt": tensorrt.__version__})

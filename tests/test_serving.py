@@ -15,8 +15,8 @@ import pytest
 import tritonclient.grpc as grpc
 
 from twinserve.clients.stream import ServerGone, StreamClient, StreamError
-from twinserve.contract import CLIP_INPUTS, STEP_INPUTS, ModelParameters, model_names
-from twinserve.export.manifest import GraphEntry, Manifest, RecordingEntry, sha256, verified_path
+from twinserve.contract import CLIP_INPUTS, STEP_INPUTS, ModelParameters, file_sha256, model_names
+from twinserve.export.manifest import GraphEntry, Manifest, RecordingEntry, verified_path
 from twinserve.export.onnx_export import cpu_session, relative_error, stream
 from twinserve.serving.limits import Limits
 from twinserve.serving.repository import MARKER, write_repository
@@ -263,7 +263,7 @@ def _fake_artifacts(folder, recording):
     all that `write_repository` reads (it checks the hashes, it loads no graph)."""
     folder.mkdir()
     (folder / "graph.onnx").write_bytes(b"not a graph")
-    graph = GraphEntry("graph.onnx", sha256(folder / "graph.onnx"), inputs=[], outputs=[], parity={},
+    graph = GraphEntry("graph.onnx", file_sha256(folder / "graph.onnx"), inputs=[], outputs=[], parity={},
                        parity_against="")
     entry = RecordingEntry(neurons=3, unit_ids=[5, 6, 7], behavior_mean=[1.5, 2.5], pupil_center_mean=[0.0, -1.0],
                            graphs={"step": graph, "clip": graph})

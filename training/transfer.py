@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from twinserve.contract import file_sha256
+
 from . import checkpoint
 
 CORE_PREFIX = "core."
@@ -29,14 +31,6 @@ def core_sha256(core: torch.nn.Module | dict[str, torch.Tensor]) -> str:
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -10,6 +10,7 @@ where offset = `output_offset(receptive_field)`: output frame j of a clip predic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -56,6 +57,15 @@ def describe_memory(receptive_field: int | None) -> str:
 # --- access -------------------------------------------------------------------------------------
 API_KEY_HEADER = "twinserve-api-key"   # request header (gRPC metadata key) that carries the API key
 API_KEY_ENV = "TWINSERVE_API_KEY"      # where `twin serve` and the clients read the key by default
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (artifacts in manifests, a transferred core's source weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_api_key(path: str | Path | None) -> str | None:
