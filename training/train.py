@@ -233,6 +233,9 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     bad_validations = sum(1 for h in state["history"] if h["step"] > state["best_step"])
     if not state["history"]:
         bad_validations = validate_everywhere(bad_validations)  # the untrained score, the first point of the curve
+        # The budget counts from the first step. Counted from here, step 0's learning rate followed how long
+        # this validation took, so a run bound by its steps gave different twins from run to run.
+        started = time.time()
     while True:
         elapsed = time.time() - started
         fraction = distributed.largest(max(state["step"] / config.steps, elapsed / (60 * config.minutes)), rank)
