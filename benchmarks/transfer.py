@@ -7,6 +7,7 @@
    frozen and only its head fitted (`twin train --core-from CORE --freeze-core --data-minutes M`).
 3. Reported per twin: the oracle tier's single-trial correlation as a fraction of its noise ceiling
    → benchmarks/results/transfer.json and transfer.png (fraction of ceiling against minutes of data).
+   The JSON is rewritten after every run ("complete": false until the last one).
 
 Training runs on step budgets (no wall-time budget), so the results do not depend on machine load.
 Every run lands in `workdir`; a run with metrics is reused, so an interrupted bench picks up where it was.
@@ -110,11 +111,11 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
             bar.update()
             return key, summary
 
-        for (name, mode, amount), summary in pool.map(one, runs):
+        for done, ((name, mode, amount), summary) in enumerate(pool.map(one, runs), 1):
             results["runs"].setdefault(name, {}).setdefault(mode, {})[amount] = summary
-    results["summary"] = summarize(results)
-    write_results(results, out)
-    plot_transfer(results, out.with_suffix(".png"))
+            results.update(complete=done == len(runs), summary=summarize(results))
+            write_results(results, out)  # after every run: an interrupted bench leaves what it measured
+            plot_transfer(results, out.with_suffix(".png"))
     return results
 
 
@@ -130,7 +131,7 @@ def summarize(results: dict) -> dict:
     table, checks = {}, {"transfer_beats_scratch_at_4_minutes": [], "transfer_at_4_reaches_scratch_at_16": []}
     for name, modes in results["runs"].items():
         table[name] = {mode: {m: fraction(s) for m, s in runs.items()} for mode, runs in modes.items()}
-        scratch, transfer = table[name]["scratch"], table[name]["transfer"]
+        scratch, transfer = table[name].get("scratch", {}), table[name].get("transfer", {})
         if "4" in scratch and "4" in transfer:
             checks["transfer_beats_scratch_at_4_minutes"].append(transfer["4"] > scratch["4"])
         if "16" in scratch and "4" in transfer:
@@ -157,7 +158,9 @@ def plot_transfer(results: dict, path: Path) -> None:
     axis.set_xticks(results["minutes"], [f"{m:g}" for m in results["minutes"]])
     axis.set_xlabel("minutes of the new mouse's training data")
     axis.set_ylabel("oracle single-trial correlation / ceiling")
-    axis.set_title(f"{results['preset']}: core from {len(results['cohort'])} mice, frozen, vs from scratch", fontsize=9)
+    partial = "" if results.get("complete") else " (partial)"
+    axis.set_title(f"{results['preset']}: core from {len(results['cohort'])} mice, frozen, vs from scratch{partial}",
+                   fontsize=9)
     axis.legend(frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

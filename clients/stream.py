@@ -246,13 +246,25 @@ class StreamClient:
         return result.as_numpy(RESPONSES)[0]
 
     def _recover(self, unanswered: list) -> None:
+        """Reconnect and replay (`_replay`), again if the connection is lost during the replay (a server
+        that was still going down, or went down again), until `reconnect_timeout` has passed."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            try:
+                self._replay(unanswered)
+                break
+            except (ConnectionError, InferenceServerException) as error:
+                if key_refused(error) or not connection_lost(error) or time.monotonic() > deadline:
+                    raise
+        self.reconnects += 1
+
+    def _replay(self, unanswered: list) -> None:
         """END the old sequence (best effort), close the old stream without cancelling, reconnect,
         replay the history into a new sequence (its answers are dropped: the server's state is then
         what it was), resend the unanswered frames."""
         self._end_sequence()
         self._disconnect()
         self._connect(wait=True)
-        self.reconnects += 1
         history = list(self.history)
         for start in range(0, len(history), REPLAY_IN_FLIGHT):
             window = history[start:start + REPLAY_IN_FLIGHT]
