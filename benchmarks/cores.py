@@ -15,10 +15,7 @@ from twinserve.training.presets import PRESETS
 from twinserve.training.train import train
 from twinserve.training.virtual_mouse import synthesize
 
-from .harness import RESULTS, Stopwatch, machine, write_results
-
-ORACLE_KEYS = ("single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling")
-
+from .harness import RESULTS, Stopwatch, machine, oracle_summary, write_results
 
 def _trained(data: list, run: Path, preset: str, minutes: float, progress: bool) -> dict:
     """Train `preset` for `minutes` of wall time (no step budget) and evaluate it → its results entry."""
@@ -26,8 +23,7 @@ def _trained(data: list, run: Path, preset: str, minutes: float, progress: bool)
         metrics = train(data, run, preset=preset, progress=progress, minutes=minutes, steps=10**9)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    oracle = {recording: {key: tiers["oracle"][key] for key in ORACLE_KEYS if key in tiers["oracle"]}
-              for recording, tiers in metrics.items()}
+    oracle = oracle_summary(metrics)
     return {"core": PRESETS[preset].core, "model": config["model"], "steps": state["step"],
             "best_step": state["best_step"], "training_minutes": state["elapsed"] / 60,
             "wall_minutes_with_setup_and_evaluation": watch.seconds / 60,

@@ -7,7 +7,8 @@ passed (at least one call); an optional untimed `prepare` runs before each call.
 median rate over the rounds and its spread.
 
 Results: `write_results` writes JSON atomically (a crash never leaves half a file), creating the
-folder; `machine` records what the figures were measured on.
+folder; `machine` records what the figures were measured on; `oracle_summary` picks a trained
+run's oracle-tier scores out of its metrics.
 """
 
 from __future__ import annotations
@@ -127,6 +128,15 @@ def machine(matmul: bool = False) -> dict:
         if matmul:
             facts["matmul_fp32_gflops"] = matmul_gflops()
     return facts
+
+
+ORACLE_KEYS = ("single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling")
+
+
+def oracle_summary(metrics: dict) -> dict:
+    """A run's metrics.json → per recording its oracle tier's `ORACLE_KEYS` (those it has)."""
+    return {recording: {key: tiers["oracle"][key] for key in ORACLE_KEYS if key in tiers["oracle"]}
+            for recording, tiers in metrics.items()}
 
 
 def write_results(results: dict, out: str | Path) -> Path:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from twinserve.training.virtual_mouse.family import FAMILY_PREFIX, scaled, variant
 
-from .harness import RESULTS, Stopwatch, machine, write_results
+from .harness import RESULTS, Stopwatch, machine, oracle_summary, write_results
 
 COHORT = (40, 41, 42, 43)   # family members 0–99 are for development; HELD_OUT_SEEDS stay for `bench fidelity`
 NEW = (44, 45, 46)
@@ -69,14 +69,11 @@ def _run(command: list[str], run: Path, threads: int) -> dict:
             if subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, env=environment).returncode:
                 raise RuntimeError(f"twin train failed for {run}; its log: {log.name}")
         (run / "wall_seconds.json").write_text(json.dumps(watch.seconds))
-    metrics = json.loads((run / "metrics.json").read_text())
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    oracle = {name: {key: tiers["oracle"][key] for key in ("single_trial_correlation",
-                                                           "ceiling_single_trial_correlation", "fraction_of_ceiling")}
-              for name, tiers in metrics.items()}
     return {"steps": state["step"], "best_step": state["best_step"],
             "wall_seconds": json.loads((run / "wall_seconds.json").read_text()),
-            "training_seconds": state.get("step_seconds"), "oracle": oracle}
+            "training_seconds": state.get("step_seconds"),
+            "oracle": oracle_summary(json.loads((run / "metrics.json").read_text()))}
 
 
 def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path = "transfer-bench",

@@ -254,7 +254,7 @@ class StreamClient:
                 self._replay(unanswered)
                 break
             except (ConnectionError, InferenceServerException) as error:
-                if key_refused(error) or not connection_lost(error) or time.monotonic() > deadline:
+                if not connection_lost(error) or time.monotonic() > deadline:  # refused keys are not lost
                     raise
         self.reconnects += 1
 
