@@ -10,7 +10,7 @@ from twinserve.benchmarks.transfer import summarize
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
-from twinserve.training.train import train
+from twinserve.training.train import _window_indexes, train
 from twinserve.training.virtual_mouse import synthesize
 from twinserve.training.transfer import CoreSource, core_sha256
 from twinserve.training.windows import TrialIndex, first_minutes
@@ -65,6 +65,17 @@ def test_first_minutes_keeps_the_fewest_first_trials_that_hold_the_minutes(small
     assert first_minutes(index, 20 / 60).trials.tolist() == [0, 1]
     with pytest.raises(ValueError, match="hold 0.8 minutes"):
         first_minutes(index, 1.0)
+
+
+def test_both_loaders_cut_to_the_same_first_minutes_and_memory_keeps_only_those(small_mouse):
+    recordings = [Recording(path) for path in small_mouse]
+    disk, _ = _window_indexes(recordings, 60, "disk", progress=False, data_minutes=0.5)
+    memory_indexes, memory = _window_indexes(recordings, 60, "memory", progress=False, data_minutes=0.5)
+    for recording in recordings:
+        kept = disk[recording.name].trials.tolist()
+        assert 0 < len(kept) < len(recording.trials_in("train"))
+        assert memory_indexes[recording.name].trials.tolist() == kept
+        assert sorted(memory[recording.name]) == kept
 
 
 def test_transfer_refuses_what_it_cannot_do(tiny_run, small_mouse, tmp_path):

@@ -138,6 +138,8 @@ def _window_indexes(recordings: list[Recording], frames: int, loader: str, progr
             indexes[r.name] = TrialIndex(r, np.array([t.index for t in trials]), np.array([t.frames for t in trials]))
     if data_minutes is not None:
         indexes = {name: first_minutes(index, data_minutes) for name, index in indexes.items()}
+        if memory is not None:  # keep in RAM only the trials that are drawn from
+            memory = {name: {int(i): memory[name][int(i)] for i in indexes[name].trials} for name in memory}
     return indexes, memory
 
 
