@@ -10,7 +10,8 @@ from twinserve.benchmarks.transfer import summarize
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
-from twinserve.training.train import _window_indexes, train
+from twinserve.training.presets import PRESETS
+from twinserve.training.train import _window_indexes, build_model, train, validation_score, validation_trials
 from twinserve.training.virtual_mouse import synthesize
 from twinserve.training.transfer import CoreSource, core_sha256
 from twinserve.training.windows import TrialIndex, first_minutes
@@ -44,10 +45,21 @@ def test_a_frozen_core_stays_the_source_core_and_the_run_records_it(tiny_run, tr
     assert model.config == load_run(source)[0].config
 
 
-def test_the_new_head_learns_and_the_run_is_a_twin_like_any_other(transferred, new_mouse, tmp_path):
+def test_the_new_head_predicts_from_its_first_step_and_the_run_is_a_twin_like_any_other(
+        tiny_run, transferred, new_mouse, tmp_path):
+    """The readout fitted on the core's features (`readout_fit`) predicts before any gradient step,
+    where the same core under the energy-map readout of a twin without a trained core does not."""
     out, results = transferred
+    recording = Recording(new_mouse)
+    settings = PRESETS["tiny"].train
+    indexes, _ = _window_indexes([recording], settings.frames, "disk", progress=False, data_minutes=2.0)
+    source = CoreSource.read(tiny_run[0])
+    energy_readout = build_model(source.model, [recording], indexes)
+    source.load_into(energy_readout.core)
+    untrained = validation_score(energy_readout, {recording.name: validation_trials(recording, settings.val_trials)})
     history = json.loads((out / "checkpoint/state.json").read_text())["history"]
-    assert results[new_mouse.name]["oracle"]["single_trial_correlation"] > history[0]["validation"] + 0.05, history
+    assert history[0]["validation"] > untrained + 0.05, (untrained, history)
+    assert results[new_mouse.name]["oracle"]["single_trial_correlation"] > untrained + 0.05
     assert twin(["export", "--run", str(out), "--out", str(tmp_path / "artifacts")]) == 0
     assert (tmp_path / "artifacts" / "manifest.json").is_file()
 

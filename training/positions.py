@@ -81,10 +81,10 @@ def receptive_field_peaks(trials: list[Trial], grid: tuple[int, int]) -> tuple[n
         best = maps[np.arange(len(maps)), maps.max(2).argmax(1)]  # (n, G): the neuron's best channel
         peaks.append(best.argmax(1))
         strength.append(best.max(1))
-    return _grid_centres(grid)[np.concatenate(peaks)], np.concatenate(strength)
+    return grid_centres(grid)[np.concatenate(peaks)], np.concatenate(strength)
 
 
-def _grid_centres(grid: tuple[int, int]) -> np.ndarray:
+def grid_centres(grid: tuple[int, int]) -> np.ndarray:
     """Centres of the grid cells in grid_sample coordinates (x, y) ∈ [-1, 1] → (G, 2)."""
     rows, cols = grid
     y, x = np.meshgrid((np.arange(rows) + 0.5) / rows * 2 - 1, (np.arange(cols) + 0.5) / cols * 2 - 1, indexing="ij")

@@ -31,6 +31,7 @@ from .model import Twin
 from .plots import plot_training_curve
 from .positions import MAX_TRIALS, readout_positions
 from .precision import autocast, resolve
+from .readout_fit import fit_readout
 from .presets import TrainConfig, preset as find_preset
 from .transfer import CoreSource
 from .windows import LOADERS, TrialIndex, WindowStream, batches, first_minutes, index_trials, spaced
@@ -92,14 +93,25 @@ def validation_trials(recording: Recording, count: int) -> list[Trial]:
     return [t for t in trials if t.responses is not None and t.frames > metrics.BURN_IN]
 
 
-def build_model(model_config: dict, recordings: list[Recording], indexes: dict[str, TrialIndex]) -> Twin:
+def build_model(model_config: dict, recordings: list[Recording], indexes: dict[str, TrialIndex],
+                source: CoreSource | None = None) -> Twin:
     """A fresh twin ({"core": name, **settings}) for the recordings' frame shape, with normalisation
-    and readout positions initialised from the training data (at most `MAX_TRIALS` trials read per
-    recording)."""
+    and readout initialised from the training data (at most `MAX_TRIALS` trials read per recording).
+
+    source: a trained core to start from. Its weights are loaded and each readout is fitted on its
+    features (`readout_fit`); without it readout positions come from the data's energy maps.
+    """
     model = Twin(model_config, {r.name: r.neurons for r in recordings}, frame_shape=common_frame_shape(recordings))
+    if source is not None:
+        source.load_into(model.core)
     for recording in recordings:
         trials = [recording.trial(int(i)) for i in spaced(list(indexes[recording.name].trials), MAX_TRIALS)]
-        model.heads[recording.name].initialize(recording.statistics, readout_positions(trials, recording.coordinates))
+        head = model.heads[recording.name]
+        if source is None:
+            head.initialize(recording.statistics, readout_positions(trials, recording.coordinates))
+        else:
+            head.initialize(recording.statistics)
+            fit_readout(model, recording.name, trials)
     return model
 
 
@@ -174,11 +186,9 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     if empty:
         raise ValueError(f"recordings {empty} have no oracle trials with responses to validate on")
 
-    model = build_model(source.model if source else find_preset(preset).model_config(), recordings, indexes)
-    if source is not None:
-        source.load_into(model.core)
-        if freeze_core:
-            model.freeze_core()
+    model = build_model(source.model if source else find_preset(preset).model_config(), recordings, indexes, source)
+    if freeze_core:
+        model.freeze_core()
     model = model.to(rank.device)
     run_config = {
         "preset": preset, "model": model.config, "frame_shape": list(model.frame_shape), "train": asdict(config),

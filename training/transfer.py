@@ -4,7 +4,8 @@
 the new run records (`config.json` → "core_from"): the sha256 of the source run's weights file, and
 of the core's own tensors (`core_sha256`), which a transferred run can be checked against at any time.
 With the core frozen only the new recording's head learns (normalisation, shifter, readout,
-behavioural modulator); the core's weights and normalisation statistics stay as they were.
+behavioural modulator); the core's weights and normalisation statistics stay as they were. The
+head's readout starts from a fit on the core's features (`readout_fit`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,50 @@
+"""The closed-form readout of a transferred twin: ridge regression on the trained core's features."""
+
+import numpy as np
+import pytest
+import torch
+
+from twinserve.training.data import Trial
+from twinserve.training.model import Twin
+from twinserve.training.positions import grid_centres, grid_for
+from twinserve.training.presets import PRESETS
+from twinserve.training.readout_fit import _cell_features, fit_readout
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gru-tiny"])
+def test_the_fit_finds_each_neurons_cell_and_weights_when_responses_are_linear_in_the_features(preset):
+    """Responses made exactly linear in the pooled features of one known cell per neuron are read
+    back: the cell, and weights and bias that give the same drive (up to the ridge's small shrinkage;
+    channels that do not vary cannot be told apart, so drives are compared, not weights)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    neurons, frame_shape = 12, (36, 64)
+    model = Twin(PRESETS[preset].model_config(), {"mouse": neurons}, frame_shape=frame_shape).eval()
+    grid = grid_for(frame_shape)
+    cells = rng.choice(grid[0] * grid[1], neurons, replace=False)
+    weights = rng.normal(0, 1, (model.core.out_channels, neurons))
+    bias = rng.normal(0, 0.2, neurons)
+    trials, drives, cell_features = [], [], []
+    for index in range(3):
+        video = rng.normal(128, 40, (120, *frame_shape)).astype(np.float32)
+        behavior, pupil = rng.normal(0, 1, (120, 2)).astype(np.float32), rng.normal(0, 1, (120, 2)).astype(np.float32)
+        trial = Trial(index, "train", video, behavior, pupil, None)
+        with torch.no_grad():
+            features = _cell_features(model, "mouse", trial, grid).numpy()  # (T', G, C)
+        drive = np.einsum("tnc,cn->tn", features[:, cells], weights) + bias
+        responses = np.full((120, neurons), np.nan, np.float32)
+        responses[model.offset:] = drive + 1  # the rate is elu(drive) + 1
+        trial.responses = responses
+        trials.append(trial)
+        drives.append(drive)
+        cell_features.append(features[:, cells])
+
+    explained = fit_readout(model, "mouse", trials)
+
+    readout = model.heads["mouse"].readout
+    assert np.allclose(readout.position.detach().numpy(), grid_centres(grid)[cells])
+    drive, features = np.concatenate(drives), np.concatenate(cell_features)  # (T, N), (T, N, C)
+    fitted = np.einsum("tnc,cn->tn", features, readout.weight.detach().numpy()) + readout.bias.detach().numpy()
+    relative_error = np.sqrt(((fitted - drive) ** 2).mean(0)) / drive.std(0)  # per neuron
+    assert relative_error.max() < 0.1, relative_error  # the ridge shrinks weak feature directions: 0.05 here
+    assert (explained > 0).all()
