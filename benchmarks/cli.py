@@ -174,10 +174,10 @@ def register(benchmarks) -> None:
     train.add_argument("--repeats", type=int, default=3)
     train.set_defaults(handler=_train)
 
-    cores = benchmarks.add_parser("cores", help="convolutional vs transformer twin at equal training wall time")
+    cores = benchmarks.add_parser("cores", help="convolutional, transformer and recurrent twins at equal training wall time")
     cores.add_argument("--out", default=f"{RESULTS}/cores.json")
-    cores.add_argument("--presets", nargs="+", default=["small", "vit-small"], choices=presets)
-    cores.add_argument("--minutes", type=float, default=10.0, help="training wall time per preset")
+    cores.add_argument("--presets", nargs="+", default=["small", "vit-small", "gru-small", "fnn-small"], choices=presets)
+    cores.add_argument("--minutes", type=float, default=8.0, help="training wall time per preset")
     cores.add_argument("--data", nargs="+", help="recording folders (default: the demo's virtual mouse)")
     cores.add_argument("--quiet", action="store_true")
     cores.set_defaults(handler=_cores)

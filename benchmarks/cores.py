@@ -31,8 +31,8 @@ def _trained(data: list, run: Path, preset: str, minutes: float, progress: bool)
             "oracle": oracle, "validation_history": state["history"]}
 
 
-def run_bench(out: str | Path = f"{RESULTS}/cores.json", presets=("small", "vit-small"), minutes: float = 10.0,
-              data: list[str | Path] | None = None, progress: bool = True) -> dict:
+def run_bench(out: str | Path = f"{RESULTS}/cores.json", presets=("small", "vit-small", "gru-small", "fnn-small"),
+              minutes: float = 8.0, data: list[str | Path] | None = None, progress: bool = True) -> dict:
     """Train each preset for `minutes` of wall time and evaluate it on all tiers → results.
 
     data: recording folders; default: the virtual mouse of `make demo` (2 recordings, 300 neurons,

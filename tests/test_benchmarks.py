@@ -113,7 +113,7 @@ def test_bench_commands_keep_their_flags_and_defaults():
     from twinserve.cli import build_parser
 
     parser = build_parser()
-    defaults = {"train": {"repeats": 3}, "cores": {"presets": ["small", "vit-small"], "minutes": 10.0, "data": None},
+    defaults = {"train": {"repeats": 3}, "cores": {"presets": ["small", "vit-small", "gru-small", "fnn-small"], "minutes": 8.0, "data": None},
                 "export": {"presets": ["base", "vit-base"], "neurons": 8000},
                 "stream": {"presets": ["small", "base"], "neurons": 8000, "frames": 150},
                 "score": {"preset": "small", "neurons": 8000, "stimuli": 24},
