@@ -31,8 +31,8 @@ from .model import Twin
 from .plots import plot_training_curve
 from .positions import MAX_TRIALS, readout_positions
 from .precision import autocast, resolve
-from .readout_fit import fit_readout
 from .presets import TrainConfig, preset as find_preset
+from .readout_fit import fit_readout
 from .transfer import CoreSource
 from .windows import LOADERS, TrialIndex, WindowStream, batches, first_minutes, index_trials, spaced
 
