@@ -17,6 +17,7 @@ from twinserve.training.virtual_mouse import synthesize
 
 from .harness import RESULTS, Stopwatch, machine, oracle_summary, write_results
 
+
 def _trained(data: list, run: Path, preset: str, minutes: float, progress: bool) -> dict:
     """Train `preset` for `minutes` of wall time (no step budget) and evaluate it → its results entry."""
     with Stopwatch() as watch:

@@ -138,21 +138,12 @@ def _window_indexes(recordings: list[Recording], frames: int, loader: str, progr
     where given), and for loader "memory" the trials themselves ({recording: {trial index: Trial}})."""
     if loader not in LOADERS:
         raise ValueError(f"unknown loader {loader!r}; choose one of {LOADERS}")
-    if loader == "disk":
-        indexes, memory = {r.name: index_trials(r, "train", frames, progress) for r in recordings}, None
-    else:
-        indexes, memory = {}, {}
-        for r in recordings:
-            trials = [t for t in r.load("train") if t.responses is not None and t.frames >= frames]
-            if not trials:
-                raise ValueError(f"{r.name}: no train trial has {frames} valid frames with responses")
-            memory[r.name] = {t.index: t for t in trials}
-            indexes[r.name] = TrialIndex(r, np.array([t.index for t in trials]), np.array([t.frames for t in trials]))
+    indexes = {r.name: index_trials(r, "train", frames, progress) for r in recordings}
     if data_minutes is not None:
         indexes = {name: first_minutes(index, data_minutes) for name, index in indexes.items()}
-        if memory is not None:  # keep in RAM only the trials that are drawn from
-            memory = {name: {int(i): memory[name][int(i)] for i in indexes[name].trials} for name in memory}
-    return indexes, memory
+    if loader == "disk":
+        return indexes, None
+    return indexes, {r.name: {int(i): r.trial(int(i)) for i in indexes[r.name].trials} for r in recordings}
 
 
 def train(data: list[str | Path], out: str | Path, preset: str = "small", progress: bool = True,
