@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gabor import gabor_init_
+
 
 class FactorizedLayer(nn.Module):
     """Spatial 1×k×k conv, temporal kt×1×1 conv (valid in time), BatchNorm, ELU.
@@ -52,6 +54,7 @@ class FactorizedCore(nn.Module):
             FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i],
                             first_stride if i == 0 else 1)
             for i in range(len(channels))])
+        gabor_init_(self.layers[0].spatial.weight)  # the video's first filters start as Gabors (`gabor`)
         self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
         self.out_channels = sizes[-1]
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gabor import gabor_init_
 from .recurrence import over_time
 
 
@@ -89,6 +90,7 @@ class GRUCore(nn.Module):
         sizes = [in_channels, *channels]
         self.cnn = nn.Sequential(*[FrameLayer(sizes[i], sizes[i + 1], kernels[i], first_stride if i == 0 else 1)
                                    for i in range(len(channels))])
+        gabor_init_(self.cnn[0].conv.weight)  # the video's first filters start as Gabors (`gabor`)
         self.gru = ConvGRUCell(sizes[-1], hidden, gru_kernel)
         self.out_channels = hidden
 

@@ -15,31 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from .data import Trial
+from .gabor import gabor_bank
 
 CELL = 4                # pixels per side of a cell of the coarse grid: 9×16 cells on 36×64 frames
 LAGS = range(1, 9)
 PERIODS = (10, 18)      # pixels
 PIXEL_SCALE = 64.0      # divides the mean-free pixels (the correlations below do not depend on it)
 ORIENTATIONS = 4
+BANK_SIZE = 15          # pixels per side of the Gabor filters
 MAX_TRIALS = 60         # enough for a position estimate; bounds the cost on large recordings
 MIN_FIT_R2 = 0.5
 NEURON_BLOCK = 1024     # neurons correlated at a time
-
-
-def gabor_bank(size: int = 15) -> torch.Tensor:
-    """Zero-mean unit-norm quadrature pairs → (2 · periods · orientations, 1, size, size), even/odd interleaved."""
-    y, x = np.mgrid[-(size // 2): size // 2 + 1, -(size // 2): size // 2 + 1].astype(np.float64)
-    kernels = []
-    for period in PERIODS:
-        envelope = np.exp(-(x**2 + y**2) / (2 * (period / 2) ** 2))
-        for k in range(ORIENTATIONS):
-            angle = np.pi * k / ORIENTATIONS
-            carrier = 2 * np.pi * (x * np.cos(angle) - y * np.sin(angle)) / period
-            for phase in (0.0, np.pi / 2):
-                kernel = envelope * np.cos(carrier + phase)
-                kernel -= kernel.mean()
-                kernels.append(kernel / np.linalg.norm(kernel))
-    return torch.tensor(np.array(kernels), dtype=torch.float32)[:, None]
 
 
 def grid_for(frame_shape: tuple[int, int]) -> tuple[int, int]:
@@ -49,7 +35,7 @@ def grid_for(frame_shape: tuple[int, int]) -> tuple[int, int]:
 
 def oriented_energy(video: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """Lag-summed oriented energy on a coarse grid: video (T, H, W) → (T, K, G), K energy channels."""
-    bank = gabor_bank()
+    bank = gabor_bank(BANK_SIZE, PERIODS, ORIENTATIONS)[:, None]  # (K2, 1, k, k), quadrature pairs
     frames = torch.from_numpy((video - video.mean()) / PIXEL_SCALE)[:, None]
     with torch.no_grad():
         responses = F.conv2d(frames, bank, padding=bank.shape[-1] // 2)
