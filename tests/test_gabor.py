@@ -6,7 +6,7 @@ import torch
 
 from twinserve.contract import BEHAVIOR_CHANNELS, DEFAULT_FRAME_SHAPE
 from twinserve.training.factorized import FactorizedCore
-from twinserve.training.gabor import gabor_bank, gabor_init_
+from twinserve.training.gabor import first_layer_bank, gabor_bank, gabor_init_
 from twinserve.training.gru import GRUCore
 
 IN_CHANNELS = 1 + BEHAVIOR_CHANNELS
@@ -68,5 +68,4 @@ def test_cores_start_from_gabor_filters(core, weight):
     torch.manual_seed(0)
     filters = weight(core()).detach()
     count, size = filters.shape[0], filters.shape[-1]
-    bank = gabor_bank(size, (size * 4 / 9, size * 8 / 9), -(-count // 4))[:count]
-    assert torch.allclose(_cosine(filters, bank), torch.ones(count), atol=1e-5)
+    assert torch.allclose(_cosine(filters, first_layer_bank(count, size)), torch.ones(count), atol=1e-5)

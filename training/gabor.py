@@ -35,20 +35,26 @@ def gabor_bank(size: int, periods, orientations: int) -> torch.Tensor:
     return torch.tensor(np.array(kernels), dtype=torch.float32)
 
 
+def first_layer_bank(out_channels: int, size: int) -> torch.Tensor:
+    """The starting filters of a first layer with `out_channels` k×k filters → (C_out, k, k): periods
+    k·4/9 and k·8/9 (4 and 8 px for k = 9), ⌈C_out / 4⌉ orientations, so that C_out ≤ 16 covers 4
+    orientations at two scales."""
+    return gabor_bank(size, (size * 4 / 9, size * 8 / 9), math.ceil(out_channels / 4))[:out_channels]
+
+
 @torch.no_grad()
 def gabor_init_(weight: torch.Tensor, channel: int = 0) -> torch.Tensor:
     """Set the filters that a spatial first layer applies to input `channel` (the video) to a Gabor
     bank, in place, at the mean norm of their initial filters; other input channels stay as they are.
 
-    weight: a conv weight (C_out, C_in, [1,] k, k), k odd. Periods k·4/9 and k·8/9 (4 and 8 px for
-    k = 9), ⌈C_out / 4⌉ orientations, so that C_out ≤ 16 covers 4 orientations at two scales.
+    weight: a conv weight (C_out, C_in, [1,] k, k), k odd; the filters are `first_layer_bank`.
     Returns weight.
     """
     filters = weight[:, channel]  # (C_out, [1,] k, k)
     out_channels, size = filters.shape[0], filters.shape[-1]
     if filters[0].numel() != size * size:
         raise ValueError(f"a spatial filter bank needs (C_out, C_in, [1,] k, k) weights, got {tuple(weight.shape)}")
-    bank = gabor_bank(size, (size * 4 / 9, size * 8 / 9), math.ceil(out_channels / 4))[:out_channels]
+    bank = first_layer_bank(out_channels, size)
     norm = filters.reshape(out_channels, -1).norm(dim=1).mean()
     filters.copy_((bank * norm).reshape(filters.shape).to(weight))
     return weight
