@@ -14,6 +14,9 @@ Measured per recording (a member's figure is the mean over its recordings):
 - FEVE on the gratings (`live_test_bonus`) and the dots (`final_test_bonus`) tiers;
 - median orientation error (deg) over neurons with true OSI > 0.3 (`tuning.validate`) and median
   RF-centre error (px) over neurons with a clear RF map (`rf.validate`);
+- the same two errors of the same experiments run on the simulated mouse itself (`simulated_twin`):
+  the experiments' own floor, which no twin can beat (an RF centre off screen, subunits spread around
+  the envelope), and the twin's estimates against the mouse's from the same experiment (`_vs_mouse`);
 and per member the steps trained and the wall seconds of every phase.
 Across members: the worst and the best fraction of the ceiling, their spread, and whether each of
 `TARGETS` holds on every member (None where a figure is missing, e.g. with `experiments=False`).
@@ -35,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from twinserve.clients.experiments.rf import run_rf
-from twinserve.clients.experiments.tuning import run_tuning
+from twinserve.clients.experiments.common import load_truth
+from twinserve.clients.experiments.tuning import TRUE_OSI_THRESHOLD, orientation_error, run_tuning
 from twinserve.clients.plotting import pyplot
 from twinserve.contract import model_names
 from twinserve.export.onnx_export import export_run
@@ -46,6 +50,7 @@ from twinserve.training.virtual_mouse import synthesize
 from twinserve.training.virtual_mouse.family import FAMILY_PREFIX, HELD_OUT_SEEDS, variant
 
 from .harness import RESULTS, Stopwatch, machine, write_results
+from .simulated_twin import SimulatedTwin
 
 DEFAULT_MEMBERS = 6
 DATA_SEED = 0  # the seed of `synthesize` (the member's name fixes its distributions)
@@ -53,7 +58,9 @@ TARGETS = {"fraction_of_ceiling_min": 0.7, "fraction_of_ceiling_spread_max": 0.1
            "orientation_error_deg_max": 10.0, "rf_center_error_px_max": 3.0}
 FEVE_TIERS = ("live_test_bonus", "final_test_bonus")  # drifting gratings, flashing dots
 HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling",
-            *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px")
+            *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px",
+            "orientation_error_floor_deg", "rf_center_error_floor_px", "orientation_error_vs_mouse_deg",
+            "rf_center_error_vs_mouse_px")
 
 
 def default_members(count: int = DEFAULT_MEMBERS) -> list[str]:
@@ -90,13 +97,37 @@ def _scores(tiers: dict) -> dict:
             **{f"fev_e_{tier}": _number(tiers.get(tier, {}).get("fev_e")) for tier in FEVE_TIERS}}
 
 
+def _median(values: np.ndarray) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+def _twin_vs_mouse(twin: Path, mouse: Path, true_osi: np.ndarray) -> dict:
+    """The twin's estimates (files under `twin`) against the simulated mouse's (under `mouse`) from the
+    same experiments: median orientation difference over neurons with true OSI > 0.3, median distance
+    of RF centres over neurons with a clear RF in both."""
+    tuning = [np.load(folder / "tuning" / "tuning.npz")["preferred_orientation_deg"] for folder in (twin, mouse)]
+    rf = [np.load(folder / "rf" / "rf.npz") for folder in (twin, mouse)]
+    clear = rf[0]["clear_rf"] & rf[1]["clear_rf"]
+    return {"orientation_error_vs_mouse_deg": _median(orientation_error(*tuning)[true_osi > TRUE_OSI_THRESHOLD]),
+            "rf_center_error_vs_mouse_px": _median(np.linalg.norm(rf[0]["rf_center"] - rf[1]["rf_center"], axis=1)[clear])}
+
+
 def _experiments(url: str, recording: Path, out: Path, progress: bool) -> dict:
-    """Tuning and RF experiments on the served clip model of `recording`, validated against its truth."""
-    model = model_names(recording.name)["clip"]
+    """Tuning and RF experiments on the served clip model of `recording` and on the simulated mouse
+    itself, validated against its truth."""
+    model, mouse = model_names(recording.name)["clip"], SimulatedTwin.of(recording)
     tuning = run_tuning(url, model, out / "tuning", truth=recording, progress=progress)["validation"]
     rf = run_rf(url, model, out / "rf", truth=recording, progress=progress)["validation"]
+    tuning_floor = run_tuning(url, "simulated mouse", out / "mouse" / "tuning", truth=recording, progress=progress,
+                              twin=mouse)["validation"]
+    rf_floor = run_rf(url, "simulated mouse", out / "mouse" / "rf", truth=recording, progress=progress,
+                      twin=mouse)["validation"]
     return {"median_orientation_error_deg": _number(tuning["median_orientation_error_deg"]),
-            "median_rf_center_error_px": _number(rf["median_center_distance_px"]), "tuning": tuning, "rf": rf}
+            "median_rf_center_error_px": _number(rf["median_center_distance_px"]),
+            "orientation_error_floor_deg": _number(tuning_floor["median_orientation_error_deg"]),
+            "rf_center_error_floor_px": _number(rf_floor["median_center_distance_px"]),
+            **_twin_vs_mouse(out, out / "mouse", load_truth(recording)["osi"]),
+            "tuning": tuning, "rf": rf, "tuning_floor": tuning_floor, "rf_floor": rf_floor}
 
 
 def _measure(name: str, folder: Path, settings: dict, progress: bool) -> dict:
@@ -178,8 +209,9 @@ def lines(results: dict) -> list[str]:
 
     rows = [f"{name:<12} fraction of ceiling {show(m['fraction_of_ceiling'])} (oracle "
             f"{show(m['oracle_single_trial_correlation'])} / {show(m['ceiling_single_trial_correlation'])})  "
-            f"orientation error {show(m['median_orientation_error_deg'], '°')}  "
-            f"RF error {show(m['median_rf_center_error_px'], ' px')}  {m['steps']} steps"
+            f"orientation error {show(m['median_orientation_error_deg'], '°')} (floor "
+            f"{show(m.get('orientation_error_floor_deg'), '°')})  RF error {show(m['median_rf_center_error_px'], ' px')} "
+            f"(floor {show(m.get('rf_center_error_floor_px'), ' px')})  {m['steps']} steps"
             for name, m in results["members"].items()]
     summary, verdict = results["summary"], {None: "n/a", True: "yes", False: "NO"}
     checks = [(f"fraction ≥ {TARGETS['fraction_of_ceiling_min']} on every member",
@@ -193,7 +225,8 @@ def lines(results: dict) -> list[str]:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Per member: fraction of the ceiling, orientation error and RF-centre error, with the targets."""
+    """Per member: fraction of the ceiling, orientation error and RF-centre error, with the targets and
+    (black ticks) the errors of the same experiments on the simulated mouse."""
     plt = pyplot()
     names = list(results["members"])
     panels = [("fraction_of_ceiling", "fraction of the ceiling\n(oracle tier)", TARGETS["fraction_of_ceiling_min"]),
@@ -202,9 +235,16 @@ def plot(results: dict, path: Path) -> None:
               ("median_rf_center_error_px", "median RF-centre error (px)\nneurons with a clear RF",
                TARGETS["rf_center_error_px_max"])]
     figure, axes = plt.subplots(1, 3, figsize=(max(10.0, 3 * (1.5 + 0.6 * len(names))), 4.2), constrained_layout=True)
+    floors = {"median_orientation_error_deg": "orientation_error_floor_deg",
+              "median_rf_center_error_px": "rf_center_error_floor_px"}
     for axis, (key, label, target) in zip(axes, panels):
         values = [results["members"][n][key] for n in names]
         axis.bar(range(len(names)), [np.nan if v is None else v for v in values])
+        if key in floors:
+            floor = [results["members"][n].get(floors[key]) for n in names]
+            axis.scatter(range(len(names)), [np.nan if v is None else v for v in floor], marker="_", s=300,
+                         color="k", zorder=3, label="same experiment on the simulated mouse")
+            axis.legend(fontsize=7, loc="upper left")
         axis.axhline(target, color="C3", linestyle="--", linewidth=1)
         axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
         axis.set_title(label, fontsize=9)

@@ -196,6 +196,10 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     assert (member["median_orientation_error_deg"] is None) == (recording["tuning"]["tuned_neurons"] == 0)
     assert (member["median_rf_center_error_px"] is None) == (recording["rf"]["clear_rf_neurons"] == 0)
     assert 0 <= (member["median_orientation_error_deg"] or 0) <= 90
+    # the same experiments on the simulated mouse: exact responses, so its own estimates are close
+    assert member["orientation_error_floor_deg"] < 5 and member["rf_center_error_floor_px"] < 3
+    assert recording["tuning_floor"]["tuned_neurons"] == recording["tuning"]["tuned_neurons"]
+    assert 0 <= member["orientation_error_vs_mouse_deg"] <= 90 and member["rf_center_error_vs_mouse_px"] >= 0
     summary = results["summary"]
     assert summary["worst_member"] == summary["best_member"] == "family-100"
     assert summary["fraction_of_ceiling_spread"] == 0 and summary["targets_met"]["worst_within_spread_of_best"]

@@ -99,3 +99,32 @@ def test_tiny_learns_structurally_different_members(name, tmp_path):
     state = json.loads((tmp_path / "run/checkpoint/state.json").read_text())
     untrained = state["history"][0]["validation"]
     assert state["best_score"] > untrained + 0.02, [(h["step"], h["validation"]) for h in state["history"]]
+
+
+def test_population_rebuilt_from_truth_reproduces_the_expected_responses(member):
+    """The rebuilt mouse answers a recorded trial (its video, behaviour and eye) with `truth/expected`,
+    and `expected_responses` at mean behaviour and rest is that same model on new movies."""
+    from twinserve.training.virtual_mouse.neurons import expected_rates
+    from twinserve.training.virtual_mouse.rebuild import expected_responses, population_from_truth
+    from twinserve.training.virtual_mouse import imaging
+
+    pop = population_from_truth(member)
+    trial = sorted((member / "truth/expected").glob("*.npy"))[0].name
+    video = np.load(member / "data/videos" / trial).transpose(2, 0, 1)  # (T, H, W)
+    behavior = np.load(member / "data/behavior" / trial).T
+    pupil = np.load(member / "data/pupil_center" / trial).T
+    valid = np.isfinite(behavior).all(1)
+    rates = expected_rates(pop, video[valid], behavior[valid], pupil[valid])[None]
+    rebuilt = (imaging.expected_response(rates, pop.calcium_tau, pop.baseline + pop.amplitude, 0.0)[0]
+               + imaging.noise_mean(pop.noise_std))
+    written = np.load(member / "truth/expected" / trial).T[valid]
+    np.testing.assert_allclose(rebuilt, written, rtol=1e-4, atol=1e-4 * np.abs(written).max())
+
+    at_rest = np.broadcast_to(pop.eye_center, pupil[valid].shape)
+    mean = np.broadcast_to(pop.behavior_mean, behavior[valid].shape)
+    rates = expected_rates(pop, video[valid], mean, at_rest)[None]
+    again = (imaging.expected_response(rates, pop.calcium_tau, pop.baseline + pop.amplitude, 0.0)
+             + imaging.noise_mean(pop.noise_std))
+    np.testing.assert_allclose(expected_responses(pop, video[valid][None]), again, rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no ground truth"):
+        population_from_truth(member / "data")

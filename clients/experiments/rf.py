@@ -129,10 +129,13 @@ def peak_contrast(maps: np.ndarray) -> float:
 
 
 def run_rf(url: str, model: str, out: str | Path, grid=(9, 16), sigma_px: float = 2.0, dot_frames: int = 9,
-           repeats: int = 2, max_lag: int = 15, truth: str | Path | None = None, progress: bool = True) -> dict:
-    """Run the experiment → summary; writes rf.npz, rf.json and figures under `out`."""
+           repeats: int = 2, max_lag: int = 15, truth: str | Path | None = None, progress: bool = True,
+           twin=None) -> dict:
+    """Run the experiment → summary; writes rf.npz, rf.json and figures under `out`. `twin`: what
+    answers in place of the served model at `url` (an object with `ServedTwin.responses_to`, e.g. the
+    simulated mouse, for the experiment's own error)."""
     out = Path(out)
-    twin = ServedTwin.connect(url, model)
+    twin = ServedTwin.connect(url, model) if twin is None else twin
     stimuli, parameters, all_dots = {}, {}, {}
     tail = np.full((max_lag, HEIGHT, WIDTH), GREY, np.float32)  # so the last dot's late window exists
     for seed in range(repeats):

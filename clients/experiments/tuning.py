@@ -125,10 +125,12 @@ def preferred_direction(curve: np.ndarray, directions_deg: np.ndarray) -> float:
 
 def run_tuning(url: str, model: str, out: str | Path, count: int = 16, periods=(8.0, 12.0, 16.0, 24.0),
                tf_hz: float = 2.0, frames: int = 45, settle: int = 10, truth: str | Path | None = None,
-               progress: bool = True) -> dict:
-    """Run the experiment → summary; writes tuning.npz, tuning.json and figures under `out`."""
+               progress: bool = True, twin=None) -> dict:
+    """Run the experiment → summary; writes tuning.npz, tuning.json and figures under `out`. `twin`: what
+    answers in place of the served model at `url` (an object with `ServedTwin.responses_to`, e.g. the
+    simulated mouse, for the experiment's own error)."""
     out = Path(out)
-    twin = ServedTwin.connect(url, model)
+    twin = ServedTwin.connect(url, model) if twin is None else twin
     stimuli, parameters = {}, {}
     for period in periods:
         movies, params = grating_set(count, period, tf_hz, frames)
