@@ -199,6 +199,9 @@ def summarize(members: dict[str, dict]) -> dict:
             "best_member": best, "best_fraction_of_ceiling": fractions.get(best), "fraction_of_ceiling_spread": spread,
             "worst_orientation_error_deg": _largest(column["median_orientation_error_deg"]),
             "worst_rf_center_error_px": _largest(column["median_rf_center_error_px"]),
+            **{f"worst_{key}": _largest([m.get(key) for m in members.values()])
+               for key in ("orientation_error_floor_deg", "rf_center_error_floor_px",
+                           "orientation_error_vs_mouse_deg", "rf_center_error_vs_mouse_px")},
             "targets": TARGETS, "targets_met": met}
 
 

@@ -203,6 +203,7 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     summary = results["summary"]
     assert summary["worst_member"] == summary["best_member"] == "family-100"
     assert summary["fraction_of_ceiling_spread"] == 0 and summary["targets_met"]["worst_within_spread_of_best"]
+    assert summary["worst_rf_center_error_floor_px"] == member["rf_center_error_floor_px"]
     assert set(summary["targets_met"]) == {"fraction_of_ceiling_on_every_member", "worst_within_spread_of_best",
                                            "orientation_error", "rf_center_error"}
     assert out.with_suffix(".png").stat().st_size > 0

@@ -78,6 +78,22 @@ def test_training_resumes_from_its_checkpoint(small_mouse, tmp_path):
         train(small_mouse, tmp_path, preset="tiny", progress=False, steps=80, eval_every=20, lr=1e-3)
 
 
+def test_the_readouts_are_refitted_once_at_the_chosen_fraction_of_the_budget(small_mouse, tmp_path, monkeypatch):
+    import twinserve.training.train as trainer
+
+    refits, refit = [], trainer.refit_readouts
+    monkeypatch.setattr(trainer, "refit_readouts", lambda *args: refits.append(args[0].heads) or refit(*args))
+    train(small_mouse, tmp_path, preset="tiny", progress=False, steps=40, eval_every=20, refit_readout_at=0.5,
+          minutes=60)
+    assert json.loads((tmp_path / "checkpoint/state.json").read_text())["readout_refitted_at"] == 20
+    assert len(refits) == 1
+    train(small_mouse, tmp_path, preset="tiny", progress=False, steps=60, eval_every=20, refit_readout_at=0.5,
+          minutes=60)
+    assert len(refits) == 1  # a resumed run past the refit does not refit again
+    with pytest.raises(ValueError, match="fraction of the budget"):
+        train(small_mouse, tmp_path / "other", preset="tiny", progress=False, steps=10, refit_readout_at=1.5)
+
+
 def test_initial_readout_positions_find_the_receptive_fields(default_mouse):
     recording = Recording(default_mouse[0])
     positions = readout_positions(recording.load("train"), recording.coordinates)

@@ -33,7 +33,7 @@ def _torchrun(args) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "twinserve.cli", "train", "--data", *args.data, "--out", args.out, "--preset", args.preset,
                "--device", args.device, "--loader", args.loader, "--workers", str(args.workers)]
-    for flag in ("minutes", "steps", "precision", "seed", "data_minutes", "core_from"):
+    for flag in ("minutes", "steps", "precision", "seed", "data_minutes", "refit_readout_at", "core_from"):
         if getattr(args, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return command + (["--quiet"] if args.quiet else []) + (["--freeze-core"] if args.freeze_core else [])
@@ -52,7 +52,8 @@ def _train(args) -> dict:
         return json.loads((Path(args.out) / "metrics.json").read_text())
 
     overrides = {k: v for k, v in [("minutes", args.minutes), ("steps", args.steps), ("seed", args.seed),
-                                   ("precision", args.precision), ("data_minutes", args.data_minutes)] if v is not None}
+                                   ("precision", args.precision), ("data_minutes", args.data_minutes),
+                                   ("refit_readout_at", args.refit_readout_at)] if v is not None}
     results = train(args.data, args.out, preset=args.preset, progress=not args.quiet, device=args.device,
                     loader=args.loader, workers=args.workers, core_from=args.core_from,
                     freeze_core=args.freeze_core, **overrides)
@@ -153,6 +154,9 @@ def register(commands) -> None:
                        "0 reads in the training process")
     train.add_argument("--data-minutes", type=float,
                        help="train on the first this many minutes of each recording's training trials (default: all)")
+    train.add_argument("--refit-readout-at", type=float, metavar="FRACTION",
+                       help="once this fraction of the budget is spent, refit every readout on the core trained so "
+                            "far: each neuron moves to the grid cell whose features explain it best (default: never)")
     train.add_argument("--core-from", metavar="RUN",
                        help="start from the core (settings and weights) of this trained run instead of the preset's; "
                             "--preset then gives the training settings only. The run records the core's sha256")

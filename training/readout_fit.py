@@ -23,12 +23,13 @@ RIDGE = 1e-2  # ridge penalty relative to the mean feature variance of a cell
 
 def _cell_features(model: Twin, recording: str, trial: Trial, grid: tuple[int, int]) -> torch.Tensor:
     """The core's features of one trial averaged over each grid cell → (T - offset, G, C), float64."""
-    inputs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
+    device = next(model.parameters()).device
+    inputs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
               for a in (trial.video, trial.behavior, trial.pupil_center)]
     core_input, _, _ = model.core_input(recording, *inputs)
     features = model.core(core_input)[0].transpose(0, 1)  # (T', C, H', W')
     pooled = F.adaptive_avg_pool2d(features, grid)  # (T', C, rows, cols)
-    return pooled.flatten(2).transpose(1, 2).double()
+    return pooled.flatten(2).transpose(1, 2).double().cpu()
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def fit_readout(model: Twin, recording: str, trials: list[Trial]) -> np.ndarray:
     was_training = model.training
     model.eval()  # the core's normalisation statistics stay as they are
     frames, sum_x, sum_y, xx, xy = 0, 0.0, 0.0, 0.0, 0.0
-    scale = head.response_scale.double()
+    scale = head.response_scale.double().cpu()
     for trial in trials:
         x = _cell_features(model, recording, trial, grid)  # (T', G, C)
         y = torch.from_numpy(np.nan_to_num(trial.responses[model.offset:])).double() / scale  # (T', N)

@@ -105,7 +105,7 @@ def build_model(model_config: dict, recordings: list[Recording], indexes: dict[s
     if source is not None:
         source.load_into(model.core)
     for recording in recordings:
-        trials = [recording.trial(int(i)) for i in spaced(list(indexes[recording.name].trials), MAX_TRIALS)]
+        trials = readout_trials(recording, indexes[recording.name])
         head = model.heads[recording.name]
         if source is None:
             head.initialize(recording.statistics, readout_positions(trials, recording.coordinates))
@@ -113,6 +113,23 @@ def build_model(model_config: dict, recordings: list[Recording], indexes: dict[s
             head.initialize(recording.statistics)
             fit_readout(model, recording.name, trials)
     return model
+
+
+def readout_trials(recording: Recording, index: TrialIndex) -> list[Trial]:
+    """The training trials a readout is initialised or refitted from: at most `MAX_TRIALS`, evenly spaced."""
+    return [recording.trial(int(i)) for i in spaced(list(index.trials), MAX_TRIALS)]
+
+
+@torch.no_grad()
+def refit_readouts(model: Twin, recordings: list[Recording], indexes: dict[str, TrialIndex],
+                   optimizer: torch.optim.Optimizer) -> None:
+    """Refit every head's readout on the core as trained so far (`readout_fit`): each neuron moves to
+    the grid cell whose features explain its responses best, with that cell's ridge weights; the
+    optimizer forgets the readouts' moments."""
+    for recording in recordings:
+        fit_readout(model, recording.name, readout_trials(recording, indexes[recording.name]))
+        for parameter in model.heads[recording.name].readout.parameters():
+            optimizer.state.pop(parameter, None)
 
 
 def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
@@ -123,6 +140,7 @@ def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
         config.pop("runtime", None)
         config.setdefault("core_from", None)  # runs written before transfer existed
         config["train"].setdefault("data_minutes", None)
+        config["train"].setdefault("refit_readout_at", None)
         for budget in ("minutes", "steps"):
             config["train"].pop(budget)
         return config
@@ -162,6 +180,8 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     if freeze_core and core_from is None:
         raise ValueError("--freeze-core needs --core-from RUN: the trained core to keep fixed")
     config = replace(find_preset(preset).train, **overrides)
+    if config.refit_readout_at is not None and not 0 <= config.refit_readout_at < 1:
+        raise ValueError(f"--refit-readout-at is a fraction of the budget in [0, 1), got {config.refit_readout_at}")
     source = CoreSource.read(core_from) if core_from is not None else None
     rank = distributed.start(device)
     progress = progress and rank.main
@@ -244,6 +264,10 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         fraction = distributed.largest(max(state["step"] / config.steps, elapsed / (60 * config.minutes)), rank)
         if should_stop(config, fraction, bad_validations):
             break
+        if (config.refit_readout_at is not None and fraction >= config.refit_readout_at
+                and "readout_refitted_at" not in state):
+            refit_readouts(model, recordings, indexes, optimizer)
+            state["readout_refitted_at"] = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, fraction)
         step_started = time.perf_counter()
