@@ -35,10 +35,6 @@ class SimulatedTwin:
     def of(cls, recording: str | Path) -> SimulatedTwin:
         return cls(population_from_truth(recording))
 
-    def clip_responses(self, movies: list[np.ndarray]) -> list[np.ndarray]:
-        """Movies (T, H, W), each after the grey lead-in → expected responses (T, N) per movie."""
-        return [self._answer(movie) for movie in movies]
-
     def responses_to(self, stimuli: dict[str, np.ndarray], parameters: dict, out: Path,
                      progress: bool = True) -> tuple[list[str], np.ndarray]:
         """`ServedTwin.responses_to`: movies {name: (T, H, W)} → (names, responses (S, T_max, N), NaN

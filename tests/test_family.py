@@ -123,8 +123,7 @@ def test_population_rebuilt_from_truth_reproduces_the_expected_responses(member)
     at_rest = np.broadcast_to(pop.eye_center, pupil[valid].shape)
     mean = np.broadcast_to(pop.behavior_mean, behavior[valid].shape)
     rates = expected_rates(pop, video[valid], mean, at_rest)[None]
-    again = (imaging.expected_response(rates, pop.calcium_tau, pop.baseline + pop.amplitude, 0.0)
-             + imaging.noise_mean(pop.noise_std))
+    again = imaging.expected_response(rates, pop.calcium_tau, pop.baseline + pop.amplitude, pop.noise_std)
     np.testing.assert_allclose(expected_responses(pop, video[valid][None]), again, rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="no ground truth"):
         population_from_truth(member / "data")

@@ -45,5 +45,4 @@ def expected_responses(pop: Population, movies: np.ndarray) -> np.ndarray:
     behavior = np.broadcast_to(pop.behavior_mean.astype(np.float32), (batch, frames, 2))
     pupil = np.broadcast_to(pop.eye_center.astype(np.float32), (batch, frames, 2))
     rates = expected_rates(pop, movies, behavior, pupil)
-    return (imaging.expected_response(rates, pop.calcium_tau, pop.baseline + pop.amplitude, 0.0)
-            + imaging.noise_mean(pop.noise_std))
+    return imaging.expected_response(rates, pop.calcium_tau, pop.baseline + pop.amplitude, pop.noise_std)
