@@ -8,17 +8,15 @@ from twinserve.training.data import Trial
 from twinserve.training.model import Twin
 from twinserve.training.positions import grid_centres, grid_for
 from twinserve.training.presets import PRESETS
-from twinserve.training.readout_fit import _cell_features, fit_readout
+from twinserve.training.readout_fit import _cell_features, fit_readout, refit_readout
 
 
-@pytest.mark.parametrize("preset", ["tiny", "gru-tiny"])
-def test_the_fit_finds_each_neurons_cell_and_weights_when_responses_are_linear_in_the_features(preset):
-    """Responses made exactly linear in the pooled features of one known cell per neuron are read
-    back: the cell, and weights and bias that give the same drive (up to the ridge's small shrinkage;
-    channels that do not vary cannot be told apart, so drives are compared, not weights)."""
+def linear_mouse(preset: str, neurons: int = 12, frame_shape=(36, 64)):
+    """An untrained twin and 3 random trials whose responses are exactly linear in the pooled
+    features of one random cell per neuron → (model, trials, cells (N,), drives (T, N), the cells'
+    features (T, N, C))."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    neurons, frame_shape = 12, (36, 64)
     model = Twin(PRESETS[preset].model_config(), {"mouse": neurons}, frame_shape=frame_shape).eval()
     grid = grid_for(frame_shape)
     cells = rng.choice(grid[0] * grid[1], neurons, replace=False)
@@ -38,13 +36,48 @@ def test_the_fit_finds_each_neurons_cell_and_weights_when_responses_are_linear_i
         trials.append(trial)
         drives.append(drive)
         cell_features.append(features[:, cells])
+    return model, trials, cells, np.concatenate(drives), np.concatenate(cell_features)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gru-tiny"])
+def test_the_fit_finds_each_neurons_cell_and_weights_when_responses_are_linear_in_the_features(preset):
+    """Responses made exactly linear in the pooled features of one known cell per neuron are read
+    back: the cell, and weights and bias that give the same drive (up to the ridge's small shrinkage;
+    channels that do not vary cannot be told apart, so drives are compared, not weights)."""
+    model, trials, cells, drive, features = linear_mouse(preset)
 
     explained = fit_readout(model, "mouse", trials)
 
     readout = model.heads["mouse"].readout
-    assert np.allclose(readout.position.detach().numpy(), grid_centres(grid)[cells])
-    drive, features = np.concatenate(drives), np.concatenate(cell_features)  # (T, N), (T, N, C)
+    assert np.allclose(readout.position.detach().numpy(), grid_centres(grid_for(model.frame_shape))[cells])
     fitted = np.einsum("tnc,cn->tn", features, readout.weight.detach().numpy()) + readout.bias.detach().numpy()
     relative_error = np.sqrt(((fitted - drive) ** 2).mean(0)) / drive.std(0)  # per neuron
     assert relative_error.max() < 0.1, relative_error  # the ridge shrinks weak feature directions: 0.05 here
-    assert (explained > 0).all()
+    assert (explained > 0.9).all() and (explained <= 1 + 1e-9).all()  # fractions of the variance
+
+
+def test_a_refit_moves_only_the_neurons_that_read_from_the_wrong_cell():
+    """Half the neurons read from their own cell (anywhere inside it, with their trained weights),
+    half from another cell: the refit moves exactly the second half, to their cells, and leaves the
+    first half's positions and weights as they were."""
+    model, trials, cells, _, _ = linear_mouse("tiny")
+    grid = grid_for(model.frame_shape)
+    centres = grid_centres(grid)
+    cell_size = 2 / np.array([grid[1], grid[0]])  # (x, y) width of a cell in grid_sample units
+    wrong = np.arange(len(cells)) % 2 == 1
+    rng = np.random.default_rng(1)
+    read_from = np.where(wrong, (cells + grid[1] * 3 + 5) % (grid[0] * grid[1]), cells)
+    start = centres[read_from] + rng.uniform(-0.4, 0.4, (len(cells), 2)) * cell_size  # off the centre, in the cell
+    readout = model.heads["mouse"].readout
+    with torch.no_grad():
+        readout.position.copy_(torch.from_numpy(start))
+        readout.weight.normal_()
+    before = readout.weight.detach().clone()
+
+    moved = refit_readout(model, "mouse", trials)
+
+    assert moved.tolist() == wrong.tolist()
+    position = readout.position.detach().numpy()
+    assert np.allclose(position[wrong], centres[cells[wrong]])
+    assert np.allclose(position[~wrong], start[~wrong].astype(np.float32))
+    torch.testing.assert_close(readout.weight[:, ~wrong], before[:, ~wrong], rtol=0, atol=0)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,8 +86,11 @@ def test_the_readouts_are_refitted_once_at_the_chosen_fraction_of_the_budget(sma
     monkeypatch.setattr(trainer, "refit_readouts", lambda *args: refits.append(args) or refit(*args))
     train(small_mouse, tmp_path, preset="tiny", progress=False, steps=40, eval_every=20, refit_readout_at=0.5,
           minutes=60)
-    assert json.loads((tmp_path / "checkpoint/state.json").read_text())["readout_refitted_at"] == 20
-    assert len(refits) == 1
+    state = json.loads((tmp_path / "checkpoint/state.json").read_text())
+    assert state["readout_refitted_at"] == 20 and len(refits) == 1
+    neurons = {Path(folder).name: Recording(folder).neurons for folder in small_mouse}
+    assert set(state["readout_refit_moved"]) == set(neurons)
+    assert all(0 <= state["readout_refit_moved"][name] <= count for name, count in neurons.items())
     train(small_mouse, tmp_path, preset="tiny", progress=False, steps=60, eval_every=20, refit_readout_at=0.5,
           minutes=60)
     assert len(refits) == 1  # a resumed run past the refit does not refit again

@@ -32,7 +32,7 @@ from .plots import plot_training_curve
 from .positions import MAX_TRIALS, readout_positions
 from .precision import autocast, resolve
 from .presets import TrainConfig, preset as find_preset
-from .readout_fit import fit_readout
+from .readout_fit import fit_readout, refit_readout
 from .transfer import CoreSource
 from .windows import LOADERS, TrialIndex, WindowStream, batches, first_minutes, index_trials, spaced
 
@@ -122,14 +122,19 @@ def readout_trials(recording: Recording, index: TrialIndex) -> list[Trial]:
 
 @torch.no_grad()
 def refit_readouts(model: Twin, recordings: list[Recording], indexes: dict[str, TrialIndex],
-                   optimizer: torch.optim.Optimizer) -> None:
-    """Refit every head's readout on the core as trained so far (`readout_fit`): each neuron moves to
-    the grid cell whose features explain its responses best, with that cell's ridge weights; the
-    optimizer forgets the readouts' moments."""
+                   optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Move every head's neurons that read from the wrong place on the core as trained so far
+    (`readout_fit.refit_readout`); the optimizer forgets the moved neurons' momentum → neurons moved
+    per recording."""
+    moved = {}
     for recording in recordings:
-        fit_readout(model, recording.name, readout_trials(recording, indexes[recording.name]))
-        for parameter in model.heads[recording.name].readout.parameters():
-            optimizer.state.pop(parameter, None)
+        mask = torch.from_numpy(refit_readout(model, recording.name, readout_trials(recording, indexes[recording.name])))
+        readout = model.heads[recording.name].readout
+        for parameter, rows in ((readout.position, mask), (readout.bias, mask), (readout.weight, (slice(None), mask))):
+            if "exp_avg" in optimizer.state.get(parameter, {}):
+                optimizer.state[parameter]["exp_avg"][rows] = 0
+        moved[recording.name] = int(mask.sum())
+    return moved
 
 
 def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
@@ -266,7 +271,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
             break
         if (config.refit_readout_at is not None and fraction >= config.refit_readout_at
                 and "readout_refitted_at" not in state):
-            refit_readouts(model, recordings, indexes, optimizer)
+            state["readout_refit_moved"] = refit_readouts(model, recordings, indexes, optimizer)
             state["readout_refitted_at"] = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, fraction)
