@@ -155,8 +155,9 @@ def register(commands) -> None:
     train.add_argument("--data-minutes", type=float,
                        help="train on the first this many minutes of each recording's training trials (default: all)")
     train.add_argument("--refit-readout-at", type=float, metavar="FRACTION",
-                       help="once this fraction of the budget is spent, refit every readout on the core trained so "
-                            "far: each neuron moves to the grid cell whose features explain it best (default: never)")
+                       help="once this fraction of the budget is spent, move every neuron whose readout reads from "
+                            "the wrong place on the core trained so far to the grid cell whose features explain it "
+                            "best; the others keep their trained readout (default: never)")
     train.add_argument("--core-from", metavar="RUN",
                        help="start from the core (settings and weights) of this trained run instead of the preset's; "
                             "--preset then gives the training settings only. The run records the core's sha256")

@@ -77,6 +77,15 @@ def grid_centres(grid: tuple[int, int]) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel()], 1)
 
 
+def grid_cells(positions: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The cell (index into `grid_centres`) holding each position (N, 2), grid_sample coordinates
+    (x, y), clipped to the grid → (N,)."""
+    rows, cols = grid
+    col = np.clip(((positions[:, 0] + 1) / 2 * cols).astype(int), 0, cols - 1)
+    row = np.clip(((positions[:, 1] + 1) / 2 * rows).astype(int), 0, rows - 1)
+    return row * cols + col
+
+
 def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.ndarray,
                     rounds: int = 4) -> tuple[np.ndarray, float]:
     """Affine map cortical coordinates (N, ≥2) → peaks (N, 2), fitted on the stronger half and

@@ -24,7 +24,7 @@ class TrainConfig:
     minutes: float = 11.0
     data_minutes: float | None = None  # train on the first this many minutes of each recording's train tier; None: all
     steps: int = 100_000
-    refit_readout_at: float | None = None  # fraction of the budget at which the readouts are refitted on the core; None: never
+    refit_readout_at: float | None = None  # fraction of the budget at which misplaced readouts move (`readout_fit`); None: never
     eval_every: int = 100      # steps between validations
     patience: int = 6          # validations without improvement before stopping
     min_progress: float = 0.5  # no early stop before this fraction of the budget: plateaus come early

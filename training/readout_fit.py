@@ -14,13 +14,15 @@ sits in its best cell keeps what gradient descent found, finer than a cell.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import Trial
 from .model import Twin
-from .positions import grid_centres, grid_for
+from .positions import grid_cells, grid_centres, grid_for
 
 RIDGE = 1e-2  # ridge penalty relative to the mean feature variance of a cell
 MIN_GAIN = 0.02  # a refit moves a neuron whose best cell explains this much more of its variance than its own
@@ -36,11 +38,19 @@ def _cell_features(model: Twin, recording: str, trial: Trial, grid: tuple[int, i
     pooled = F.adaptive_avg_pool2d(features, grid)  # (T', C, rows, cols)
     return pooled.flatten(2).transpose(1, 2).double().cpu()
 
+
+class CellFits(NamedTuple):
+    """Per grid cell G the ridge fit of every neuron N on the cell's C pooled features."""
+
+    weights: torch.Tensor  # (G, C, N)
+    bias: torch.Tensor  # (G, N)
+    r2: torch.Tensor  # (G, N): the fraction of each neuron's response variance the cell explains
+
+
 @torch.no_grad()
-def _cell_fits(model: Twin, recording: str, trials: list[Trial]):
+def _cell_fits(model: Twin, recording: str, trials: list[Trial]) -> CellFits:
     """Per grid cell a ridge regression of `recording`'s responses (in units of its head's response
-    scale) on the core's features of `trials` pooled over the cell → (weights (G, C, N), bias (G, N),
-    R² (G, N): the fraction of each neuron's response variance the cell explains)."""
+    scale) on the core's features of `trials` pooled over the cell."""
     head = model.heads[recording]
     grid = grid_for(model.frame_shape)
     was_training = model.training
@@ -64,18 +74,17 @@ def _cell_fits(model: Twin, recording: str, trials: list[Trial]):
     weights = torch.linalg.solve(xx + penalty[:, None, None] * torch.eye(channels, dtype=xx.dtype), xy)  # (G, C, N)
     # elu(drive) + 1 is the rate: a linear fit of the rate is a fit of the drive plus one.
     bias = mean_y - 1 - torch.einsum("gc,gcn->gn", mean_x, weights)
-    return weights, bias, (weights * xy).sum(1) / yy
+    return CellFits(weights, bias, (weights * xy).sum(1) / yy)
 
 
-def _place(model: Twin, recording: str, fits, cells: torch.Tensor, neurons: torch.Tensor) -> None:
+def _place(model: Twin, recording: str, fits: CellFits, cells: torch.Tensor, neurons: torch.Tensor) -> None:
     """Move `neurons` (K,) of `recording`'s readout to the centres of `cells` (K,), with those cells'
-    ridge weights and bias from `_cell_fits`."""
-    weights, bias, _ = fits
+    ridge weights and bias."""
     readout = model.heads[recording].readout
     centres = torch.from_numpy(grid_centres(grid_for(model.frame_shape)))
     readout.position[neurons] = centres[cells].to(readout.position)
-    readout.weight[:, neurons] = weights[cells, :, neurons].T.to(readout.weight)
-    readout.bias[neurons] = bias[cells, neurons].to(readout.bias)
+    readout.weight[:, neurons] = fits.weights[cells, :, neurons].T.to(readout.weight)
+    readout.bias[neurons] = fits.bias[cells, neurons].to(readout.bias)
 
 
 @torch.no_grad()
@@ -84,26 +93,24 @@ def fit_readout(model: Twin, recording: str, trials: list[Trial]) -> np.ndarray:
     cell whose pooled features explain its responses best (`_cell_fits`; the head's normalisation
     must be set) → per neuron the fraction of its response variance explained there (N,)."""
     fits = _cell_fits(model, recording, trials)
-    best = fits[2].argmax(0)  # (N,)
+    best = fits.r2.argmax(0)  # (N,)
     neurons = torch.arange(len(best))
     _place(model, recording, fits, best, neurons)
-    return fits[2][best, neurons].numpy()
+    return fits.r2[best, neurons].numpy()
 
 
 @torch.no_grad()
 def refit_readout(model: Twin, recording: str, trials: list[Trial], min_gain: float = MIN_GAIN) -> np.ndarray:
     """Move the neurons of `recording`'s readout that sit in the wrong place: a neuron whose best
     cell explains at least `min_gain` more of its response variance than the cell it now reads from
-    goes to the best cell with that cell's fit (`fit_readout`); the others keep their trained
+    goes to the best cell with that cell's fit, as in `fit_readout`; the others keep their trained
     position and weights → the moved neurons' mask (N,)."""
     fits = _cell_fits(model, recording, trials)
-    r2 = fits[2]  # (G, N)
-    rows, cols = grid_for(model.frame_shape)
-    position = model.heads[recording].readout.position.detach().cpu().double().clamp(-1, 1)  # (N, 2) x, y
-    col = ((position[:, 0] + 1) / 2 * cols).long().clamp(0, cols - 1)
-    row = ((position[:, 1] + 1) / 2 * rows).long().clamp(0, rows - 1)
+    r2 = fits.r2  # (G, N)
+    position = model.heads[recording].readout.position.detach().cpu().numpy()  # (N, 2)
+    now = torch.from_numpy(grid_cells(position, grid_for(model.frame_shape)))  # (N,)
     neurons = torch.arange(r2.shape[1])
     best = r2.argmax(0)
-    moved = r2[best, neurons] - r2[row * cols + col, neurons] >= min_gain
+    moved = r2[best, neurons] - r2[now, neurons] >= min_gain
     _place(model, recording, fits, best[moved], neurons[moved])
     return moved.numpy()

@@ -128,7 +128,8 @@ def refit_readouts(model: Twin, recordings: list[Recording], indexes: dict[str, 
     per recording."""
     moved = {}
     for recording in recordings:
-        mask = torch.from_numpy(refit_readout(model, recording.name, readout_trials(recording, indexes[recording.name])))
+        trials = readout_trials(recording, indexes[recording.name])
+        mask = torch.from_numpy(refit_readout(model, recording.name, trials))
         readout = model.heads[recording.name].readout
         for parameter, rows in ((readout.position, mask), (readout.bias, mask), (readout.weight, (slice(None), mask))):
             if "exp_avg" in optimizer.state.get(parameter, {}):
