@@ -23,11 +23,13 @@ Across members: the worst and the best fraction of the ceiling, their spread, an
 
 Results are rewritten after every member, so an interrupted run keeps what it did. Every member works
 in `<workdir>/<member>`; with a kept `workdir`, a rerun reuses each member already measured with the same
-settings (its `member.json`) and rebuilds the folder of any other.
+settings (its `member.json`), reruns only the experiments on its kept twin where they changed since
+(`EXPERIMENTS`: their keyword defaults), and rebuilds the folder of any other.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import sys
@@ -61,6 +63,16 @@ HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation
             *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px",
             "orientation_error_floor_deg", "rf_center_error_floor_px", "orientation_error_vs_mouse_deg",
             "rf_center_error_vs_mouse_px")
+
+
+def _protocol(experiment) -> dict:
+    """An experiment's keyword defaults (its stimuli and analysis) as JSON values."""
+    return {key: list(p.default) if isinstance(p.default, tuple) else p.default
+            for key, p in inspect.signature(experiment).parameters.items()
+            if key not in ("truth", "progress", "twin") and p.default is not inspect.Parameter.empty}
+
+
+EXPERIMENTS = {"tuning": _protocol(run_tuning), "rf": _protocol(run_rf)}  # a kept member whose differ is reprobed
 
 
 def default_members(count: int = DEFAULT_MEMBERS) -> list[str]:
@@ -141,34 +153,55 @@ def _measure(name: str, folder: Path, settings: dict, progress: bool) -> dict:
         metrics = train(data, folder / "run", preset=settings["preset"], progress=progress,
                         minutes=settings["minutes"], steps=10**9)
     recordings = {path.name: _scores(metrics[path.name]) for path in data}
-    if settings["experiments"]:
-        with _phase(seconds, name, "export"):
-            export_run(folder / "run", folder / "artifacts")
-        with _phase(seconds, name, "serve", "(Triton, loopback)"):
-            write_repository(folder / "artifacts", folder / "models")
-            server = TritonServer(folder / "models", Ports.free(), log_path=folder / "tritonserver.log")
-        with server, _phase(seconds, name, "experiments", "tuning and rf"):
-            for path in data:
-                recordings[path.name].update(_experiments(server.url, path, folder / "experiments" / path.name,
-                                                          progress))
     state = json.loads((folder / "run" / "checkpoint" / "state.json").read_text())
-    return {"sizes": sizes, "member_sizes": {"neurons": member.neurons, "train_minutes": member.train_minutes},
-            "steps": state["step"], "best_step": state["best_step"], "training_minutes": state["elapsed"] / 60,
-            **{key: _mean(r.get(key) for r in recordings.values()) for key in HEADLINE},
-            "seconds": seconds, "recordings": recordings}
+    entry = {"sizes": sizes, "member_sizes": {"neurons": member.neurons, "train_minutes": member.train_minutes},
+             "steps": state["step"], "best_step": state["best_step"], "training_minutes": state["elapsed"] / 60,
+             "seconds": seconds, "recordings": recordings}
+    if not settings["experiments"]:
+        return _headline(entry)
+    with _phase(seconds, name, "export"):
+        export_run(folder / "run", folder / "artifacts")
+    return _probe(name, folder, entry, progress)
+
+
+def _probe(name: str, folder: Path, entry: dict, progress: bool) -> dict:
+    """Serve the member's exported twin and run the experiments on each recording → `entry` with their
+    figures (any earlier ones replaced)."""
+    with _phase(entry["seconds"], name, "serve", "(Triton, loopback)"):
+        shutil.rmtree(folder / "models", ignore_errors=True)
+        shutil.rmtree(folder / "experiments", ignore_errors=True)
+        write_repository(folder / "artifacts", folder / "models")
+        server = TritonServer(folder / "models", Ports.free(), log_path=folder / "tritonserver.log")
+    with server, _phase(entry["seconds"], name, "experiments", "tuning and rf"):
+        for recording, scores in entry["recordings"].items():
+            scores.update(_experiments(server.url, folder / "data" / recording,
+                                       folder / "experiments" / recording, progress))
+    return _headline(entry)
+
+
+def _headline(entry: dict) -> dict:
+    """`entry` with the mean over its recordings of every `HEADLINE` figure."""
+    return {**entry, **{key: _mean(r.get(key) for r in entry["recordings"].values()) for key in HEADLINE}}
 
 
 def _member(name: str, folder: Path, settings: dict, progress: bool) -> dict:
-    """The member's entry: reused from `folder/member.json` if measured with the same settings, else
-    measured afresh in a rebuilt `folder`."""
+    """The member's entry: reused from `folder/member.json` if measured with the same settings (with
+    the experiments rerun on its kept twin if they changed since, `EXPERIMENTS`), else measured afresh
+    in a rebuilt `folder`."""
     done = folder / "member.json"
     saved = json.loads(done.read_text()) if done.is_file() else {}
     if saved.get("settings") == settings:
-        print(f"[{name}] reusing {done}", file=sys.stderr, flush=True)
-        return saved["result"]
+        if not settings["experiments"] or saved.get("experiments") == EXPERIMENTS:
+            print(f"[{name}] reusing {done}", file=sys.stderr, flush=True)
+            return saved["result"]
+        if (folder / "artifacts").is_dir():
+            print(f"[{name}] reusing the trained twin, the experiments changed", file=sys.stderr, flush=True)
+            result = _probe(name, folder, saved["result"], progress)
+            write_results({"settings": settings, "experiments": EXPERIMENTS, "result": result}, done)
+            return result
     shutil.rmtree(folder, ignore_errors=True)
     result = _measure(name, folder, settings, progress)
-    write_results({"settings": settings, "result": result}, done)
+    write_results({"settings": settings, "experiments": EXPERIMENTS, "result": result}, done)
     return result
 
 

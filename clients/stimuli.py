@@ -77,10 +77,11 @@ def directional_pink_noise(direction_deg: float, frames: int = 60, seed: int = 0
 def flashing_dots(grid: tuple[int, int] = (6, 10), sigma_px: float = 3.0, dot_frames: int = 9, gap_frames: int = 0,
                   seed: int = 0, repeats: int = 1) -> tuple[np.ndarray, list[dict]]:
     """Gaussian dots flashed one at a time, on (bright) and off (dark), at every point of a
-    `grid` = (rows, columns) covering the screen, in a seeded random order →
-    (frames, [{start, frames, x, y, polarity}])."""
+    `grid` = (rows, columns) spanning the screen from edge to edge (the outermost dots are centred on
+    the edge pixels, half on screen: they drive neurons whose RF centre lies at or beyond the edge), in
+    a seeded random order → (frames, [{start, frames, x, y, polarity}])."""
     rng = np.random.default_rng(seed)
-    ys, xs = np.meshgrid(np.linspace(4, HEIGHT - 5, grid[0]), np.linspace(4, WIDTH - 5, grid[1]), indexing="ij")
+    ys, xs = np.meshgrid(np.linspace(0, HEIGHT - 1, grid[0]), np.linspace(0, WIDTH - 1, grid[1]), indexing="ij")
     conditions = [(float(x), float(y), p) for x, y in zip(xs.ravel(), ys.ravel()) for p in (1, -1)] * repeats
     order = rng.permutation(len(conditions))
     rows, cols = _grid()

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from twinserve.benchmarks.fidelity import EXPERIMENTS
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
 from twinserve.contract import BEHAVIOR_CHANNELS
@@ -209,6 +210,15 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
     assert twin(command) == 0  # a rerun in the same workdir reuses the member measured with the same settings
     assert json.loads(out.read_text())["members"] == results["members"]
+    saved_path = work / "family-100" / "member.json"
+    saved = json.loads(saved_path.read_text())
+    saved["experiments"]["rf"]["grid"] = [4, 6]  # as if measured with another RF protocol
+    saved_path.write_text(json.dumps(saved))
+    assert twin(command) == 0  # reruns the experiments on the kept twin, does not retrain it
+    reprobed = json.loads(out.read_text())["members"]["family-100"]
+    assert reprobed["steps"] == member["steps"] and reprobed["seconds"]["train"] == member["seconds"]["train"]
+    assert reprobed["recordings"]["virtual-mouse-0"]["rf"]["clear_rf_neurons"] > 0
+    assert json.loads(saved_path.read_text())["experiments"] == EXPERIMENTS
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
 """`twin experiment rf`: receptive fields from flashing Gaussian dots.
 
-On and off dots are flashed one at a time on a grid covering the screen (after the grey lead-in of
-`common.ServedTwin`, so output frame j is movie frame j). A neuron's response to a dot is its mean
+On and off dots are flashed one at a time on a grid spanning the screen from edge to edge (after the
+grey lead-in of `common.ServedTwin`, so output frame j is movie frame j): a grid kept inside the edges
+cannot show where a map peaks at the edge, and puts such centres inward (on exact responses of
+neurons within one RF σ of the edge or beyond it: 7.1 px off with a grid 4 px inside, 1.5 px edge to
+edge, `tests/test_experiments.py`). Dots last 12 frames, so that slow responses still peak within one. A neuron's response to a dot is its mean
 predicted response in a window of the dot's length, `lag` frames after onset, minus its mean over
 dots; the lag (responses trail the dots) is the one whose RF maps peak most sharply among lags
 shorter than a dot (the dots follow each other without a gap, so a longer lag reads the next dot's
@@ -128,7 +131,7 @@ def peak_contrast(maps: np.ndarray) -> float:
     return float(np.mean((flat.max(1) - flat.mean(1)) / np.maximum(flat.std(1), 1e-12)))
 
 
-def run_rf(url: str, model: str, out: str | Path, grid=(9, 16), sigma_px: float = 2.0, dot_frames: int = 9,
+def run_rf(url: str, model: str, out: str | Path, grid=(10, 17), sigma_px: float = 2.0, dot_frames: int = 12,
            repeats: int = 2, max_lag: int = 15, truth: str | Path | None = None, progress: bool = True,
            twin=None) -> dict:
     """Run the experiment → summary; writes rf.npz, rf.json and figures under `out`. `twin`: what
