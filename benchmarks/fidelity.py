@@ -35,6 +35,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from twinserve.contract import model_names
 from twinserve.export.onnx_export import export_run
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
+from twinserve.training.presets import preset as find_preset
 from twinserve.training.train import train
 from twinserve.training.virtual_mouse import synthesize
 from twinserve.training.virtual_mouse.family import FAMILY_PREFIX, HELD_OUT_SEEDS, variant
@@ -300,8 +302,11 @@ def run_bench(out: str | Path = f"{RESULTS}/fidelity.json", members: list[str] |
     if min(neurons, recordings) < 1 or min(minutes, train_minutes) <= 0:
         raise ValueError("--neurons and --recordings must be at least 1, --minutes and --train-minutes positive")
     out = Path(out)
-    settings = {"preset": preset, "minutes": minutes, "neurons": neurons, "train_minutes": train_minutes,
-                "recordings": recordings, "experiments": experiments, "data_seed": DATA_SEED}
+    recipe = find_preset(preset)  # what the preset means now: a member trained under another recipe is retrained
+    settings = json.loads(json.dumps({
+        "preset": preset, "minutes": minutes, "neurons": neurons, "train_minutes": train_minutes,
+        "recordings": recordings, "experiments": experiments, "data_seed": DATA_SEED,
+        "twin": recipe.model_config(), "trainer": asdict(recipe.train)}))  # as member.json holds it
     results = {"config": {**settings, "members": members}, "machine": machine(), "members": {}, "summary": None}
     with nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="twinserve-fidelity-") as folder:
         for name in members:

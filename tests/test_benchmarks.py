@@ -13,6 +13,7 @@ from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, wr
 from twinserve.cli import main as twin
 from twinserve.contract import BEHAVIOR_CHANNELS
 from twinserve.errors import EXIT_USAGE
+from twinserve.training.presets import PRESETS
 
 CORE_INPUTS = 1 + BEHAVIOR_CHANNELS  # a core sees the video and one map per behaviour channel
 
@@ -186,6 +187,8 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     assert twin(command) == 0
     results = json.loads(out.read_text())
     member = results["members"]["family-100"]
+    tiny = PRESETS["tiny"]  # the recipe is part of the settings: a rerun under another one retrains
+    assert results["config"]["twin"]["core"] == tiny.core and results["config"]["trainer"]["lr"] == tiny.train.lr
     assert member["sizes"] == {"recordings": 1, "neurons": 60, "train_minutes": 1.0}
     assert member["member_sizes"]["neurons"] > 0 and member["steps"] > 0 and 0 < member["training_minutes"] < 1
     assert set(member["seconds"]) == {"synthesize", "train", "export", "serve", "experiments"}
