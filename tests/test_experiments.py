@@ -140,7 +140,6 @@ def test_rf_experiment_finds_the_true_centres(served, default_mouse, tmp_path):
                 truth=default_mouse[0], progress=False)
     saved = np.load(tmp_path / "rf.npz")
     assert saved["sta"].shape == (manifest.recording(recording).neurons, HEIGHT, WIDTH) and rf["dots"] == 48
-    assert rf["lag_frames"] < 9  # within a dot: a longer lag reads the next dot's window
     validation = rf["validation"]
     assert validation["clear_rf_neurons"] > manifest.recording(recording).neurons // 2
     assert validation["median_center_distance_px"] < RF_CENTRE_TOLERANCE_PX, validation
@@ -150,7 +149,7 @@ def test_rf_experiment_finds_the_true_centres(served, default_mouse, tmp_path):
 
 def test_rf_experiment_finds_centres_at_and_beyond_the_screen_edge(tmp_path):
     """On exact responses (the simulated mouse itself), neurons whose true centre lies less than one
-    RF σ inside the screen edge, or beyond it, are placed within 3 px: measured 1.5 px (0.25 px for the
+    RF σ inside the screen edge, or beyond it, are placed within 3 px: measured 1.6 px (0.2 px for the
     others), against 7.1 px with a dot grid kept 4 px inside the edges and 9-frame dots."""
     mouse = Variant(name="edge", rf_mix=(0.5, 0.5, 0, 0, 0, 0), sigma_px=(3.0, 8.0), rf_overhang_px=5.0)
     recording = synthesize(tmp_path / "data", recordings=1, neurons=150, train_minutes=0.5, seed=0, progress=False,
