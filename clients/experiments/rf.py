@@ -3,15 +3,15 @@
 On and off dots are flashed one at a time on a grid spanning the screen from edge to edge (after the
 grey lead-in of `common.ServedTwin`, so output frame j is movie frame j): a grid kept inside the edges
 cannot show where a map peaks at the edge, and puts such centres inward (on exact responses of
-neurons within one RF σ of the edge or beyond it: 7.1 px off with a grid 4 px inside, 1.5 px edge to
+neurons within one RF σ of the edge or beyond it: 7.1 px off with a grid 4 px inside, 1.6 px edge to
 edge, `tests/test_experiments.py`). Dots last 12 frames, so that slow responses still peak within
 one. A neuron's response to a dot is its mean predicted response in a window of the dot's length,
-`lag` frames after onset, minus its mean over dots; the lag (responses trail the dots) is the one, up to `max_lag`, whose RF maps a 2D Gaussian
-fits best (mean R² over up to 256 neurons). The dots follow each other without a gap, so a window at
-the wrong lag reads the next or the previous dot's response, as strong but drawn at this dot's place:
-maps scattered over the grid, which no Gaussian fits. (How sharply a map peaks is no guide: on a
-sparse grid a few scattered dots peak more sharply than a true RF, which put a trained twin's centres
-27 px off in `tests/test_experiments.py`.) From those:
+`lag` frames after onset, minus its mean over dots; the lag (responses trail the dots) is the one, up
+to `max_lag`, whose RF maps a 2D Gaussian fits best (mean R² over up to 256 neurons). The dots follow
+each other without a gap, so a window at the wrong lag reads the next or the previous dot's response,
+as strong but drawn at this dot's place: maps scattered over the grid, which no Gaussian fits. (How
+sharply a map peaks is no guide: on a sparse grid a few scattered dots peak more sharply than a true
+RF, which put a trained twin's centres 27 px off in `tests/test_experiments.py`.) From those:
 - the spike-triggered average STA (H, W) = Σ_dots r · (dot image − grey) / Σ |r|: on subfields
   positive, off subfields negative;
 - the RF map = Σ_dots max(r, 0) · |dot image|: where any dot excites the neuron;
@@ -159,8 +159,7 @@ def run_rf(url: str, model: str, out: str | Path, grid=(10, 17), sigma_px: float
 
     # Responses lag the dots (calcium, temporal filtering): take the lag whose maps look most like RFs.
     probe = np.unique(np.linspace(0, responses.shape[-1] - 1, LAG_PROBE_NEURONS).astype(int))
-    lag = max(range(max_lag + 1),
-              key=lambda k: fit_quality(rf_maps(per_dot(k)[:, probe], images)))
+    lag = max(range(max_lag + 1), key=lambda k: fit_quality(rf_maps(per_dot(k)[:, probe], images)))
     r = per_dot(lag)  # (dots, N)
     sta = weighted_images(r, images) / np.maximum(np.abs(r).sum(0), 1e-12)[:, None, None]
     rf_map = rf_maps(r, images)
