@@ -74,7 +74,7 @@ def _protocol(experiment) -> dict:
             if key not in ("truth", "progress", "twin") and p.default is not inspect.Parameter.empty}
 
 
-EXPERIMENTS = {"tuning": _protocol(run_tuning), "rf": _protocol(run_rf)}  # a kept member whose differ is reprobed
+EXPERIMENTS = {"tuning": _protocol(run_tuning), "rf": _protocol(run_rf)}  # a kept member probed under others is reprobed
 
 
 def default_members(count: int = DEFAULT_MEMBERS) -> list[str]:
