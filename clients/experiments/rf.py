@@ -154,12 +154,13 @@ def run_rf(url: str, model: str, out: str | Path, grid=(10, 17), sigma_px: float
     images = np.stack([d["polarity"] * np.exp(-((cols - d["x"]) ** 2 + (rows - d["y"]) ** 2) / (2 * sigma_px**2))
                        for name in names for d in all_dots[name]])  # (dots, H, W), signed
 
-    def per_dot(lag):
-        return np.concatenate([dot_responses(responses[i], all_dots[name], lag) for i, name in enumerate(names)])
+    def per_dot(lag, neurons=slice(None)):  # (dots, N) or (dots, len(neurons))
+        return np.concatenate([dot_responses(responses[i][:, neurons], all_dots[name], lag)
+                               for i, name in enumerate(names)])
 
     # Responses lag the dots (calcium, temporal filtering): take the lag whose maps look most like RFs.
     probe = np.unique(np.linspace(0, responses.shape[-1] - 1, LAG_PROBE_NEURONS).astype(int))
-    lag = max(range(max_lag + 1), key=lambda k: fit_quality(rf_maps(per_dot(k)[:, probe], images)))
+    lag = max(range(max_lag + 1), key=lambda k: fit_quality(rf_maps(per_dot(k, probe), images)))
     r = per_dot(lag)  # (dots, N)
     sta = weighted_images(r, images) / np.maximum(np.abs(r).sum(0), 1e-12)[:, None, None]
     rf_map = rf_maps(r, images)
