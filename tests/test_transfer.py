@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from twinserve.benchmarks.transfer import summarize
+from twinserve.benchmarks.transfer import deciding, summarize
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
@@ -105,9 +105,12 @@ def test_the_transfer_bench_checks_every_new_mouse():
         return {"oracle": {"family-9": {"fraction_of_ceiling": value}}}
 
     results = {"runs": {"a": {"scratch": {"4": run(0.3), "16": run(0.6)}, "transfer": {"4": run(0.65)}},
-                        "b": {"scratch": {"4": run(0.3), "16": run(0.5)}, "transfer": {"4": run(0.45)}}}}
+                        "b": {"scratch": {"16": run(0.5), "4": run(0.3)}, "transfer": {"4": run(0.45)}}}}
     summary = summarize(results)
     assert summary["fraction_of_ceiling"]["b"] == {"scratch": {"4": 0.3, "16": 0.5}, "transfer": {"4": 0.45}}
+    assert list(summary["fraction_of_ceiling"]["b"]["scratch"]) == ["4", "16"]  # by minutes, whatever ran first
     assert summary["transfer_beats_scratch_at_4_minutes"] is True
     assert summary["transfer_at_4_reaches_scratch_at_16"] is False  # b: 0.45 < 0.5
     assert summary["per_recording"]["transfer_at_4_reaches_scratch_at_16"] == [True, False]
+    assert [deciding(mode, m) for mode in ("scratch", "transfer") for m in ("2", "4", "8", "16")] == \
+        [False, True, False, True, False, True, False, False]  # these runs go first
