@@ -3,8 +3,10 @@
 1. A cohort of family members (one recording each) trains one twin: the shared core.
 2. Each new member (another mouse of the family: other neurons, RF families, behaviour, movies) gets,
    for every amount of its training data (2, 4, 8, 16 minutes by default), two twins on the same
-   minutes, the same preset, steps and seed: one trained from scratch, one with the cohort's core
-   frozen and only its head fitted (`twin train --core-from CORE --freeze-core --data-minutes M`).
+   minutes, the same preset and seed: one trained from scratch (`steps`), one with the cohort's core
+   frozen and only its head fitted (`twin train --core-from CORE --freeze-core --data-minutes M`,
+   `head_steps`: on the core's features computed once, a head's step costs a small part of a whole
+   twin's, so it may take more of them and still train in less time; both times are reported).
 3. Reported per twin: the oracle tier's single-trial correlation as a fraction of its noise ceiling
    → benchmarks/results/transfer.json and transfer.png (fraction of ceiling against minutes of data).
    The JSON is rewritten after every run ("complete": false until the last one).
@@ -78,10 +80,13 @@ def _run(command: list[str], run: Path, threads: int) -> dict:
 
 def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path = "transfer-bench",
               preset: str = "small", cohort=COHORT, new=NEW, minutes=MINUTES, neurons: int = 400,
-              cohort_minutes: float = 12.0, core_steps: int = 1000, steps: int = 600, jobs: int = 2,
-              progress: bool = True) -> dict:
+              cohort_minutes: float = 12.0, core_steps: int = 1000, steps: int = 600, head_steps: int | None = None,
+              jobs: int = 2, progress: bool = True) -> dict:
     """The whole bench → results (also written to `out`, with the figure beside it). jobs: new
-    mice's runs trained at once, each with its share of the cores (their steps do not depend on it)."""
+    mice's runs trained at once, each with its share of the cores (their steps do not depend on it).
+    head_steps: steps of the transferred twins (default: `steps`)."""
+    head_steps = steps if head_steps is None else head_steps
+    budget = {"scratch": steps, "transfer": head_steps}
     out, workdir = Path(out), Path(workdir)
     data = workdir / "data"
     cohort_data = [member_recording(data, seed, neurons, cohort_minutes, progress) for seed in cohort]
@@ -91,11 +96,11 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
         print(f"core: {preset} on {len(cohort)} recordings, {core_steps} steps", flush=True)
     core_run = workdir / "core"
     results = {"machine": machine(), "preset": preset, "neurons": neurons, "cohort_minutes": cohort_minutes,
-               "core_steps": core_steps, "steps": steps, "minutes": list(minutes), "jobs": jobs,
+               "core_steps": core_steps, "steps": steps, "head_steps": head_steps, "minutes": list(minutes), "jobs": jobs,
                "cohort": [p.name for p in cohort_data], "new": [p.name for p in new_data],
                "core": _run(_train_command(cohort_data, core_run, preset, core_steps), core_run, os.cpu_count()),
                "runs": {}}
-    runs = {(recording.name, mode, f"{amount:g}"): workdir / mode / recording.name / f"{amount:g}min"
+    runs = {(recording.name, mode, f"{amount:g}"): workdir / mode / recording.name / f"{amount:g}min-{budget[mode]}steps"
             for recording in new_data for amount in minutes for mode in ("scratch", "transfer")}
     runs = dict(sorted(runs.items(), key=lambda item: not deciding(*item[0][1:])))
     recordings = {recording.name: recording for recording in new_data}
@@ -103,7 +108,7 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
     with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(runs), desc="transfer bench", disable=not progress) as bar:
         def one(key):
             name, mode, amount = key
-            command = _train_command([recordings[name]], runs[key], preset, steps, float(amount),
+            command = _train_command([recordings[name]], runs[key], preset, budget[mode], float(amount),
                                      core_run if mode == "transfer" else None)
             summary = _run(command, runs[key], threads)
             bar.update()

@@ -40,6 +40,7 @@ def test_a_frozen_core_stays_the_source_core_and_the_run_records_it(tiny_run, tr
                    if k.startswith("core.")}
     model, _ = load_run(out)
     assert record["frozen"] is True
+    assert json.loads((out / "config.json").read_text())["runtime"]["feature_cache"] is True  # heads fitted on cached features
     assert record["core_sha256"] == core_sha256(source_core) == core_sha256(model.core)  # weights and BN statistics
     assert record["weights_sha256"] == CoreSource.read(source).weights_sha256
     assert model.config == load_run(source)[0].config

@@ -33,7 +33,8 @@ def _torchrun(args) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "twinserve.cli", "train", "--data", *args.data, "--out", args.out, "--preset", args.preset,
                "--device", args.device, "--loader", args.loader, "--workers", str(args.workers)]
-    for flag in ("minutes", "steps", "precision", "seed", "data_minutes", "refit_readout_at", "core_from"):
+    for flag in ("minutes", "steps", "precision", "seed", "data_minutes", "refit_readout_at", "core_from",
+                 "feature_cache_gb"):
         if getattr(args, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return command + (["--quiet"] if args.quiet else []) + (["--freeze-core"] if args.freeze_core else [])
@@ -54,6 +55,8 @@ def _train(args) -> dict:
     overrides = {k: v for k, v in [("minutes", args.minutes), ("steps", args.steps), ("seed", args.seed),
                                    ("precision", args.precision), ("data_minutes", args.data_minutes),
                                    ("refit_readout_at", args.refit_readout_at)] if v is not None}
+    if args.feature_cache_gb is not None:
+        overrides["feature_cache_gb"] = args.feature_cache_gb
     results = train(args.data, args.out, preset=args.preset, progress=not args.quiet, device=args.device,
                     loader=args.loader, workers=args.workers, core_from=args.core_from,
                     freeze_core=args.freeze_core, **overrides)
@@ -164,6 +167,10 @@ def register(commands) -> None:
     train.add_argument("--freeze-core", action="store_true",
                        help="with --core-from: keep the core fixed and fit only the new recordings' heads "
                             "(normalisation, shifter, readout, behavioural modulator): the foundation workflow")
+    train.add_argument("--feature-cache-gb", type=float, metavar="GB",
+                       help="with --freeze-core: the most memory the frozen core's features of the training and "
+                            "validation trials may take, computed once so that each step runs only the heads "
+                            "(default 6); past it every step runs the core")
     _seed_and_quiet(train, default_seed=None)
     train.set_defaults(handler=_train)
 

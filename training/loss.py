@@ -1,4 +1,5 @@
-"""The training loss: Poisson negative log-likelihood of the recorded responses given predicted rates.
+"""The training loss: Poisson negative log-likelihood of the recorded responses given predicted rates,
+and the readout's L1 penalty.
 
 Real ΔF/F-like traces dip below zero, where a Poisson likelihood is undefined: the term
 -target·log(rate) then rewards rates → 0 without bound but for the 1e-8 offset (a gradient of
@@ -24,3 +25,9 @@ def poisson_loss(rates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets = torch.where(valid, targets, torch.zeros_like(targets)).clamp(min=0)
     loss = rates - targets * torch.log(rates + EPS)
     return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def readout_l1(head) -> torch.Tensor:
+    """Mean over a head's neurons of the L1 norm of its readout channel weights: favours neurons that
+    read few feature channels (neuralpredictors' feature regulariser)."""
+    return head.readout.weight.abs().sum(0).mean()

@@ -25,8 +25,9 @@ from .cores import core_smoothness
 from . import distributed
 from .data import Recording, Trial, common_frame_shape, open_recordings
 from .evaluate import evaluate, predict
+from .feature_cache import DEFAULT_CACHE_GB, CachedStepLoss, FeatureCache
 from .fidelity import write_fidelity
-from .loss import poisson_loss
+from .loss import poisson_loss, readout_l1
 from .model import Twin
 from .plots import plot_training_curve
 from .positions import MAX_TRIALS, readout_positions
@@ -35,12 +36,6 @@ from .presets import TrainConfig, preset as find_preset
 from .readout_fit import fit_readout, refit_readout
 from .transfer import CoreSource
 from .windows import LOADERS, TrialIndex, WindowStream, batches, first_minutes, index_trials, spaced
-
-
-def readout_l1(head) -> torch.Tensor:
-    """Mean over a head's neurons of the L1 norm of its readout channel weights: favours neurons that
-    read few feature channels (neuralpredictors' feature regulariser)."""
-    return head.readout.weight.abs().sum(0).mean()
 
 
 def learning_rate(config: TrainConfig, progress: float) -> float:
@@ -172,14 +167,15 @@ def _window_indexes(recordings: list[Recording], frames: int, loader: str, progr
 
 def train(data: list[str | Path], out: str | Path, preset: str = "small", progress: bool = True,
           device: str = "auto", loader: str = "disk", workers: int = 1, core_from: str | Path | None = None,
-          freeze_core: bool = False, **overrides) -> dict:
+          freeze_core: bool = False, feature_cache_gb: float = DEFAULT_CACHE_GB, **overrides) -> dict:
     """Train a twin on the recordings `data` into run directory `out`; returns the metrics (rank 0;
     other ranks of a torchrun job return {}).
 
     device: "auto", "cpu", "cuda" or "cuda:<i>". loader: "disk" reads each step's windows from
     memory-mapped files in `workers` background processes; "memory" loads the training trials first.
     core_from: a run whose core (settings and weights) this twin starts from instead of the preset's;
-    freeze_core: keep that core fixed and fit only the heads (`transfer`).
+    freeze_core: keep that core fixed and fit only the heads (`transfer`), on its features computed
+    once (`feature_cache`, up to `feature_cache_gb` GB; one process only) where they fit.
     overrides: fields of `TrainConfig` (e.g. minutes=5). An existing checkpoint in `out` with the
     same settings is resumed.
     """
@@ -207,11 +203,15 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     if freeze_core:
         model.freeze_core()
     model = model.to(rank.device)
+    cache = None
+    if freeze_core and rank.world == 1:
+        cache = FeatureCache.build(model, indexes, validation, feature_cache_gb, progress)
     run_config = {
         "preset": preset, "model": model.config, "frame_shape": list(model.frame_shape), "train": asdict(config),
         "receptive_field": model.receptive_field, "precision": resolve(config.precision, str(rank.device)),
         "recordings": {r.name: {"neurons": r.neurons, "unit_ids": r.unit_ids.tolist()} for r in recordings},
-        "runtime": {"device": str(rank.device), "processes": rank.world, "loader": loader, "workers": workers},
+        "runtime": {"device": str(rank.device), "processes": rank.world, "loader": loader, "workers": workers,
+                    "feature_cache": cache is not None},
         "core_from": source.record(freeze_core) if source else None,
     }
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -228,15 +228,19 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         (out / "checkpoint").mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / "config.json", run_config)
 
-    step_loss = StepLoss(model, config, rank.device)
-    if rank.world > 1:
-        step_loss = DistributedDataParallel(step_loss, device_ids=[rank.device.index] if rank.device.type == "cuda" else None)
-    stream = WindowStream(indexes, config.clips, config.frames, [config.seed, state["step"], rank.index], memory)
-    windows = batches(stream, workers if loader == "disk" else 0, pin_memory=rank.device.type == "cuda")
+    stream_seed = [config.seed, state["step"], rank.index]
+    if cache is not None:
+        step_loss, windows = CachedStepLoss(model, config.readout_l1), cache.windows(config.clips, config.frames, stream_seed)
+    else:
+        step_loss = StepLoss(model, config, rank.device)
+        if rank.world > 1:
+            step_loss = DistributedDataParallel(step_loss, device_ids=[rank.device.index] if rank.device.type == "cuda" else None)
+        stream = WindowStream(indexes, config.clips, config.frames, stream_seed, memory)
+        windows = batches(stream, workers if loader == "disk" else 0, pin_memory=rank.device.type == "cuda")
 
     def validate() -> bool:
         """Rank 0: score the validation trials, keep the best weights, write a resumable checkpoint."""
-        score = validation_score(model, validation)
+        score = cache.validation_score() if cache is not None else validation_score(model, validation)
         state["history"].append({"step": state["step"], "minutes": (time.time() - started) / 60,
                                  "loss": float(np.mean(losses)) if losses else float("nan"),
                                  "lr": optimizer.param_groups[0]["lr"], "validation": score})
