@@ -102,7 +102,7 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
                "runs": {}}
     runs = {(recording.name, mode, f"{amount:g}"): workdir / mode / recording.name / f"{amount:g}min-{budget[mode]}steps"
             for recording in new_data for amount in minutes for mode in ("scratch", "transfer")}
-    runs = dict(sorted(runs.items(), key=lambda item: not deciding(*item[0][1:])))
+    runs = dict(sorted(runs.items(), key=lambda item: run_order(*item[0][1:])))
     recordings = {recording.name: recording for recording in new_data}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(runs), desc="transfer bench", disable=not progress) as bar:
@@ -126,6 +126,12 @@ def deciding(mode: str, amount: str) -> bool:
     """Whether a run enters the issue's checks (transfer at 4 minutes, scratch at 4 and 16): these run
     first, so that a bench cut short still answers them."""
     return (mode, amount) in {("transfer", "4"), ("scratch", "4"), ("scratch", "16")}
+
+
+def run_order(mode: str, amount: str) -> int:
+    """0 for the runs that decide the checks, then 1 for the other transferred twins (heads only: quick),
+    2 for the other twins from scratch."""
+    return 0 if deciding(mode, amount) else 1 if mode == "transfer" else 2
 
 
 def fraction(summary: dict) -> float:

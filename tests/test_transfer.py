@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from twinserve.benchmarks.transfer import deciding, summarize
+from twinserve.benchmarks.transfer import deciding, run_order, summarize
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
@@ -114,4 +114,6 @@ def test_the_transfer_bench_checks_every_new_mouse():
     assert summary["transfer_at_4_reaches_scratch_at_16"] is False  # b: 0.45 < 0.5
     assert summary["per_recording"]["transfer_at_4_reaches_scratch_at_16"] == [True, False]
     assert [deciding(mode, m) for mode in ("scratch", "transfer") for m in ("2", "4", "8", "16")] == \
-        [False, True, False, True, False, True, False, False]  # these runs go first
+        [False, True, False, True, False, True, False, False]
+    assert [run_order(mode, m) for mode in ("scratch", "transfer") for m in ("2", "4", "8", "16")] == \
+        [2, 0, 2, 0, 1, 0, 1, 1]  # deciding runs first, then the quick transferred twins

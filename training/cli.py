@@ -170,7 +170,7 @@ def register(commands) -> None:
     train.add_argument("--feature-cache-gb", type=float, metavar="GB",
                        help="with --freeze-core: the most memory the frozen core's features of the training and "
                             "validation trials may take, computed once so that each step runs only the heads "
-                            "(default 6); past it every step runs the core")
+                            "(default 6; 0: never); past it every step runs the core")
     _seed_and_quiet(train, default_seed=None)
     train.set_defaults(handler=_train)
 
