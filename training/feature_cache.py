@@ -47,8 +47,9 @@ class CachedTrial:
 def feature_bytes_per_frame(model: Twin) -> int:
     """Bytes of the core's float32 features for one output frame."""
     height, width = model.frame_shape
+    device = next(model.parameters()).device
     with torch.no_grad():
-        probe = model.core(torch.zeros(1, 1 + BEHAVIOR_CHANNELS, model.offset + 1, height, width))
+        probe = model.core(torch.zeros(1, 1 + BEHAVIOR_CHANNELS, model.offset + 1, height, width, device=device))
     return 4 * probe[0, :, 0].numel()
 
 
@@ -58,10 +59,8 @@ def cache_trial(model: Twin, recording: str, trial: Trial) -> CachedTrial:
     device = next(model.parameters()).device
     inputs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
               for a in (trial.video, trial.behavior, trial.pupil_center)]
-    core_input, behavior, pupil_center = model.core_input(recording, *inputs)
-    offset = model.offset
-    return CachedTrial(model.core(core_input)[0].cpu(), behavior[0, offset:].cpu(), pupil_center[0, offset:].cpu(),
-                       torch.from_numpy(np.asarray(trial.responses, dtype=np.float32)))
+    features, behavior, pupil_center = (x[0].cpu() for x in model.features(recording, *inputs))
+    return CachedTrial(features, behavior, pupil_center, torch.from_numpy(np.asarray(trial.responses, dtype=np.float32)))
 
 
 class FeatureCache:
@@ -103,20 +102,23 @@ class FeatureCache:
         frames, uniform over valid start frames → {recording: [features (B, C, T', H', W'),
         behavior (B, T', 2), pupil_center (B, T', 2), responses (B, T', N)]}, T' = frames - offset."""
         rng, offset = np.random.default_rng(seed), self.model.offset
+        starts = {name: np.array([t.features.shape[1] + offset - frames + 1 for t in trials])
+                  for name, trials in self.train.items()}
+
+        def window(trial: CachedTrial, start: int) -> tuple[torch.Tensor, ...]:
+            # A window from input frame `start` has its outputs at frames start + offset … start + frames - 1:
+            # cached output frames start … start + frames - offset - 1.
+            outputs = slice(start, start + frames - offset)
+            return (trial.features[:, outputs], trial.behavior[outputs], trial.pupil_center[outputs],
+                    trial.responses[start + offset:start + frames])
+
         while True:
             batch = {}
             for name, trials in self.train.items():
-                starts = np.array([t.features.shape[1] + offset - frames + 1 for t in trials])
-                picks = rng.choice(len(trials), size=clips, p=starts / starts.sum())
-                window = [(trials[i], int(rng.integers(0, starts[i]))) for i in picks]
-                # A window starting at input frame s has its outputs at frames s + offset … s + frames - 1:
-                # cached output frames s … s + frames - offset - 1.
-                outputs = [slice(s, s + frames - offset) for _, s in window]
-                batch[name] = [
-                    torch.stack([t.features[:, out] for (t, _), out in zip(window, outputs)]),
-                    torch.stack([t.behavior[out] for (t, _), out in zip(window, outputs)]),
-                    torch.stack([t.pupil_center[out] for (t, _), out in zip(window, outputs)]),
-                    torch.stack([t.responses[s + offset:s + frames] for t, s in window])]
+                counts = starts[name]
+                picks = rng.choice(len(trials), size=clips, p=counts / counts.sum())
+                windows = [window(trials[i], int(rng.integers(0, counts[i]))) for i in picks]
+                batch[name] = [torch.stack(parts) for parts in zip(*windows)]
             yield batch
 
     @torch.no_grad()

@@ -162,13 +162,18 @@ class Twin(nn.Module):
               pupil_center: torch.Tensor) -> torch.Tensor:
         """Raw video (B, T, H, W), behavior (B, T, 2), pupil_center (B, T, 2) → rates (B, T - offset, N)
         in units of the recording's response scale (the scale the Poisson loss works in)."""
+        features = self.features(recording, video, behavior, pupil_center)  # checks the recording before its head is looked up
+        return self.heads[recording](*features)
+
+    def features(self, recording: str, video: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor):
+        """Raw inputs as in `rates` → what the recording's head reads: core features (B, C, T', H', W'),
+        normalised behavior and pupil_center (B, T', 2) of the output frames, T' = T - offset."""
         if recording not in self.heads:
             raise KeyError(f"unknown recording {recording!r}; this twin knows {sorted(self.heads)}")
         if video.shape[1] <= self.offset:
             raise ValueError(f"need at least {self.offset + 1} frames, got {video.shape[1]}")
         core_input, behavior, pupil_center = self.core_input(recording, video, behavior, pupil_center)
-        features = self.core(core_input)
-        return self.heads[recording](features, behavior[:, self.offset:], pupil_center[:, self.offset:])
+        return self.core(core_input), behavior[:, self.offset:], pupil_center[:, self.offset:]
 
     def core_input(self, recording: str, video: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor):
         """Raw inputs as in `rates` → (core input (B, 1 + 2, T, H, W): normalised video and behaviour

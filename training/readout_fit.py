@@ -33,8 +33,7 @@ def _cell_features(model: Twin, recording: str, trial: Trial, grid: tuple[int, i
     device = next(model.parameters()).device
     inputs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
               for a in (trial.video, trial.behavior, trial.pupil_center)]
-    core_input, _, _ = model.core_input(recording, *inputs)
-    features = model.core(core_input)[0].transpose(0, 1)  # (T', C, H', W')
+    features = model.features(recording, *inputs)[0][0].transpose(0, 1)  # (T', C, H', W')
     pooled = F.adaptive_avg_pool2d(features, grid)  # (T', C, rows, cols)
     return pooled.flatten(2).transpose(1, 2).double().cpu()
 
