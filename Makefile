@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of PyTorch; a plain `torch` would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test venv clean gpu-check
+.PHONY: demo test venv clean gpu-check gpu-transfer
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ test: venv
 # benchmarks/results/gpu_train.json.
 gpu-check:
 	PYTHONPATH=. $(PYTHON) -m twinserve.cli bench gpu-train --quiet
+
+# Likewise: `twin bench transfer` with the cohort's core trained for 2.5 minutes of the GPU (up to 8000
+# steps) and the twins from scratch for 1500 → benchmarks/results/transfer_gpu.{json,png}.
+# TRANSFER_WORKDIR: its recordings take about 1 GB per 12 minutes; a memory-backed folder writes fastest.
+TRANSFER_WORKDIR ?= transfer-bench-gpu
+gpu-transfer:
+	PYTHONPATH=. $(PYTHON) -m twinserve.cli bench transfer --workdir $(TRANSFER_WORKDIR) --device cuda --jobs 6 --workers 2 \
+		--core-steps 8000 --core-wall-minutes 2.5 --steps 1500 --head-steps 2000 --quiet \
+		--out benchmarks/results/transfer_gpu.json
 
 clean:
 	rm -rf $(VENV) demo

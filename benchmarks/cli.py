@@ -60,8 +60,9 @@ def _transfer(args) -> dict:
 
     results = run_bench(args.out, args.workdir, preset=args.preset, cohort=args.cohort, new=args.new,
                         minutes=args.minutes, neurons=args.neurons, cohort_minutes=args.cohort_minutes,
-                        core_steps=args.core_steps, steps=args.steps, head_steps=args.head_steps,
-                        jobs=args.jobs, progress=not args.quiet)
+                        core_steps=args.core_steps, core_wall_minutes=args.core_wall_minutes, steps=args.steps,
+                        head_steps=args.head_steps, jobs=args.jobs, device=args.device, workers=args.workers,
+                        progress=not args.quiet)
     summary = results["summary"]
     lines = [f"{name:<12}{mode:<10}" + "  ".join(f"{m:>4} min {value:.3f}" for m, value in points.items())
              for name, modes in summary["fraction_of_ceiling"].items() for mode, points in modes.items()]
@@ -215,11 +216,17 @@ def register(benchmarks) -> None:
     transfer.add_argument("--neurons", type=int, default=400, help="neurons per recording")
     transfer.add_argument("--cohort-minutes", type=float, default=12.0, help="training minutes per cohort recording")
     transfer.add_argument("--core-steps", type=int, default=1000, help="steps of the cohort's twin")
+    transfer.add_argument("--core-wall-minutes", type=float, help="a wall-time budget of the cohort's twin besides "
+                                                                  "its steps (default: none; the steps decide)")
     transfer.add_argument("--steps", type=int, default=600, help="steps of every new mouse's twin from scratch")
     transfer.add_argument("--head-steps", type=int, help="steps of every transferred twin (its head only, on the "
                                                          "frozen core's cached features; default: --steps)")
-    transfer.add_argument("--jobs", type=int, default=2, help="new mice's twins trained at once (default 2: "
+    transfer.add_argument("--jobs", type=int, default=2, help="recordings written and new mice's twins trained at once (default 2: "
                                                                "one core each here); the runs take the same steps either way")
+    transfer.add_argument("--device", default="auto", help="every run's `twin train --device` (auto: a CUDA GPU "
+                                                           "where there is one)")
+    transfer.add_argument("--workers", type=int, default=1, help="every run's `twin train --workers`: processes "
+                                                                 "that read its training windows")
     transfer.add_argument("--quiet", action="store_true")
     transfer.set_defaults(handler=_transfer)
 

@@ -33,6 +33,7 @@ def run_bench(out: str | Path, preset: str = "base", steps: int = 300, device: s
         data = synthesize(workdir / "data", recordings=recordings, neurons=neurons, train_minutes=train_minutes,
                           seed=0, progress=progress)
         if resolved.type == "cuda":
+            torch.cuda.init()  # the allocator's statistics exist only once CUDA is initialised
             torch.cuda.reset_peak_memory_stats(resolved)
         started = time.time()
         metrics = train(data, workdir / "run", preset=preset, progress=progress, device=str(resolved),

@@ -22,7 +22,8 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 from tqdm import tqdm
@@ -37,7 +38,7 @@ MINUTES = (2.0, 4.0, 8.0, 16.0)
 UNBOUNDED_MINUTES = 10.0**6  # wall-time budget of every run: none in effect, the steps decide
 
 
-def member_recording(folder: Path, seed: int, neurons: int, train_minutes: float, progress: bool) -> Path:
+def member_recording(folder: Path, seed: int, train_minutes: float, neurons: int, progress: bool) -> Path:
     """One recording of family member `seed`, in `folder/family-<seed>` (its name in every twin)."""
     from twinserve.training.virtual_mouse import synthesize
 
@@ -51,11 +52,13 @@ def member_recording(folder: Path, seed: int, neurons: int, train_minutes: float
     return target
 
 
-def _train_command(data: list[Path], run: Path, preset: str, steps: int, data_minutes: float | None = None,
-                   core_from: Path | None = None) -> list[str]:
-    """The `twin train` command of one run: a step budget, no wall-time budget in effect."""
+def _train_command(data: list[Path], run: Path, preset: str, steps: int, device: str, workers: int,
+                   data_minutes: float | None = None, core_from: Path | None = None,
+                   minutes: float | None = None) -> list[str]:
+    """The `twin train` command of one run: a step budget, and no wall-time budget unless `minutes`."""
     command = [sys.executable, "-m", "twinserve.cli", "train", "--data", *map(str, data), "--out", str(run),
-               "--preset", preset, "--steps", str(steps), "--minutes", str(UNBOUNDED_MINUTES), "--quiet"]
+               "--preset", preset, "--steps", str(steps), "--minutes", str(minutes or UNBOUNDED_MINUTES),
+               "--device", device, "--workers", str(workers), "--quiet"]
     if data_minutes is not None:
         command += ["--data-minutes", str(data_minutes)]
     return command + (["--core-from", str(core_from), "--freeze-core"] if core_from else [])
@@ -63,7 +66,7 @@ def _train_command(data: list[Path], run: Path, preset: str, steps: int, data_mi
 
 def _run(command: list[str], run: Path, threads: int) -> dict:
     """Run `twin train` (unless the run has its metrics already; its log in RUN.log) → its summary:
-    steps, best step, seconds, oracle metrics."""
+    device, precision, steps, best step, seconds, oracle metrics."""
     if not (run / "metrics.json").is_file():
         run.parent.mkdir(parents=True, exist_ok=True)
         environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -72,7 +75,9 @@ def _run(command: list[str], run: Path, threads: int) -> dict:
                 raise RuntimeError(f"twin train failed for {run}; its log: {log.name}")
         (run / "wall_seconds.json").write_text(json.dumps(watch.seconds))
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    return {"steps": state["step"], "best_step": state["best_step"],
+    config = json.loads((run / "config.json").read_text())
+    return {"device": config["runtime"]["device"], "precision": config["precision"],
+            "steps": state["step"], "best_step": state["best_step"],
             "wall_seconds": json.loads((run / "wall_seconds.json").read_text()),
             "training_seconds": state.get("step_seconds"),
             "oracle": oracle_summary(json.loads((run / "metrics.json").read_text()))}
@@ -80,25 +85,32 @@ def _run(command: list[str], run: Path, threads: int) -> dict:
 
 def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path = "transfer-bench",
               preset: str = "small", cohort=COHORT, new=NEW, minutes=MINUTES, neurons: int = 400,
-              cohort_minutes: float = 12.0, core_steps: int = 1000, steps: int = 600, head_steps: int | None = None,
-              jobs: int = 2, progress: bool = True) -> dict:
-    """The whole bench → results (also written to `out`, with the figure beside it). jobs: new
-    mice's runs trained at once, each with its share of the cores (their steps do not depend on it).
-    head_steps: steps of the transferred twins (default: `steps`)."""
+              cohort_minutes: float = 12.0, core_steps: int = 1000, core_wall_minutes: float | None = None,
+              steps: int = 600, head_steps: int | None = None, jobs: int = 2, device: str = "auto",
+              workers: int = 1, progress: bool = True) -> dict:
+    """The whole bench → results (also written to `out`, with the figure beside it). jobs: recordings
+    written and new mice's runs trained at once, each with its share of the cores (their steps do not
+    depend on it). head_steps: steps of the transferred twins (default: `steps`). core_wall_minutes:
+    a wall-time budget of the core's run besides its steps (None: the steps alone decide).
+    device, workers: every run's `twin train --device` and `--workers` (its data-loading processes)."""
     head_steps = steps if head_steps is None else head_steps
     budget = {"scratch": steps, "transfer": head_steps}
     out, workdir = Path(out), Path(workdir)
     data = workdir / "data"
-    cohort_data = [member_recording(data, seed, neurons, cohort_minutes, progress) for seed in cohort]
     # Trials are cut short at random (valid lengths), so a new mouse holds 20% more than the most it is fitted on.
-    new_data = [member_recording(data, seed, neurons, 1.2 * max(minutes), progress) for seed in new]
+    members = [(seed, cohort_minutes) for seed in cohort] + [(seed, 1.2 * max(minutes)) for seed in new]
+    with ProcessPoolExecutor(jobs) as pool:
+        written = list(pool.map(member_recording, repeat(data), *zip(*members), repeat(neurons), repeat(progress)))
+    cohort_data, new_data = written[:len(cohort)], written[len(cohort):]
     if progress:
         print(f"core: {preset} on {len(cohort)} recordings, {core_steps} steps", flush=True)
     core_run = workdir / "core"
     results = {"machine": machine(), "preset": preset, "neurons": neurons, "cohort_minutes": cohort_minutes,
-               "core_steps": core_steps, "steps": steps, "head_steps": head_steps, "minutes": list(minutes), "jobs": jobs,
+               "core_steps": core_steps, "core_wall_minutes": core_wall_minutes, "device": device, "steps": steps, "head_steps": head_steps, "minutes": list(minutes), "jobs": jobs,
                "cohort": [p.name for p in cohort_data], "new": [p.name for p in new_data],
-               "core": _run(_train_command(cohort_data, core_run, preset, core_steps), core_run, os.cpu_count()),
+               "core": _run(_train_command(cohort_data, core_run, preset, core_steps, device, workers,
+                                           minutes=core_wall_minutes),
+                            core_run, os.cpu_count()),
                "runs": {}}
     runs = {(recording.name, mode, f"{amount:g}"): workdir / mode / recording.name / f"{amount:g}min-{budget[mode]}steps"
             for recording in new_data for amount in minutes for mode in ("scratch", "transfer")}
@@ -108,8 +120,8 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
     with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(runs), desc="transfer bench", disable=not progress) as bar:
         def one(key):
             name, mode, amount = key
-            command = _train_command([recordings[name]], runs[key], preset, budget[mode], float(amount),
-                                     core_run if mode == "transfer" else None)
+            command = _train_command([recordings[name]], runs[key], preset, budget[mode], device, workers,
+                                     float(amount), core_run if mode == "transfer" else None)
             summary = _run(command, runs[key], threads)
             bar.update()
             return key, summary
