@@ -30,13 +30,18 @@ test: venv
 gpu-check:
 	PYTHONPATH=. $(PYTHON) -m twinserve.cli bench gpu-train --quiet
 
-# Likewise: `twin bench transfer` with the cohort's core trained for 2.5 minutes of the GPU (up to 8000
-# steps) and the twins from scratch for 1500 → benchmarks/results/transfer_gpu.{json,png}.
+# Likewise: `twin bench transfer` with the cohort's core trained for 2.5 minutes of the GPU and the
+# twins from scratch for 1500 steps → benchmarks/results/transfer_gpu.{json,png}.
 # TRANSFER_WORKDIR: its recordings take about 1 GB per 12 minutes; a memory-backed folder writes fastest.
+# A larger cohort: e.g. TRANSFER_COHORT="40 41 42 43 47 48 49 50" TRANSFER_COHORT_MINUTES=30.
 TRANSFER_WORKDIR ?= transfer-bench-gpu
+TRANSFER_COHORT ?= 40 41 42 43
+TRANSFER_COHORT_MINUTES ?= 12
+TRANSFER_CORE_MINUTES ?= 2.5
 gpu-transfer:
 	PYTHONPATH=. $(PYTHON) -m twinserve.cli bench transfer --workdir $(TRANSFER_WORKDIR) --device cuda --jobs 6 --workers 2 \
-		--core-steps 8000 --core-wall-minutes 2.5 --steps 1500 --head-steps 2000 --quiet \
+		--cohort $(TRANSFER_COHORT) --cohort-minutes $(TRANSFER_COHORT_MINUTES) \
+		--core-steps 100000 --core-wall-minutes $(TRANSFER_CORE_MINUTES) --steps 1500 --head-steps 2000 --quiet \
 		--out benchmarks/results/transfer_gpu.json
 
 clean:

@@ -221,8 +221,9 @@ def register(benchmarks) -> None:
     transfer.add_argument("--steps", type=int, default=600, help="steps of every new mouse's twin from scratch")
     transfer.add_argument("--head-steps", type=int, help="steps of every transferred twin (its head only, on the "
                                                          "frozen core's cached features; default: --steps)")
-    transfer.add_argument("--jobs", type=int, default=2, help="recordings written and new mice's twins trained at once (default 2: "
-                                                               "one core each here); the runs take the same steps either way")
+    transfer.add_argument("--jobs", type=int, default=2, help="recordings written and new mice's twins trained at "
+                                                               "once (default 2: one core each here); the runs take "
+                                                               "the same steps either way")
     transfer.add_argument("--device", default="auto", help="every run's `twin train --device` (auto: a CUDA GPU "
                                                            "where there is one)")
     transfer.add_argument("--workers", type=int, default=1, help="every run's `twin train --workers`: processes "

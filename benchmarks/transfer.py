@@ -12,7 +12,8 @@
    The JSON is rewritten after every run ("complete": false until the last one).
 
 Training runs on step budgets (no wall-time budget), so the results do not depend on machine load.
-Every run lands in `workdir`; a run with metrics is reused, so an interrupted bench picks up where it was.
+Every run lands in `workdir`; a run with metrics is reused, so an interrupted bench picks up where it was
+(`workdir/settings.json` keeps what the core and the recordings were made with; other settings are refused).
 Imports torch only when it runs (the command line lists its defaults without it).
 """
 
@@ -50,6 +51,21 @@ def member_recording(folder: Path, seed: int, train_minutes: float, neurons: int
         written.rename(target)
         written.parent.rmdir()
     return target
+
+
+def check_workdir(workdir: Path, settings: dict) -> None:
+    """Runs are reused by their folder's name, which does not say what the core or the recordings were
+    made with: the workdir keeps those settings (settings.json) and refuses a bench with others."""
+    path = workdir / "settings.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        changed = {key: (kept.get(key), value) for key, value in settings.items() if kept.get(key) != value}
+        if changed:
+            raise ValueError(f"{workdir} holds runs made with other settings (kept, asked): {changed}; "
+                             "use another --workdir")
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1))
 
 
 def _train_command(data: list[Path], run: Path, preset: str, steps: int, device: str, workers: int,
@@ -96,9 +112,13 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
     head_steps = steps if head_steps is None else head_steps
     budget = {"scratch": steps, "transfer": head_steps}
     out, workdir = Path(out), Path(workdir)
-    data = workdir / "data"
     # Trials are cut short at random (valid lengths), so a new mouse holds 20% more than the most it is fitted on.
-    members = [(seed, cohort_minutes) for seed in cohort] + [(seed, 1.2 * max(minutes)) for seed in new]
+    new_minutes = 1.2 * max(minutes)
+    check_workdir(workdir, {"preset": preset, "neurons": neurons, "cohort": list(cohort),
+                            "cohort_minutes": cohort_minutes, "new_minutes": new_minutes,
+                            "core_steps": core_steps, "core_wall_minutes": core_wall_minutes})
+    data = workdir / "data"
+    members = [(seed, cohort_minutes) for seed in cohort] + [(seed, new_minutes) for seed in new]
     with ProcessPoolExecutor(jobs) as pool:
         written = list(pool.map(member_recording, repeat(data), *zip(*members), repeat(neurons), repeat(progress)))
     cohort_data, new_data = written[:len(cohort)], written[len(cohort):]
@@ -106,7 +126,8 @@ def run_bench(out: str | Path = f"{RESULTS}/transfer.json", workdir: str | Path 
         print(f"core: {preset} on {len(cohort)} recordings, {core_steps} steps", flush=True)
     core_run = workdir / "core"
     results = {"machine": machine(), "preset": preset, "neurons": neurons, "cohort_minutes": cohort_minutes,
-               "core_steps": core_steps, "core_wall_minutes": core_wall_minutes, "device": device, "steps": steps, "head_steps": head_steps, "minutes": list(minutes), "jobs": jobs,
+               "core_steps": core_steps, "core_wall_minutes": core_wall_minutes, "device": device, "steps": steps,
+               "head_steps": head_steps, "minutes": list(minutes), "jobs": jobs,
                "cohort": [p.name for p in cohort_data], "new": [p.name for p in new_data],
                "core": _run(_train_command(cohort_data, core_run, preset, core_steps, device, workers,
                                            minutes=core_wall_minutes),
@@ -181,7 +202,10 @@ def plot_transfer(results: dict, path: Path) -> None:
             minutes = sorted(points, key=float)
             axis.plot([float(m) for m in minutes], [points[m] for m in minutes], "o-", color=colors[mode], alpha=0.7,
                       label=f"{mode}" if name == results["new"][0] else None)
+            axis.annotate(name, (float(minutes[-1]), points[minutes[-1]]), xytext=(4, 0), textcoords="offset points",
+                          fontsize=7, color=colors[mode], va="center")
     axis.set_xscale("log", base=2)
+    axis.set_xlim(min(results["minutes"]) / 1.2, max(results["minutes"]) * 1.8)  # room for the names
     axis.set_xticks(results["minutes"], [f"{m:g}" for m in results["minutes"]])
     axis.set_xlabel("minutes of the new mouse's training data")
     axis.set_ylabel("oracle single-trial correlation / ceiling")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from twinserve.benchmarks.transfer import deciding, run_order, summarize
+from twinserve.benchmarks.transfer import check_workdir, deciding, run_order, summarize
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
@@ -117,3 +117,11 @@ def test_the_transfer_bench_checks_every_new_mouse():
         [False, True, False, True, False, True, False, False]
     assert [run_order(mode, m) for mode in ("scratch", "transfer") for m in ("2", "4", "8", "16")] == \
         [2, 0, 2, 0, 1, 0, 1, 1]  # deciding runs first, then the quick transferred twins
+
+
+def test_the_transfer_bench_reuses_a_workdir_only_with_its_own_settings(tmp_path):
+    settings = {"preset": "small", "cohort": [40, 41], "core_steps": 1000}
+    check_workdir(tmp_path / "w", settings)
+    check_workdir(tmp_path / "w", dict(settings))  # the same settings: its runs are reused
+    with pytest.raises(ValueError, match=r"other settings.*'cohort': \(\[40, 41\], \[40, 42\]\)"):
+        check_workdir(tmp_path / "w", {**settings, "cohort": [40, 42]})
