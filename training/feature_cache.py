@@ -56,10 +56,7 @@ def feature_bytes_per_frame(model: Twin) -> int:
 @torch.no_grad()
 def cache_trial(model: Twin, recording: str, trial: Trial) -> CachedTrial:
     """Run one whole trial through the core (eval mode) → its `CachedTrial`."""
-    device = next(model.parameters()).device
-    inputs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
-              for a in (trial.video, trial.behavior, trial.pupil_center)]
-    features, behavior, pupil_center = (x[0].cpu() for x in model.features(recording, *inputs))
+    features, behavior, pupil_center = (x[0].cpu() for x in model.trial_features(recording, trial))
     return CachedTrial(features, behavior, pupil_center, torch.from_numpy(np.asarray(trial.responses, dtype=np.float32)))
 
 

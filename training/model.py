@@ -19,6 +19,7 @@ from torch import nn
 from twinserve.contract import BEHAVIOR_CHANNELS, DEFAULT_FRAME_SHAPE, PUPIL_CHANNELS, output_offset
 
 from .cores import Core, build_core
+from .data import Trial
 
 
 class GaussianReadout(nn.Module):
@@ -174,6 +175,14 @@ class Twin(nn.Module):
             raise ValueError(f"need at least {self.offset + 1} frames, got {video.shape[1]}")
         core_input, behavior, pupil_center = self.core_input(recording, video, behavior, pupil_center)
         return self.core(core_input), behavior[:, self.offset:], pupil_center[:, self.offset:]
+
+    def trial_features(self, recording: str, trial: Trial):
+        """One whole trial (`data.Trial`: raw numpy, time first) as a batch of one on the twin's device
+        → `features` of it: core features (1, C, T', H', W'), behavior and pupil_center (1, T', 2)."""
+        device = next(self.parameters()).device
+        inputs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
+                  for a in (trial.video, trial.behavior, trial.pupil_center)]
+        return self.features(recording, *inputs)
 
     def core_input(self, recording: str, video: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor):
         """Raw inputs as in `rates` → (core input (B, 1 + 2, T, H, W): normalised video and behaviour

@@ -30,10 +30,7 @@ MIN_GAIN = 0.02  # a refit moves a neuron whose best cell explains this much mor
 
 def _cell_features(model: Twin, recording: str, trial: Trial, grid: tuple[int, int]) -> torch.Tensor:
     """The core's features of one trial averaged over each grid cell → (T - offset, G, C), float64."""
-    device = next(model.parameters()).device
-    inputs = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
-              for a in (trial.video, trial.behavior, trial.pupil_center)]
-    features = model.features(recording, *inputs)[0][0].transpose(0, 1)  # (T', C, H', W')
+    features = model.trial_features(recording, trial)[0][0].transpose(0, 1)  # (T', C, H', W')
     pooled = F.adaptive_avg_pool2d(features, grid)  # (T', C, rows, cols)
     return pooled.flatten(2).transpose(1, 2).double().cpu()
 
