@@ -46,6 +46,8 @@ from pathlib import Path
 
 from twinserve.contract import API_KEY_ENV, API_KEY_HEADER
 
+from .shm_regions import region_prefix, remove_regions, sweep_orphans
+
 NGC_ROOT = Path("/opt/tritonserver")
 LOOPBACK = "127.0.0.1"
 WILDCARDS = ("0.0.0.0", "::")  # every interface
@@ -222,9 +224,10 @@ def _bundled() -> tuple[Path, Path, dict[str, Path]]:
 
 
 def server_command(repository: Path, ports: Ports, workdir: Path, listen: Listen = Listen(),
-                   access: Access = Access()) -> tuple[list[str], dict[str, str]]:
+                   access: Access = Access(), shm_prefix: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The tritonserver command line and environment for this machine: endpoints bound as `listen` says,
-    guarded as `access` says. The command line holds the keys: never print it."""
+    guarded as `access` says, the Python backend's shared-memory regions named `shm_prefix`…
+    (`shm_regions`). The command line holds the keys: never print it."""
     env = {name: value for name, value in os.environ.items() if name != API_KEY_ENV}
     if (NGC_ROOT / "bin" / "tritonserver").exists():
         binary, backends = NGC_ROOT / "bin" / "tritonserver", NGC_ROOT / "backends"
@@ -245,6 +248,8 @@ def server_command(repository: Path, ports: Ports, workdir: Path, listen: Listen
                f"--http-port={ports.http}", f"--grpc-port={ports.grpc}", f"--metrics-port={ports.metrics}",
                "--allow-metrics=true", "--allow-gpu-metrics=false", "--strict-readiness=true",
                "--model-control-mode=none", "--exit-timeout-secs=5", "--log-verbose=0", *access.flags()]
+    if shm_prefix:
+        command.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     return command, env
 
 
@@ -266,7 +271,12 @@ class TritonServer:
         access.check(self.listen)
         self._workdir = Path(tempfile.mkdtemp(prefix="twinserve-triton-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
-        command, env = server_command(self.repository, ports, self._workdir, self.listen, access)
+        self.shm_prefix = region_prefix()
+        try:
+            sweep_orphans()  # regions of servers killed with their launcher
+        except OSError:  # no /dev/shm
+            pass
+        command, env = server_command(self.repository, ports, self._workdir, self.listen, access, self.shm_prefix)
         keys = [argument.split(f":{API_KEY_HEADER}=", 1)[1] for argument in command if "-restricted-" in argument]
         self._log = open(self.log_path, "ab")
         # A thread's death would fire PR_SET_PDEATHSIG too: bind the server's life to the main thread only.
@@ -349,6 +359,7 @@ class TritonServer:
                 self._signal(signal.SIGKILL)
                 self.process.wait(5)
         self._signal(signal.SIGKILL)  # stubs left in the group, if any
+        remove_regions(self.shm_prefix)  # a killed server leaves its shared memory behind
         self._log.close()
         keep_log = self.log_path.parent == self._workdir
         shutil.rmtree(self._workdir / "backends" if keep_log else self._workdir, ignore_errors=True)

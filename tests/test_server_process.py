@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from twinserve.serving.server import Ports
+from twinserve.serving.shm_regions import PREFIX, SHM_ROOT, sweep_orphans
 
 
 def listening(port: int) -> set[str]:
@@ -74,6 +75,8 @@ def test_serve_listens_on_loopback_only_and_dies_with_no_orphan_on_sigkill(tiny_
         for port in (ports.grpc, ports.http, ports.metrics):
             assert listening(port) == {"127.0.0.1"} and accepts(port)
         assert servers_of(repository)
+        regions = sorted(SHM_ROOT.glob(f"{PREFIX}{process.pid}_*"))
+        assert regions, "the Python backend's shared memory is not named after its launcher"
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
         deadline = time.monotonic() + 20
@@ -81,6 +84,12 @@ def test_serve_listens_on_loopback_only_and_dies_with_no_orphan_on_sigkill(tiny_
             time.sleep(0.2)
         assert not servers_of(repository), "tritonserver outlived a SIGKILLed `twin serve`"
         assert not listening(ports.grpc)
+        # The backend stubs end once they see their server gone; what they leave, a starting server sweeps.
+        deadline = time.monotonic() + 30
+        while any(path.exists() for path in regions) and time.monotonic() < deadline:
+            sweep_orphans()
+            time.sleep(0.5)
+        assert not any(path.exists() for path in regions)
     finally:
         process.kill()
         for pid in servers_of(repository):
@@ -139,3 +148,34 @@ def test_serve_restarts_a_dead_tritonserver_counts_it_and_stops_within_bounds(ti
         stopped_in = time.monotonic() - started
     assert code == 0 and stopped_in < 30 and not servers_of(repository)
     assert '"event": "tritonserver died"' in process.stderr.read()
+
+
+def test_sweep_removes_only_regions_of_gone_launchers_that_nobody_maps(tmp_path):
+    import mmap
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan, mapped = tmp_path / f"{PREFIX}{gone.pid}_ab12_region", tmp_path / f"{PREFIX}{gone.pid}_cd34_region"
+    live = tmp_path / f"{PREFIX}{os.getpid()}_ef56_region"  # its launcher is this test
+    for path in (orphan, mapped, live):
+        path.write_bytes(b"\0" * 4096)
+    with open(mapped, "r+b") as file, mmap.mmap(file.fileno(), 4096):
+        assert sweep_orphans(tmp_path) == [orphan.name]
+    assert not orphan.exists() and mapped.exists() and live.exists()
+
+
+def test_a_killed_server_leaves_no_shared_memory_once_stopped(tiny_artifacts, tmp_path):
+    from twinserve.serving.repository import write_repository
+    from twinserve.serving.server import TritonServer
+
+    artifacts, _ = tiny_artifacts
+    write_repository(artifacts, tmp_path / "repository")
+    server = TritonServer(tmp_path / "repository", Ports.free())
+    try:
+        regions = sorted(SHM_ROOT.glob(f"{server.shm_prefix}*"))
+        assert regions
+        server.kill()  # SIGKILL, as a crash: its stubs go with it and leave their regions
+        assert any(path.exists() for path in regions)
+    finally:
+        server.stop()
+    assert not any(path.exists() for path in regions)
