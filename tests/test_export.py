@@ -131,9 +131,10 @@ def test_step_graph_streamed_over_a_virtual_mouse_trial_equals_the_clip_graph(ar
     assert relative_error(streamed[:, manifest.offset:], reference) < PARITY_TOLERANCE
 
 
-def test_base_step_graph_streams_like_its_clip_graph(tmp_path):
+@pytest.mark.parametrize("name", ["base", "small"])  # small strides in two layers
+def test_step_graph_of_a_larger_preset_streams_like_its_clip_graph(tmp_path, name):
     torch.manual_seed(1)
-    model = Twin(preset("base").model_config(), {"m": 32}).eval()
+    model = Twin(preset(name).model_config(), {"m": 32}).eval()
     with torch.no_grad():
         for layer in model.core.layers:
             layer.norm.running_mean.normal_(0, 0.5)

@@ -136,3 +136,15 @@ def test_a_twin_takes_the_frame_shape_it_is_given():
             out = model("a", *inputs(frames=model.offset + 2, frame_shape=(24, 40)))
         assert out.shape == (2, 2, 3) and model.frame_shape == (24, 40)
         assert model.step_flops() < model.clip_flops(model.offset + 2)
+
+
+def test_factorized_strides_per_layer_and_runs_written_with_a_first_stride_only():
+    from twinserve.training.factorized import FactorizedCore
+
+    layers = dict(channels=(4, 4, 4), spatial_kernels=(3, 3, 3), temporal_kernels=(2, 2, 2))
+    x = torch.zeros(1, 3, 4, 36, 64)
+    assert FactorizedCore(3, (36, 64), **layers, strides=(2, 2, 1))(x).shape == (1, 4, 1, 9, 16)
+    assert FactorizedCore(3, (36, 64), **layers, first_stride=2)(x).shape == (1, 4, 1, 18, 32)  # an older run's config
+    for wrong in (dict(strides=(2, 2)), dict(strides=(2, 2, 1), first_stride=2)):
+        with pytest.raises(ValueError, match="one spatial stride per layer"):
+            FactorizedCore(3, (36, 64), **layers, **wrong)

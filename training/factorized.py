@@ -2,8 +2,8 @@
 time), and its streaming step.
 
 Shapes: B batch, C channels, T input frames, H×W pixels of a frame, H'×W' of the feature maps
-(H / first_stride, W / first_stride); R = 1 + Σ (kt_l - 1) frames of receptive field. A clip of T
-frames gives T - R + 1 output frames. A streamed frame needs, per layer, the last kt_l - 1 outputs
+(H / S, W / S, S the product of the layers' spatial strides); R = 1 + Σ (kt_l - 1) frames of
+receptive field. A clip of T frames gives T - R + 1 output frames. A streamed frame needs, per layer, the last kt_l - 1 outputs
 of its spatial convolution as state.
 """
 
@@ -42,17 +42,21 @@ class FactorizedLayer(nn.Module):
 class FactorizedCore(nn.Module):
     """Stack of `FactorizedLayer`s: (B, C_in, T, H, W) → (B, C, T - R + 1, H', W').
 
-    frame_shape is not needed to build it (convolutions take frames of any size); the core
-    protocol's methods take it where the arithmetic depends on it.
+    strides: each layer's spatial stride (default: `first_stride` for the first layer, 1 after it, as
+    runs written before `strides` had). frame_shape is not needed to build it (convolutions take
+    frames of any size); the core protocol's methods take it where the arithmetic depends on it.
     """
 
     def __init__(self, in_channels: int, frame_shape: tuple[int, int], channels, spatial_kernels, temporal_kernels,
-                 first_stride: int = 1):
+                 first_stride: int = 1, strides=None):
         super().__init__()
+        if strides is None:  # runs written before `strides`: only the first layer strode
+            strides = (first_stride,) + (1,) * (len(channels) - 1)
+        elif first_stride != 1 or len(strides) != len(channels):
+            raise ValueError(f"give one spatial stride per layer ({len(channels)}) in `strides`, without `first_stride`")
         sizes = [in_channels, *channels]
         self.layers = nn.Sequential(*[
-            FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i],
-                            first_stride if i == 0 else 1)
+            FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i], strides[i])
             for i in range(len(channels))])
         gabor_init_(self.layers[0].spatial.weight)  # the video's first filters start as Gabors (`gabor`)
         self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
