@@ -272,10 +272,7 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="twinserve-triton-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.shm_prefix = region_prefix()
-        try:
-            sweep_orphans()  # regions of servers killed with their launcher
-        except OSError:  # no /dev/shm
-            pass
+        sweep_orphans()  # regions of servers killed with their launcher
         command, env = server_command(self.repository, ports, self._workdir, self.listen, access, self.shm_prefix)
         keys = [argument.split(f":{API_KEY_HEADER}=", 1)[1] for argument in command if "-restricted-" in argument]
         self._log = open(self.log_path, "ab")

@@ -66,8 +66,13 @@ def sweep_orphans(root: Path = SHM_ROOT) -> list[str]:
             candidates.append(path)
     if not candidates:
         return []
-    mapped = _mapped(root)
-    removed = [path.name for path in candidates if path.name not in mapped]
-    for name in removed:
-        (root / name).unlink(missing_ok=True)
+    mapped, removed = _mapped(root), []
+    for path in candidates:
+        if path.name in mapped:
+            continue
+        try:
+            path.unlink(missing_ok=True)
+        except PermissionError:  # another user's region (/dev/shm is sticky): theirs to remove
+            continue
+        removed.append(path.name)
     return removed

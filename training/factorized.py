@@ -3,8 +3,8 @@ time), and its streaming step.
 
 Shapes: B batch, C channels, T input frames, H×W pixels of a frame, H'×W' of the feature maps
 (H / S, W / S, S the product of the layers' spatial strides); R = 1 + Σ (kt_l - 1) frames of
-receptive field. A clip of T frames gives T - R + 1 output frames. A streamed frame needs, per layer, the last kt_l - 1 outputs
-of its spatial convolution as state.
+receptive field. A clip of T frames gives T - R + 1 output frames. A streamed frame needs, per
+layer, the last kt_l - 1 outputs of its spatial convolution as state.
 """
 
 from __future__ import annotations
