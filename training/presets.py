@@ -50,7 +50,8 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("factorized", dict(channels=(8, 8), spatial_kernels=(5, 3), temporal_kernels=(3, 3), first_stride=2),
                    TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6)),
     # Layers 2 and 3 at a quarter of the frame's resolution: 2.2× the steps per second of strides (2, 1, 1),
-    # about as much learned per step (a little less on the demo's mouse), so more learned in the same minutes.
+    # about as much learned per step (a little less on the demo's mouse), so more learned in the same minutes,
+    # except on mice with small RFs (held-out family-104: 0.72 → 0.68 of the ceiling in 15 min; README).
     "small": Preset("factorized", dict(channels=(16, 32, 32), spatial_kernels=(9, 5, 5), temporal_kernels=(9, 7, 5),
                                        strides=(2, 2, 1))),
     # The SENSORIUM 2023 factorized baseline size.
