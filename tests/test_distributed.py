@@ -16,7 +16,7 @@ def torchrun_train(data, out: Path, logs: Path, steps: int) -> subprocess.Comple
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "--no-python", sys.executable, str(LAUNCHER), str(logs), str(out),
                "train", "--data", *map(str, data), "--out", str(out), "--preset", "tiny", "--steps", str(steps),
-               "--workers", "0", "--device", "cpu", "--quiet"]
+               "--workers", "0", "--device", "cpu", "--refit-readout-at", "0.5", "--quiet"]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -33,7 +33,8 @@ def test_two_ranks_see_different_data_keep_identical_weights_and_rank_0_alone_wr
     rank0 = (logs / "rank0.txt").read_text()
     for name in ("config.json", "state.json", "metrics.json", "training_curve.png", "processes.json"):
         assert name in rank0, name
-    assert json.loads((out / "checkpoint/state.json").read_text())["step"] == 20
+    state = json.loads((out / "checkpoint/state.json").read_text())
+    assert state["step"] == 20 and state["readout_refitted_at"] == 10  # the ranks refitted the same twin
 
     resumed = torchrun_train(small_mouse, out, logs, steps=30)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

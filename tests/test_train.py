@@ -11,9 +11,9 @@ import torch
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
-from twinserve.training.positions import readout_positions
+from twinserve.training.positions import ReadoutStart, readout_start
 from twinserve.training.presets import TrainConfig
-from twinserve.training.train import readout_l1, should_stop, train
+from twinserve.training.train import readout_l1, refit_plan, should_stop, train
 
 from other_simulator import write_other_recording
 
@@ -100,11 +100,27 @@ def test_the_readouts_are_refitted_once_at_the_chosen_fraction_of_the_budget(sma
 
 def test_initial_readout_positions_find_the_receptive_fields(default_mouse):
     recording = Recording(default_mouse[0])
-    positions = readout_positions(recording.load("train"), recording.coordinates)
-    pixels = (positions + 1) / 2 * np.array(recording.frame_shape[::-1]) - 0.5  # (x, y) in pixels
+    trials = recording.load("train")
+    start = readout_start(trials, recording.coordinates)
+    pixels = (start.positions + 1) / 2 * np.array(recording.frame_shape[::-1]) - 0.5  # (x, y) in pixels
     truth = np.load(default_mouse[0] / "truth/neurons/rf_center.npy")
     error = np.linalg.norm(pixels - truth, axis=1)
     assert np.median(error) < 3, np.median(error)  # random positions would be ~20 pixels off
+    assert start.confirmed and start.retinotopy_r2 > 0.5
+    shuffled = readout_start(trials, np.random.default_rng(0).permutation(recording.coordinates))
+    assert not shuffled.confirmed  # coordinates that do not explain the peaks: the raw peaks are the start
+
+
+def test_the_readouts_refitted_are_those_whose_start_no_retinotopy_confirmed():
+    def start(r2):
+        return ReadoutStart(np.zeros((3, 2), np.float32), r2)
+
+    starts = {"tight": start(0.9), "scattered": start(0.1), "few neurons": start(None)}
+    names = [*starts, "transferred"]
+    assert refit_plan(TrainConfig(), names, starts) == (0.3, ["scattered", "few neurons"])
+    assert refit_plan(TrainConfig(refit_readout_at=0.5), names, starts) == (0.5, names)  # asked for: all
+    assert refit_plan(TrainConfig(), names, {"tight": start(0.9)}) == (None, [])
+    assert refit_plan(TrainConfig(refit_unconfirmed_at=None), names, starts) == (None, [])
 
 
 def test_cli_on_data_from_another_simulator(tmp_path, capsys):

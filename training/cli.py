@@ -160,7 +160,9 @@ def register(commands) -> None:
     train.add_argument("--refit-readout-at", type=float, metavar="FRACTION",
                        help="once this fraction of the budget is spent, move every neuron whose readout reads from "
                             "the wrong place on the core trained so far to the grid cell whose features explain it "
-                            "best; the others keep their trained readout (default: never)")
+                            "best; the others keep their trained readout, in every recording (default: at 0.3 in the "
+                            "recordings whose starting positions their neurons' coordinates did not confirm, never in "
+                            "the others)")
     train.add_argument("--core-from", metavar="RUN",
                        help="start from the core (settings and weights) of this trained run instead of the preset's; "
                             "--preset then gives the training settings only. The run records the core's sha256")

@@ -5,10 +5,14 @@ correlated with lagged oriented energy (a small quadrature Gabor bank) pooled on
 the peak of its best orientation channel is a noisy estimate of its receptive-field centre. Visual
 cortex is retinotopic, so an affine map from the neurons' cortical coordinates to those peaks,
 fitted robustly on the neurons with the clearest maps, gives every neuron a denoised starting
-position. If the coordinates do not explain the peaks, the peaks themselves are used.
+position. If the coordinates do not explain the peaks, the peaks themselves are used, and the start
+is unconfirmed: the trainer then refits those readouts on its core once it has learned features
+(`TrainConfig.refit_unconfirmed_at`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -102,13 +106,28 @@ def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.nda
     return fitted, float(r2)
 
 
-def readout_positions(trials: list[Trial], coordinates: np.ndarray,
-                      grid: tuple[int, int] | None = None) -> np.ndarray:
-    """Starting readout positions (N, 2) in grid_sample coordinates from training trials and the
-    neurons' cortical coordinates (N, ≥2); grid: default `grid_for` the trials' frame shape."""
+class ReadoutStart(NamedTuple):
+    """Starting readout positions (N, 2) in grid_sample coordinates, and the R² of the retinotopic fit
+    to the energy-map peaks (None: too few neurons to fit)."""
+
+    positions: np.ndarray
+    retinotopy_r2: float | None
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether the neurons' coordinates explain the peaks, so the positions are the fit's. Where they
+        do not, the positions are the raw peaks, which miss neurons that oriented energy does not drive
+        (centre–surround, untuned, contrast-normalised ones)."""
+        return self.retinotopy_r2 is not None and self.retinotopy_r2 >= MIN_FIT_R2
+
+
+def readout_start(trials: list[Trial], coordinates: np.ndarray, grid: tuple[int, int] | None = None) -> ReadoutStart:
+    """Starting readout positions from training trials and the neurons' cortical coordinates (N, ≥2);
+    grid: default `grid_for` the trials' frame shape."""
     peaks, strength = receptive_field_peaks(trials, grid or grid_for(trials[0].video.shape[1:]))
+    r2 = None
     if len(peaks) >= 8:
         fitted, r2 = retinotopic_fit(coordinates, peaks, strength)
         if r2 >= MIN_FIT_R2:
             peaks = fitted
-    return np.clip(peaks, -1, 1).astype(np.float32)
+    return ReadoutStart(np.clip(peaks, -1, 1).astype(np.float32), r2)

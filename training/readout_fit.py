@@ -7,7 +7,8 @@ neuron starts at the cell that explains most of its variance, with that cell's c
 bias. Gradient descent then refines a readout that already predicts, instead of first searching
 for positions from the energy-map estimate that a core without training needs (`positions.py`).
 
-Mid-training (`twin train --refit-readout-at`) the same fits on the core trained so far move only the
+Mid-training (`twin train --refit-readout-at`, and by default where the start positions were unconfirmed:
+`TrainConfig.refit_unconfirmed_at`) the same fits on the core trained so far move only the
 neurons that read from the wrong place (`refit_readout`): a neuron whose trained position already
 sits in its best cell keeps what gradient descent found, finer than a cell.
 """

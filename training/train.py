@@ -30,7 +30,7 @@ from .fidelity import write_fidelity
 from .loss import poisson_loss, readout_l1
 from .model import Twin
 from .plots import plot_training_curve
-from .positions import MAX_TRIALS, readout_positions
+from .positions import MAX_TRIALS, ReadoutStart, readout_start
 from .precision import autocast, resolve
 from .presets import TrainConfig, preset as find_preset
 from .readout_fit import fit_readout, refit_readout
@@ -89,22 +89,25 @@ def validation_trials(recording: Recording, count: int) -> list[Trial]:
 
 
 def build_model(model_config: dict, recordings: list[Recording], indexes: dict[str, TrialIndex],
-                source: CoreSource | None = None) -> Twin:
+                source: CoreSource | None = None, starts: dict[str, ReadoutStart] | None = None) -> Twin:
     """A fresh twin ({"core": name, **settings}) for the recordings' frame shape, with normalisation
     and readout initialised from the training data (at most `MAX_TRIALS` trials read per recording).
 
     source: a trained core to start from. Its weights are loaded and each readout is fitted on its
-    features (`readout_fit`); without it readout positions come from the data's energy maps.
+    features (`readout_fit`); without it readout positions come from `starts` (recording name →
+    `readout_starts`), computed here from the data's energy maps if not given.
     """
     model = Twin(model_config, {r.name: r.neurons for r in recordings}, frame_shape=common_frame_shape(recordings))
     if source is not None:
         source.load_into(model.core)
+    elif starts is None:
+        starts = readout_starts(recordings, indexes)
     for recording in recordings:
-        trials = readout_trials(recording, indexes[recording.name])
         head = model.heads[recording.name]
         if source is None:
-            head.initialize(recording.statistics, readout_positions(trials, recording.coordinates))
+            head.initialize(recording.statistics, starts[recording.name].positions)
         else:
+            trials = readout_trials(recording, indexes[recording.name])
             head.initialize(recording.statistics)
             fit_readout(model, recording.name, trials)
     return model
@@ -113,6 +116,24 @@ def build_model(model_config: dict, recordings: list[Recording], indexes: dict[s
 def readout_trials(recording: Recording, index: TrialIndex) -> list[Trial]:
     """The training trials a readout is initialised or refitted from: at most `MAX_TRIALS`, evenly spaced."""
     return [recording.trial(int(i)) for i in spaced(list(index.trials), MAX_TRIALS)]
+
+
+def readout_starts(recordings: list[Recording], indexes: dict[str, TrialIndex]) -> dict[str, ReadoutStart]:
+    """Every recording's starting readout positions from its energy maps (`positions.readout_start`)."""
+    return {r.name: readout_start(readout_trials(r, indexes[r.name]), r.coordinates) for r in recordings}
+
+
+def refit_plan(config: TrainConfig, names: list[str],
+               starts: dict[str, ReadoutStart]) -> tuple[float | None, list[str]]:
+    """When (fraction of the budget, None: never) and which of the recordings `names` have their
+    readouts refitted: all at `refit_readout_at` if it is set, else at `refit_unconfirmed_at` those
+    whose start positions no retinotopic fit confirmed (none with a transferred core: `starts` is empty)."""
+    if config.refit_readout_at is not None:
+        return config.refit_readout_at, list(names)
+    unconfirmed = [name for name, start in starts.items() if not start.confirmed]
+    if not unconfirmed or config.refit_unconfirmed_at is None:
+        return None, []
+    return config.refit_unconfirmed_at, unconfirmed
 
 
 @torch.no_grad()
@@ -142,6 +163,7 @@ def _check_resumable(saved: dict, wanted: dict, out: Path) -> None:
         config.setdefault("core_from", None)  # runs written before transfer existed
         config["train"].setdefault("data_minutes", None)
         config["train"].setdefault("refit_readout_at", None)
+        config["train"].setdefault("refit_unconfirmed_at", None)  # runs written before it never refitted on their own
         for budget in ("minutes", "steps"):
             config["train"].pop(budget)
         return config
@@ -182,8 +204,11 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     if freeze_core and core_from is None:
         raise ValueError("--freeze-core needs --core-from RUN: the trained core to keep fixed")
     config = replace(find_preset(preset).train, **overrides)
-    if config.refit_readout_at is not None and not 0 <= config.refit_readout_at < 1:
-        raise ValueError(f"--refit-readout-at is a fraction of the budget in [0, 1), got {config.refit_readout_at}")
+    for name in ("refit_readout_at", "refit_unconfirmed_at"):
+        fraction = getattr(config, name)
+        if fraction is not None and not 0 <= fraction < 1:
+            label = "--refit-readout-at" if name == "refit_readout_at" else name
+            raise ValueError(f"{label} is a fraction of the budget in [0, 1), got {fraction}")
     source = CoreSource.read(core_from) if core_from is not None else None
     rank = distributed.start(device)
     progress = progress and rank.main
@@ -199,7 +224,10 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     if empty:
         raise ValueError(f"recordings {empty} have no oracle trials with responses to validate on")
 
-    model = build_model(source.model if source else find_preset(preset).model_config(), recordings, indexes, source)
+    starts = readout_starts(recordings, indexes) if source is None else {}
+    model = build_model(source.model if source else find_preset(preset).model_config(), recordings, indexes, source,
+                        starts)
+    refit_at, refitted = refit_plan(config, [r.name for r in recordings], starts)
     if freeze_core:
         model.freeze_core()
     model = model.to(rank.device)
@@ -216,7 +244,8 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
     }
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    state = {"step": 0, "elapsed": 0.0, "step_seconds": 0.0, "best_score": -np.inf, "best_step": 0, "history": []}
+    state = {"step": 0, "elapsed": 0.0, "step_seconds": 0.0, "best_score": -np.inf, "best_step": 0, "history": [],
+             "readout_start_r2": {name: start.retinotopy_r2 for name, start in starts.items()}}
     state_path = out / "checkpoint" / "state.json"
     if state_path.is_file():
         _check_resumable(checkpoint.read_config(out), run_config, out)
@@ -274,9 +303,10 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         fraction = distributed.largest(max(state["step"] / config.steps, elapsed / (60 * config.minutes)), rank)
         if should_stop(config, fraction, bad_validations):
             break
-        if (config.refit_readout_at is not None and fraction >= config.refit_readout_at
-                and "readout_refitted_at" not in state):
-            state["readout_refit_moved"] = refit_readouts(model, recordings, indexes, optimizer)
+        if refit_at is not None and fraction >= refit_at and "readout_refitted_at" not in state:
+            distributed.share_buffers(model, rank)  # every rank refits the same twin (its BatchNorm statistics)
+            chosen = [r for r in recordings if r.name in refitted]
+            state["readout_refit_moved"] = refit_readouts(model, chosen, indexes, optimizer)
             state["readout_refitted_at"] = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, fraction)
