@@ -48,12 +48,13 @@ class Preset:
         return {"core": self.core, **self.model}
 
 
-# The *-tiny presets (smoke runs of 150 steps) never refit on their own: at 30% of 150 steps the core
-# has no features to refit on (a tiny twin of family-8 fell from 0.027 to 0.003 after that refit).
+# How the *-tiny presets train: smoke runs of 150 steps, which never refit on their own: at 30% of 150
+# steps the core has no features to refit on (a tiny twin of family-8 fell from 0.027 to 0.003 after that refit).
+SMOKE_RUN = dict(clips=4, frames=24, minutes=2.0, steps=150, eval_every=25, val_trials=6, refit_unconfirmed_at=None)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("factorized", dict(channels=(8, 8), spatial_kernels=(5, 3), temporal_kernels=(3, 3), first_stride=2),
-                   TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6,
-                               refit_unconfirmed_at=None)),
+                   TrainConfig(lr=1e-2, **SMOKE_RUN)),
     # Layers 2 and 3 at a quarter of the frame's resolution: 2.2× the steps per second of strides (2, 1, 1),
     # about as much learned per step (a little less on the demo's mouse), so more learned in the same minutes,
     # except on mice with small RFs (held-out family-104: 0.72 → 0.68 of the ceiling in 15 min; README).
@@ -65,8 +66,7 @@ PRESETS: dict[str, Preset] = {
                    TrainConfig(frames=80, lr=2.4e-3, minutes=60.0, eval_every=50)),
     # Factorized spatial/temporal transformers (`training/transformer.py`); receptive field 1 + depth·(window - 1).
     "vit-tiny": Preset("transformer", dict(dim=16, depth=1, heads=2, window=4, patch=4, channels=8, mlp_ratio=2),
-                       TrainConfig(clips=4, frames=24, lr=5e-3, minutes=2.0, steps=150, eval_every=25, val_trials=6,
-                                   refit_unconfirmed_at=None)),
+                       TrainConfig(lr=5e-3, **SMOKE_RUN)),
     "vit-small": Preset("transformer", dict(dim=64, depth=2, heads=4, window=10, patch=4, channels=32),
                         TrainConfig(lr=2e-3, weight_decay=0.01)),
     "vit-base": Preset("transformer", dict(dim=128, depth=4, heads=4, window=8, patch=4, channels=64),
@@ -75,8 +75,7 @@ PRESETS: dict[str, Preset] = {
     # The SENSORIUM GRU baseline (`training/gru.py`): per-frame CNN → ConvGRU; stream state = the hidden map.
     # gru-small 170 k parameters, 0.20 GFLOP/frame, 74 kB state; gru-base 2.30 M, 2.65 GFLOP/frame, 147 kB.
     "gru-tiny": Preset("gru", dict(channels=(8,), kernels=(5,), hidden=8, gru_kernel=5),
-                       TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6,
-                                   refit_unconfirmed_at=None)),
+                       TrainConfig(lr=1e-2, **SMOKE_RUN)),
     "gru-small": Preset("gru", dict(channels=(16, 32), kernels=(9, 5), hidden=32, gru_kernel=5),
                         TrainConfig(lr=3e-3)),
     "gru-base": Preset("gru", dict(channels=(32, 64, 64), kernels=(9, 7, 7), hidden=64, gru_kernel=9),
@@ -84,8 +83,7 @@ PRESETS: dict[str, Preset] = {
     # fnn-style (`training/fnn.py`): behaviour LSTM, causal 3D convs, Conv-LSTM; state = conv buffers + LSTM maps.
     # fnn-small 87 k parameters, 0.10 GFLOP/frame, 194 kB state; fnn-base 1.29 M, 1.49 GFLOP/frame, 756 kB.
     "fnn-tiny": Preset("fnn", dict(channels=(8,), spatial_kernels=(5,), temporal_kernels=(2,), hidden=8, modulation=4),
-                       TrainConfig(clips=4, frames=24, lr=1e-2, minutes=2.0, steps=150, eval_every=25, val_trials=6,
-                                   refit_unconfirmed_at=None)),
+                       TrainConfig(lr=1e-2, **SMOKE_RUN)),
     "fnn-small": Preset("fnn", dict(channels=(16, 32), spatial_kernels=(7, 3), temporal_kernels=(2, 2), hidden=32,
                                     modulation=8, lstm_kernel=3),
                         TrainConfig(lr=3e-3)),
