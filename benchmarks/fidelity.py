@@ -14,6 +14,9 @@ Measured per recording (a member's figure is the mean over its recordings):
 - FEVE on the gratings (`live_test_bonus`) and the dots (`final_test_bonus`) tiers;
 - median orientation error (deg) over neurons with true OSI > 0.3 (`tuning.validate`) and median
   RF-centre error (px) over neurons with a clear RF map (`rf.validate`);
+- where the readout reads: the R² of the retinotopic fit its start came from (`positions.readout_start`;
+  None for a transferred core) and the median distance (px) of the trained readout positions from the
+  true RF centres (without the pupil shifter's shift);
 - the same two errors of the same experiments run on the simulated mouse itself (`simulated_twin`):
   the experiments' own floor, which no twin can beat (an RF centre off screen, subunits spread around
   the envelope), and the twin's estimates against the mouse's from the same experiment (`_vs_mouse`);
@@ -48,6 +51,7 @@ from twinserve.contract import model_names
 from twinserve.export.onnx_export import export_run
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
+from twinserve.training.checkpoint import load_run
 from twinserve.training.presets import preset as find_preset
 from twinserve.training.train import train
 from twinserve.training.virtual_mouse import synthesize
@@ -64,7 +68,7 @@ FEVE_TIERS = ("live_test_bonus", "final_test_bonus")  # drifting gratings, flash
 HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling",
             *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px",
             "orientation_error_floor_deg", "rf_center_error_floor_px", "orientation_error_vs_mouse_deg",
-            "rf_center_error_vs_mouse_px")
+            "rf_center_error_vs_mouse_px", "readout_start_r2", "readout_position_error_px")
 
 
 def _protocol(experiment) -> dict:
@@ -126,6 +130,21 @@ def _twin_vs_mouse(twin: Path, mouse: Path, true_osi: np.ndarray) -> dict:
             "rf_center_error_vs_mouse_px": _median(np.linalg.norm(rf[0]["rf_center"] - rf[1]["rf_center"], axis=1)[clear])}
 
 
+def _readouts(run: Path, data: list[Path], state: dict) -> dict[str, dict]:
+    """Per recording the start's retinotopic R² (from the run's state) and the median distance (px) of
+    the trained readout positions (N, 2), best weights, from the true RF centres (N, 2)."""
+    twin, _ = load_run(run)
+    height, width = twin.frame_shape
+    figures = {}
+    for recording in data:
+        position = twin.heads[recording.name].readout.position.detach().cpu().numpy()  # grid_sample (x, y)
+        pixels = (position + 1) / 2 * np.array([width, height]) - 0.5
+        distance = np.linalg.norm(pixels - load_truth(recording)["rf_center"], axis=1)
+        figures[recording.name] = {"readout_start_r2": _number(state.get("readout_start_r2", {}).get(recording.name)),
+                                   "readout_position_error_px": _median(distance)}
+    return figures
+
+
 def _experiments(url: str, recording: Path, out: Path, progress: bool) -> dict:
     """Tuning and RF experiments on the served clip model of `recording` and on the simulated mouse
     itself, validated against its truth."""
@@ -156,6 +175,8 @@ def _measure(name: str, folder: Path, settings: dict, progress: bool) -> dict:
                         minutes=settings["minutes"], steps=10**9)
     recordings = {path.name: _scores(metrics[path.name]) for path in data}
     state = json.loads((folder / "run" / "checkpoint" / "state.json").read_text())
+    for recording, figures in _readouts(folder / "run", data, state).items():
+        recordings[recording].update(figures)
     entry = {"sizes": sizes, "member_sizes": {"neurons": member.neurons, "train_minutes": member.train_minutes},
              "steps": state["step"], "best_step": state["best_step"], "training_minutes": state["elapsed"] / 60,
              "seconds": seconds, "recordings": recordings}
@@ -249,7 +270,8 @@ def lines(results: dict) -> list[str]:
             f"{show(m['oracle_single_trial_correlation'])} / {show(m['ceiling_single_trial_correlation'])})  "
             f"orientation error {show(m['median_orientation_error_deg'], '°')} (floor "
             f"{show(m.get('orientation_error_floor_deg'), '°')})  RF error {show(m['median_rf_center_error_px'], ' px')} "
-            f"(floor {show(m.get('rf_center_error_floor_px'), ' px')})  {m['steps']} steps"
+            f"(floor {show(m.get('rf_center_error_floor_px'), ' px')})  readout "
+            f"{show(m.get('readout_position_error_px'), ' px')} from the RF centres  {m['steps']} steps"
             for name, m in results["members"].items()]
     summary, verdict = results["summary"], {None: "n/a", True: "yes", False: "NO"}
     checks = [(f"fraction ≥ {TARGETS['fraction_of_ceiling_min']} on every member",

@@ -7,12 +7,14 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
-from twinserve.benchmarks.fidelity import EXPERIMENTS
+from twinserve.benchmarks.fidelity import EXPERIMENTS, _readouts
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
 from twinserve.contract import BEHAVIOR_CHANNELS
 from twinserve.errors import EXIT_USAGE
+from twinserve.training.checkpoint import load_run, save_weights
 from twinserve.training.presets import PRESETS
 
 CORE_INPUTS = 1 + BEHAVIOR_CHANNELS  # a core sees the video and one map per behaviour channel
@@ -200,6 +202,8 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     assert (member["median_orientation_error_deg"] is None) == (recording["tuning"]["tuned_neurons"] == 0)
     assert (member["median_rf_center_error_px"] is None) == (recording["rf"]["clear_rf_neurons"] == 0)
     assert 0 <= (member["median_orientation_error_deg"] or 0) <= 90
+    # where the readout reads: the start's retinotopic fit, and the trained positions against the truth
+    assert recording["readout_start_r2"] <= 1 and 0 <= member["readout_position_error_px"] < 80
     # the same experiments on the simulated mouse: exact responses, so its own estimates are close
     assert member["orientation_error_floor_deg"] < 5 and member["rf_center_error_floor_px"] < 3
     assert recording["tuning_floor"]["tuned_neurons"] == recording["tuning"]["tuned_neurons"]
@@ -222,6 +226,16 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     assert reprobed["steps"] == member["steps"] and reprobed["seconds"]["train"] == member["seconds"]["train"]
     assert reprobed["recordings"]["virtual-mouse-0"]["rf"]["clear_rf_neurons"] > 0
     assert json.loads(saved_path.read_text())["experiments"] == EXPERIMENTS
+    # a readout placed on the true RF centres reads from them: the pixel convention of the readout error
+    run, data = work / "family-100" / "run", work / "family-100" / "data" / "virtual-mouse-0"
+    trained, _ = load_run(run)
+    centres = np.load(data / "truth" / "neurons" / "rf_center.npy")
+    height, width = trained.frame_shape
+    with torch.no_grad():
+        trained.heads["virtual-mouse-0"].readout.position.copy_(torch.from_numpy((centres + 0.5) / [width, height] * 2 - 1))
+    save_weights(trained, run / "model.safetensors")
+    figures = _readouts(run, [data], {})["virtual-mouse-0"]
+    assert figures["readout_position_error_px"] < 1e-3 and figures["readout_start_r2"] is None
 
 
 @pytest.mark.slow
