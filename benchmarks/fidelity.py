@@ -52,6 +52,7 @@ from twinserve.export.onnx_export import export_run
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
 from twinserve.training.checkpoint import load_run
+from twinserve.training.positions import pixel_positions
 from twinserve.training.presets import preset as find_preset
 from twinserve.training.train import train
 from twinserve.training.virtual_mouse import synthesize
@@ -134,11 +135,10 @@ def _readouts(run: Path, data: list[Path], state: dict) -> dict[str, dict]:
     """Per recording the start's retinotopic R² (from the run's state) and the median distance (px) of
     the trained readout positions (N, 2), best weights, from the true RF centres (N, 2)."""
     twin, _ = load_run(run)
-    height, width = twin.frame_shape
     figures = {}
     for recording in data:
         position = twin.heads[recording.name].readout.position.detach().cpu().numpy()  # grid_sample (x, y)
-        pixels = (position + 1) / 2 * np.array([width, height]) - 0.5
+        pixels = pixel_positions(position, twin.frame_shape)
         distance = np.linalg.norm(pixels - load_truth(recording)["rf_center"], axis=1)
         figures[recording.name] = {"readout_start_r2": _number(state.get("readout_start_r2", {}).get(recording.name)),
                                    "readout_position_error_px": _median(distance)}

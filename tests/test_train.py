@@ -11,7 +11,7 @@ import torch
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
-from twinserve.training.positions import ReadoutStart, readout_start
+from twinserve.training.positions import ReadoutStart, pixel_positions, readout_start
 from twinserve.training.presets import TrainConfig
 from twinserve.training.train import readout_l1, refit_plan, should_stop, train
 
@@ -102,7 +102,7 @@ def test_initial_readout_positions_find_the_receptive_fields(default_mouse):
     recording = Recording(default_mouse[0])
     trials = recording.load("train")
     start = readout_start(trials, recording.coordinates)
-    pixels = (start.positions + 1) / 2 * np.array(recording.frame_shape[::-1]) - 0.5  # (x, y) in pixels
+    pixels = pixel_positions(start.positions, recording.frame_shape)
     truth = np.load(default_mouse[0] / "truth/neurons/rf_center.npy")
     error = np.linalg.norm(pixels - truth, axis=1)
     assert np.median(error) < 3, np.median(error)  # random positions would be ~20 pixels off

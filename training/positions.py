@@ -90,6 +90,13 @@ def grid_cells(positions: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return row * cols + col
 
 
+def pixel_positions(positions: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Positions (N, 2) in grid_sample coordinates (x, y), align_corners=False, as pixel coordinates
+    (x, y) on a frame of (H, W), pixel centres at integers → (N, 2)."""
+    height, width = frame_shape
+    return (positions + 1) / 2 * np.array([width, height]) - 0.5
+
+
 def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.ndarray,
                     rounds: int = 4) -> tuple[np.ndarray, float]:
     """Affine map cortical coordinates (N, ≥2) → peaks (N, 2), fitted on the stronger half and
