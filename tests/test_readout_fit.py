@@ -8,7 +8,7 @@ from twinserve.training.data import Trial
 from twinserve.training.model import Twin
 from twinserve.training.positions import grid_centres, grid_for
 from twinserve.training.presets import PRESETS
-from twinserve.training.readout_fit import _cell_features, fit_readout, refit_readout
+from twinserve.training.readout_fit import _cell_features, fit_readout, lost_neurons, refit_readout
 
 
 def linear_mouse(preset: str, neurons: int = 12, frame_shape=(36, 64)):
@@ -81,3 +81,45 @@ def test_a_refit_moves_only_the_neurons_that_read_from_the_wrong_cell():
     assert np.allclose(position[wrong], centres[cells[wrong]])
     assert np.allclose(position[~wrong], start[~wrong].astype(np.float32))
     torch.testing.assert_close(readout.weight[:, ~wrong], before[:, ~wrong], rtol=0, atol=0)
+
+
+def test_the_retinotopy_of_the_well_placed_readouts_finds_the_lost_ones_and_only_where_there_is_one():
+    """Positions that follow an affine map of the cortical coordinates with 1% scatter, except some
+    weak neurons whose readouts wandered off: those, and only those, are lost, and the map puts them
+    back near where they belong. Strong neurons off the map, and every neuron of a mouse whose
+    coordinates say nothing about its positions, stay where they are."""
+    rng = np.random.default_rng(0)
+    coordinates = rng.uniform(0, 500, (400, 3))
+    truth = (coordinates[:, :2] - 250) / 300  # a retinotopic map, in grid_sample units
+    position = truth + rng.normal(0, 0.01, truth.shape)
+    strength = rng.uniform(0, 1, 400)
+    weak = strength < np.median(strength)
+    wandered = np.zeros(400, bool)
+    wandered[np.flatnonzero(weak)[:40]] = True
+    strong_off_map = np.flatnonzero(~weak)[:5]
+    position[wandered] = rng.uniform(-1, 1, (40, 2))
+    position[wandered] += np.sign(position[wandered] - truth[wandered]) * 0.3  # at least 0.3 off the map
+    position[strong_off_map] += 0.5
+
+    fitted, lost = lost_neurons(position, coordinates, strength)
+
+    assert lost.tolist() == wandered.tolist()
+    assert np.abs(fitted[lost] - np.clip(truth[lost], -1, 1)).max() < 0.05
+    unrelated = rng.permutation(coordinates)  # no retinotopy: the map explains nothing
+    assert not lost_neurons(position, unrelated, strength)[1].any()
+
+
+def test_a_refit_with_coordinates_puts_a_lost_readout_where_the_retinotopy_of_the_others_says():
+    """The linear mouse's neurons all read from their own cells but one, which reads from a cell that
+    explains none of its variance; its cortical coordinates follow the others' map: the refit given
+    the coordinates moves it there (and without coordinates, only by the cell fits)."""
+    model, trials, cells, _, _ = linear_mouse("tiny", neurons=24)
+    centres = grid_centres(grid_for(model.frame_shape))
+    coordinates = np.column_stack([centres[cells] * 300 + 250, np.zeros(len(cells))])  # an exact affine map
+    readout = model.heads["mouse"].readout
+    with torch.no_grad():
+        readout.position.copy_(torch.from_numpy(centres[cells]))
+        readout.position[0] = -readout.position[0]  # the lost one: the mirror image of its cell
+    moved = refit_readout(model, "mouse", trials, min_gain=2.0, coordinates=coordinates)  # no move by cell gains
+    assert moved.tolist() == [True] + [False] * 23
+    assert np.allclose(readout.position[0].detach().numpy(), centres[cells[0]], atol=1e-5)

@@ -160,7 +160,8 @@ def register(commands) -> None:
     train.add_argument("--refit-readout-at", type=float, metavar="FRACTION",
                        help="once this fraction of the budget is spent, move every neuron whose readout reads from "
                             "the wrong place on the core trained so far to the grid cell whose features explain it "
-                            "best; the others keep their trained readout, in every recording (default: at 0.3 in the "
+                            "best, and every weak neuron far from the retinotopic map of the others to that map; the "
+                            "others keep their trained readout, in every recording (default: at 0.3 in the "
                             "recordings whose starting positions their neurons' coordinates did not confirm, never in "
                             "the others)")
     train.add_argument("--core-from", metavar="RUN",

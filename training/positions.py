@@ -29,6 +29,7 @@ ORIENTATIONS = 4
 BANK_SIZE = 15          # pixels per side of the Gabor filters
 MAX_TRIALS = 60         # enough for a position estimate; bounds the cost on large recordings
 MIN_FIT_R2 = 0.5
+MIN_FIT_NEURONS = 8  # fewer neurons than this fit no retinotopy
 NEURON_BLOCK = 1024     # neurons correlated at a time
 
 
@@ -133,7 +134,7 @@ def readout_start(trials: list[Trial], coordinates: np.ndarray, grid: tuple[int,
     grid: default `grid_for` the trials' frame shape."""
     peaks, strength = receptive_field_peaks(trials, grid or grid_for(trials[0].video.shape[1:]))
     r2 = None
-    if len(peaks) >= 8:
+    if len(peaks) >= MIN_FIT_NEURONS:
         fitted, r2 = retinotopic_fit(coordinates, peaks, strength)
         if r2 >= MIN_FIT_R2:
             peaks = fitted

@@ -10,7 +10,9 @@ for positions from the energy-map estimate that a core without training needs (`
 Mid-training (`twin train --refit-readout-at`, and by default where the start positions were unconfirmed:
 `TrainConfig.refit_unconfirmed_at`) the same fits on the core trained so far move only the
 neurons that read from the wrong place (`refit_readout`): a neuron whose trained position already
-sits in its best cell keeps what gradient descent found, finer than a cell.
+sits in its best cell keeps what gradient descent found, finer than a cell. Noisy neurons' readouts
+can be lost where no cell fit stands out; for those, the retinotopy of the well-placed readouts
+(their positions against their cortical coordinates) says where they belong (`lost_neurons`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import torch.nn.functional as F
 
 from .data import Trial
 from .model import Twin
-from .positions import grid_cells, grid_centres, grid_for
+from .positions import MIN_FIT_NEURONS, MIN_FIT_R2, grid_cells, grid_centres, grid_for, retinotopic_fit
 
 RIDGE = 1e-2  # ridge penalty relative to the mean feature variance of a cell
 MIN_GAIN = 0.02  # a refit moves a neuron whose best cell explains this much more of its variance than its own
+# A weak neuron further from the retinotopic map than this many times the strong half's median
+# distance, and than OFF_MAP_FLOOR (grid_sample units: 3.2 px across a 64-px screen), is lost.
+OFF_MAP, OFF_MAP_FLOOR = 4.0, 0.1
 
 
 def _cell_features(model: Twin, recording: str, trial: Trial, grid: tuple[int, int]) -> torch.Tensor:
@@ -74,12 +79,14 @@ def _cell_fits(model: Twin, recording: str, trials: list[Trial]) -> CellFits:
     return CellFits(weights, bias, (weights * xy).sum(1) / yy)
 
 
-def _place(model: Twin, recording: str, fits: CellFits, cells: torch.Tensor, neurons: torch.Tensor) -> None:
-    """Move `neurons` (K,) of `recording`'s readout to the centres of `cells` (K,), with those cells'
-    ridge weights and bias."""
+def _place(model: Twin, recording: str, fits: CellFits, cells: torch.Tensor, neurons: torch.Tensor,
+           positions: np.ndarray | None = None) -> None:
+    """Move `neurons` (K,) of `recording`'s readout to the centres of `cells` (K,), or to `positions`
+    (K, 2) where given, with those cells' ridge weights and bias."""
     readout = model.heads[recording].readout
-    centres = torch.from_numpy(grid_centres(grid_for(model.frame_shape)))
-    readout.position[neurons] = centres[cells].to(readout.position)
+    if positions is None:
+        positions = grid_centres(grid_for(model.frame_shape))[cells.numpy()]
+    readout.position[neurons] = torch.from_numpy(positions).to(readout.position)
     readout.weight[:, neurons] = fits.weights[cells, :, neurons].T.to(readout.weight)
     readout.bias[neurons] = fits.bias[cells, neurons].to(readout.bias)
 
@@ -96,18 +103,45 @@ def fit_readout(model: Twin, recording: str, trials: list[Trial]) -> np.ndarray:
     return fits.r2[best, neurons].numpy()
 
 
+def lost_neurons(position: np.ndarray, coordinates: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Readouts that the retinotopy of the well-placed ones says are lost: an affine map from the
+    neurons' cortical coordinates (N, ≥2) to their positions (N, 2), fitted on the stronger half by
+    `strength` (N,) (`positions.retinotopic_fit`). A neuron of the weaker half further from the map
+    than `OFF_MAP` times the stronger half's median distance, and than `OFF_MAP_FLOOR`, is lost
+    → (the map's positions clipped to the screen (N, 2), the lost neurons' mask (N,)). None is lost
+    where the map explains the positions poorly (R² < `MIN_FIT_R2`: a mouse without retinotopy) or
+    where there are too few neurons to fit one."""
+    if len(position) < MIN_FIT_NEURONS:
+        return np.clip(position, -1, 1).astype(np.float32), np.zeros(len(position), bool)
+    fitted, r2 = retinotopic_fit(coordinates, position, strength)
+    distance = np.linalg.norm(position - fitted, axis=1)
+    strong = strength >= np.median(strength)
+    far = distance > max(OFF_MAP * np.median(distance[strong]), OFF_MAP_FLOOR)
+    lost = far & ~strong & (r2 >= MIN_FIT_R2)
+    return np.clip(fitted, -1, 1).astype(np.float32), lost
+
+
 @torch.no_grad()
-def refit_readout(model: Twin, recording: str, trials: list[Trial], min_gain: float = MIN_GAIN) -> np.ndarray:
+def refit_readout(model: Twin, recording: str, trials: list[Trial], min_gain: float = MIN_GAIN,
+                  coordinates: np.ndarray | None = None) -> np.ndarray:
     """Move the neurons of `recording`'s readout that sit in the wrong place: a neuron whose best
     cell explains at least `min_gain` more of its response variance than the cell it now reads from
-    goes to the best cell with that cell's fit, as in `fit_readout`; the others keep their trained
-    position and weights → the moved neurons' mask (N,)."""
+    goes to the best cell with that cell's fit, as in `fit_readout`. Then, given the neurons'
+    cortical coordinates (N, ≥2), a neuron that the retinotopy of the others finds lost
+    (`lost_neurons`, strength: the variance its cell explains) goes where that map puts it, with its
+    cell's fit. The others keep their trained position and weights → the moved neurons' mask (N,)."""
     fits = _cell_fits(model, recording, trials)
     r2 = fits.r2  # (G, N)
-    position = model.heads[recording].readout.position.detach().cpu().numpy()  # (N, 2)
-    now = torch.from_numpy(grid_cells(position, grid_for(model.frame_shape)))  # (N,)
+    readout, grid = model.heads[recording].readout, grid_for(model.frame_shape)
+    now = torch.from_numpy(grid_cells(readout.position.detach().cpu().numpy(), grid))  # (N,)
     neurons = torch.arange(r2.shape[1])
     best = r2.argmax(0)
     moved = r2[best, neurons] - r2[now, neurons] >= min_gain
     _place(model, recording, fits, best[moved], neurons[moved])
+    if coordinates is not None:
+        now = torch.where(moved, best, now)
+        fitted, lost = lost_neurons(readout.position.detach().cpu().numpy(), coordinates, r2[now, neurons].numpy())
+        cells = torch.from_numpy(grid_cells(fitted[lost], grid))
+        _place(model, recording, fits, cells, neurons[torch.from_numpy(lost)], fitted[lost])
+        moved |= torch.from_numpy(lost)
     return moved.numpy()

@@ -145,7 +145,7 @@ def refit_readouts(model: Twin, recordings: list[Recording], indexes: dict[str, 
     moved = {}
     for recording in recordings:
         trials = readout_trials(recording, indexes[recording.name])
-        mask = torch.from_numpy(refit_readout(model, recording.name, trials))
+        mask = torch.from_numpy(refit_readout(model, recording.name, trials, coordinates=recording.coordinates))
         readout = model.heads[recording.name].readout
         for parameter, rows in ((readout.position, mask), (readout.bias, mask), (readout.weight, (slice(None), mask))):
             if "exp_avg" in optimizer.state.get(parameter, {}):
