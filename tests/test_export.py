@@ -147,27 +147,31 @@ def test_step_graph_of_a_larger_preset_streams_like_its_clip_graph(tmp_path, nam
     assert max(errors.values()) < PARITY_TOLERANCE
 
 
-def test_a_twin_exports_at_its_own_frame_shape(tmp_path):
+@pytest.mark.parametrize("margin", [0, 1])
+def test_a_twin_exports_at_its_own_frame_shape(tmp_path, margin):
     from twinserve.export.onnx_export import export_twin
 
     torch.manual_seed(0)
-    model = Twin(preset("tiny").model_config(), {"m": 9}, frame_shape=(24, 40)).eval()
+    model = Twin({**preset("tiny").model_config(), "margin": margin}, {"m": 9}, frame_shape=(24, 40)).eval()
+    with torch.no_grad():
+        model.heads["m"].readout.position.uniform_(-1.2, 1.2)  # with a margin, some read beyond the screen
     manifest = export_twin(model, "tiny", {"m": {"neurons": 9, "unit_ids": list(range(9))}}, tmp_path)
     assert manifest.frame_shape == [24, 40] and manifest == read_manifest(tmp_path)
     assert manifest.graph("m", "clip").input(CLIP_INPUTS[0]).shape == ["batch", "time", 24, 40]
     assert all(max(g.parity.values()) < PARITY_TOLERANCE for g in manifest.recordings["m"].graphs.values())
 
 
-def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map():
+@pytest.mark.parametrize("margin", [0, 1])
+def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map(margin):
     from twinserve.export.readout import GatherReadout
     from twinserve.training.model import GaussianReadout
 
     torch.manual_seed(2)
-    readout = GaussianReadout(channels=6, neurons=203).eval()
+    readout = GaussianReadout(channels=6, neurons=203, margin=margin).eval()
     with torch.no_grad():
         readout.weight.normal_()
         readout.bias.normal_()
-        readout.position.uniform_(-1.2, 1.2)  # beyond the map: border padding
+        readout.position.uniform_(-1.4, 1.4)  # beyond the screen: its margin, and beyond the map: border padding
         readout.position[:4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [1.0, -1.0], [0.0, 0.0]])  # corners, centre
     features, shift = torch.randn(3, 6, 5, 9, 16), torch.randn(3, 5, 2) * 0.3
     gathered = GatherReadout(readout, chunk=50)  # several chunks, the last one partial

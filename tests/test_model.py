@@ -148,3 +148,44 @@ def test_factorized_strides_per_layer_and_runs_written_with_a_first_stride_only(
     for wrong in (dict(strides=(2, 2)), dict(strides=(2, 2, 1), first_stride=2)):
         with pytest.raises(ValueError, match="one spatial stride per layer"):
             FactorizedCore(3, (36, 64), **layers, **wrong)
+
+
+@pytest.mark.parametrize("strides", [(2, 2, 1), (2, 1, 2)])
+def test_a_factorized_margin_adds_feature_cells_beyond_every_edge_of_the_screen(strides):
+    from twinserve.training.factorized import FactorizedCore
+
+    layers = dict(channels=(4, 4, 4), spatial_kernels=(3, 3, 3), temporal_kernels=(2, 2, 2), strides=strides)
+    torch.manual_seed(0)
+    plain = FactorizedCore(3, (36, 64), **layers).eval()
+    wide = FactorizedCore(3, (36, 64), **layers, margin=2).eval()
+    wide.load_state_dict(plain.state_dict())  # same weights: the margin only pads the last layer more
+    x = torch.randn(1, 3, 4, 36, 64)
+    with torch.no_grad():
+        inner, outer = plain(x), wide(x)
+    assert inner.shape == (1, 4, 1, 9, 16) and outer.shape == (1, 4, 1, 13, 20)
+    # A cell whose last-layer kernel stays on the screen's maps is the same with and without the margin.
+    torch.testing.assert_close(outer[..., 3:-3, 3:-3], inner[..., 1:-1, 1:-1])
+    with pytest.raises(ValueError, match="margin"):
+        FactorizedCore(3, (36, 64), **layers, margin=-1)
+
+
+def test_a_readout_with_a_margin_reads_the_screen_as_before_and_beyond_it_the_margin():
+    from twinserve.training.model import GaussianReadout
+
+    torch.manual_seed(1)
+    plain, wide = GaussianReadout(5, 40).eval(), GaussianReadout(5, 40, margin=1).eval()
+    with torch.no_grad():
+        plain.weight.normal_()
+        plain.position.uniform_(-0.88, 0.88)  # between the centres of the screen's outer cells
+    wide.load_state_dict(plain.state_dict())
+    canvas = torch.randn(2, 5, 3, 11, 18)  # a 9 × 16 screen's maps with one cell beyond each edge
+    shift = torch.zeros(2, 3, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(canvas, shift), plain(canvas[..., 1:-1, 1:-1], shift))
+        # The centre of the cell left of the screen's first column, in screen coordinates: -1 - 1/16.
+        wide.position[0] = torch.tensor([-1 - 1 / 16, 0.0])
+        beyond = wide(canvas, shift)[..., 0]
+        expected = (canvas[:, :, :, 5, 0].transpose(1, 2) * wide.weight[:, 0]).sum(-1) + wide.bias[0]
+        torch.testing.assert_close(beyond, expected)
+        wide.position[0] = torch.tensor([-5.0, 0.0])  # far beyond the margin: clamped to the map's edge
+        torch.testing.assert_close(wide(canvas, shift)[..., 0], expected)

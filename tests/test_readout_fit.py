@@ -123,3 +123,14 @@ def test_a_refit_with_coordinates_puts_a_lost_readout_where_the_retinotopy_of_th
     moved = refit_readout(model, "mouse", trials, min_gain=2.0, coordinates=coordinates)  # no move by cell gains
     assert moved.tolist() == [True] + [False] * 23
     assert np.allclose(readout.position[0].detach().numpy(), centres[cells[0]], atol=1e-5)
+
+
+def test_the_cell_fits_of_a_core_with_a_margin_pool_only_the_screen():
+    """A core whose maps reach beyond the screen (`margin`) pools the same cells as the same core without."""
+    model, trials, _, _, _ = linear_mouse("tiny")
+    wide = Twin({**PRESETS["tiny"].model_config(), "margin": 1}, {"mouse": 12}).eval()
+    wide.load_state_dict(model.state_dict())
+    grid = grid_for(model.frame_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(_cell_features(wide, "mouse", trials[0], grid),
+                                   _cell_features(model, "mouse", trials[0], grid))

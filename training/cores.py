@@ -51,12 +51,20 @@ class Core(Protocol):
 
     # Optional: `smoothness() -> torch.Tensor`, a scalar penalty of rough input filters that the
     # trainer adds weighted by `TrainConfig.core_smoothness` (see `core_smoothness`).
+    # Optional: `margin: int`, feature cells the maps reach beyond each screen edge (see `core_margin`).
 
 
 def core_smoothness(core: Core) -> torch.Tensor | float:
     """The core's smoothness penalty, or 0 for a core that has none."""
     penalty = getattr(core, "smoothness", None)
     return penalty() if callable(penalty) else 0.0
+
+
+def core_margin(core: Core) -> int:
+    """Cells the core's feature maps reach beyond each edge of the screen (0 for a core without a
+    margin): maps of H' + 2·margin by W' + 2·margin cells, where readouts of receptive fields centred
+    off screen can sit."""
+    return int(getattr(core, "margin", 0))
 
 
 CORES: dict[str, type] = {"factorized": FactorizedCore, "transformer": TransformerCore, "gru": GRUCore,

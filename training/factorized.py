@@ -2,7 +2,8 @@
 time), and its streaming step.
 
 Shapes: B batch, C channels, T input frames, H×W pixels of a frame, H'×W' of the feature maps
-(H / S, W / S, S the product of the layers' spatial strides); R = 1 + Σ (kt_l - 1) frames of
+(H / S, W / S, S the product of the layers' spatial strides; the last layer's maps reach `margin`
+cells beyond each edge: H' + 2·margin × W' + 2·margin); R = 1 + Σ (kt_l - 1) frames of
 receptive field. A clip of T frames gives T - R + 1 output frames. A streamed frame needs, per
 layer, the last kt_l - 1 outputs of its spatial convolution as state.
 """
@@ -17,16 +18,20 @@ from .gabor import gabor_init_
 
 
 class FactorizedLayer(nn.Module):
-    """Spatial 1×k×k conv, temporal kt×1×1 conv (valid in time), BatchNorm, ELU.
+    """Spatial 1×k×k conv, temporal kt×1×1 conv (valid in time), BatchNorm, ELU; the spatial conv
+    zero-padded to give `margin` more output cells beyond each edge.
 
-    (B, C_in, T, H, W) → (B, C_out, T - kt + 1, H / stride, W / stride)
+    (B, C_in, T, H, W) → (B, C_out, T - kt + 1, H / stride + 2·margin, W / stride + 2·margin)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, spatial_kernel: int, temporal_kernel: int, stride: int):
+    def __init__(self, in_channels: int, out_channels: int, spatial_kernel: int, temporal_kernel: int, stride: int,
+                 margin: int = 0):
         super().__init__()
+        if margin < 0:
+            raise ValueError(f"a margin counts feature cells beyond the screen: 0 or more, got {margin}")
+        padding = spatial_kernel // 2 + margin * stride
         self.spatial = nn.Conv3d(in_channels, out_channels, (1, spatial_kernel, spatial_kernel),
-                                 stride=(1, stride, stride), padding=(0, spatial_kernel // 2, spatial_kernel // 2),
-                                 bias=False)
+                                 stride=(1, stride, stride), padding=(0, padding, padding), bias=False)
         self.temporal = nn.Conv3d(out_channels, out_channels, (temporal_kernel, 1, 1), bias=False)
         self.norm = nn.BatchNorm3d(out_channels)
 
@@ -43,12 +48,15 @@ class FactorizedCore(nn.Module):
     """Stack of `FactorizedLayer`s: (B, C_in, T, H, W) → (B, C, T - R + 1, H', W').
 
     strides: each layer's spatial stride (default: `first_stride` for the first layer, 1 after it, as
-    runs written before `strides` had). frame_shape is not needed to build it (convolutions take
-    frames of any size); the core protocol's methods take it where the arithmetic depends on it.
+    runs written before `strides` had). margin: feature cells the last layer computes beyond each
+    edge of the screen (its spatial conv padded by that much more), where the readouts of receptive
+    fields centred off screen can sit (`model.GaussianReadout`). frame_shape is not needed to build it
+    (convolutions take frames of any size); the core protocol's methods take it where the arithmetic
+    depends on it.
     """
 
     def __init__(self, in_channels: int, frame_shape: tuple[int, int], channels, spatial_kernels, temporal_kernels,
-                 first_stride: int = 1, strides=None):
+                 first_stride: int = 1, strides=None, margin: int = 0):
         super().__init__()
         if strides is None:  # runs written before `strides`: only the first layer strode
             strides = (first_stride,) + (1,) * (len(channels) - 1)
@@ -56,8 +64,10 @@ class FactorizedCore(nn.Module):
             raise ValueError(f"give one spatial stride per layer ({len(channels)}) in `strides`, without `first_stride`")
         sizes = [in_channels, *channels]
         self.layers = nn.Sequential(*[
-            FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i], strides[i])
+            FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i], strides[i],
+                            margin if i == len(channels) - 1 else 0)
             for i in range(len(channels))])
+        self.margin = margin
         gabor_init_(self.layers[0].spatial.weight)  # the video's first filters start as Gabors (`gabor`)
         self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
         self.out_channels = sizes[-1]

@@ -18,21 +18,34 @@ from torch import nn
 
 from twinserve.contract import BEHAVIOR_CHANNELS, DEFAULT_FRAME_SHAPE, PUPIL_CHANNELS, output_offset
 
-from .cores import Core, build_core
+from .cores import Core, build_core, core_margin
 from .data import Trial
+
+
+def map_grid(grid: torch.Tensor, margin: int, height: int, width: int) -> torch.Tensor:
+    """Readout positions in screen coordinates (..., 2) → grid_sample coordinates (align_corners=False)
+    on a feature map of height × width cells that reaches `margin` cells beyond each screen edge,
+    clamped to the map's edges."""
+    if margin:
+        grid = grid * grid.new_tensor([(width - 2 * margin) / width, (height - 2 * margin) / height])
+    return grid.clamp(-1, 1)
 
 
 class GaussianReadout(nn.Module):
     """Per neuron a learned position on the feature map, read by bilinear sampling, then a weighted
     sum over channels plus a bias.
 
-    Positions are in grid_sample coordinates: x (column) and y (row) in [-1, 1]. During training the
-    read position is jittered by a learned Gaussian (neuralpredictors' Gaussian readout).
-    features (B, C, T, H', W'), shift (B, T, 2) → (B, T, N)
+    Positions are in screen coordinates, grid_sample's convention: x (column) and y (row) in [-1, 1]
+    from edge to edge of the screen. A core with a margin (`cores.core_margin`) computes its maps
+    `margin` cells beyond each screen edge, and there a readout may sit beyond ±1: a receptive field
+    centred off screen. During training the read position is jittered by a learned Gaussian
+    (neuralpredictors' Gaussian readout).
+    features (B, C, T, H' + 2·margin, W' + 2·margin), shift (B, T, 2) → (B, T, N)
     """
 
-    def __init__(self, channels: int, neurons: int):
+    def __init__(self, channels: int, neurons: int, margin: int = 0):
         super().__init__()
+        self.margin = margin
         self.position = nn.Parameter(torch.zeros(neurons, 2))
         self.log_sigma = nn.Parameter(torch.full((neurons, 2), float(np.log(0.1))))
         self.weight = nn.Parameter(torch.full((channels, neurons), 1.0 / channels))
@@ -43,7 +56,7 @@ class GaussianReadout(nn.Module):
         position = self.position
         if self.training:
             position = position + torch.randn_like(position) * self.log_sigma.exp()
-        grid = (position[None] + shift.reshape(batch * frames, 1, 2)).clamp(-1, 1)  # (B·T, N, 2)
+        grid = map_grid(position[None] + shift.reshape(batch * frames, 1, 2), self.margin, height, width)  # (B·T, N, 2)
         flat = features.transpose(1, 2).reshape(batch * frames, channels, height, width)
         sampled = F.grid_sample(flat, grid[:, None], align_corners=False, padding_mode="border").squeeze(2)  # (B·T, C, N)
         # Multiply and sum rather than einsum: ONNX Runtime's Einsum is ~2.5× slower here.
@@ -53,9 +66,10 @@ class GaussianReadout(nn.Module):
 
 class Head(nn.Module):
     """Everything specific to one recording: input normalisation, pupil-position shifter, Gaussian
-    readout, behavioural gain modulator and the output scale of its neurons."""
+    readout, behavioural gain modulator and the output scale of its neurons. margin: the core's
+    (`cores.core_margin`)."""
 
-    def __init__(self, channels: int, neurons: int):
+    def __init__(self, channels: int, neurons: int, margin: int = 0):
         super().__init__()
         behavior, pupil = (BEHAVIOR_CHANNELS,), (PUPIL_CHANNELS,)
         for name, size in [("video_mean", ()), ("video_std", ()), ("behavior_mean", behavior),
@@ -65,7 +79,7 @@ class Head(nn.Module):
         self.shifter = nn.Sequential(nn.Linear(PUPIL_CHANNELS, 5), nn.Tanh(), nn.Linear(5, 2), nn.Tanh())
         nn.init.zeros_(self.shifter[2].weight)
         nn.init.zeros_(self.shifter[2].bias)
-        self.readout = GaussianReadout(channels, neurons)
+        self.readout = GaussianReadout(channels, neurons, margin)
         self.modulator = nn.Linear(BEHAVIOR_CHANNELS, neurons)
         nn.init.zeros_(self.modulator.weight)
         nn.init.zeros_(self.modulator.bias)
@@ -121,7 +135,8 @@ class Twin(nn.Module):
         self.frame_shape = tuple(frame_shape)
         settings = {k: v for k, v in self.config.items() if k != "core"}
         self.core: Core = build_core(self.config["core"], 1 + BEHAVIOR_CHANNELS, self.frame_shape, **settings)
-        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n) for name, n in neurons.items()})
+        margin = core_margin(self.core)
+        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n, margin) for name, n in neurons.items()})
         self.core_frozen = False
 
     def freeze_core(self) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cores import core_margin
 from .data import Trial
 from .model import Twin
 from .positions import MIN_FIT_NEURONS, MIN_FIT_R2, grid_cells, grid_centres, grid_for, retinotopic_fit
@@ -35,8 +36,12 @@ OFF_MAP, OFF_MAP_FLOOR = 4.0, 0.1
 
 
 def _cell_features(model: Twin, recording: str, trial: Trial, grid: tuple[int, int]) -> torch.Tensor:
-    """The core's features of one trial averaged over each grid cell → (T - offset, G, C), float64."""
-    features = model.trial_features(recording, trial)[0][0].transpose(0, 1)  # (T', C, H', W')
+    """The core's features of one trial over the screen averaged over each grid cell → (T - offset, G, C),
+    float64 (a core's margin beyond the screen, `cores.core_margin`, left out)."""
+    features = model.trial_features(recording, trial)[0][0].transpose(0, 1)  # (T', C, H' + 2·margin, W' + 2·margin)
+    margin = core_margin(model.core)
+    if margin:
+        features = features[..., margin:-margin, margin:-margin]  # (T', C, H', W')
     pooled = F.adaptive_avg_pool2d(features, grid)  # (T', C, rows, cols)
     return pooled.flatten(2).transpose(1, 2).double().cpu()
 
