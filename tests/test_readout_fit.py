@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from twinserve.training.data import Trial
-from twinserve.training.model import Twin
+from twinserve.training.model import Twin, screen_reach
 from twinserve.training.positions import grid_centres, grid_for
 from twinserve.training.presets import PRESETS
 from twinserve.training.readout_fit import _cell_features, fit_readout, lost_neurons, refit_readout
@@ -28,7 +28,7 @@ def linear_mouse(preset: str, neurons: int = 12, frame_shape=(36, 64)):
         behavior, pupil = rng.normal(0, 1, (120, 2)).astype(np.float32), rng.normal(0, 1, (120, 2)).astype(np.float32)
         trial = Trial(index, "train", video, behavior, pupil, None)
         with torch.no_grad():
-            features = _cell_features(model, "mouse", trial, grid).numpy()  # (T', G, C)
+            features = _cell_features(model, "mouse", trial, grid)[0].numpy()  # (T', G, C)
         drive = np.einsum("tnc,cn->tn", features[:, cells], weights) + bias
         responses = np.full((120, neurons), np.nan, np.float32)
         responses[model.offset:] = drive + 1  # the rate is elu(drive) + 1
@@ -109,6 +109,23 @@ def test_the_retinotopy_of_the_well_placed_readouts_finds_the_lost_ones_and_only
     assert not lost_neurons(position, unrelated, strength)[1].any()
 
 
+def test_a_lost_readout_goes_as_far_beyond_the_screen_as_the_cores_maps_reach():
+    """A map whose receptive fields reach past the screen's edge: a lost neuron goes to the map's
+    position, clipped to the screen without a margin and to the maps' reach with one."""
+    rng = np.random.default_rng(1)
+    coordinates = rng.uniform(0, 500, (200, 2))
+    coordinates[0] = np.array([1.3, -1.35]) * 180 + 250  # its RF beyond the screen's right and top edges
+    truth = (coordinates - 250) / 180  # up to ±1.39
+    position, strength = truth.copy(), rng.uniform(0.5, 1, 200)
+    position[0], strength[0] = -truth[0], 0.0  # lost: the mirror image of where it belongs
+    reach = screen_reach(1, 11, 18)  # small's maps of a 36 × 64 screen with a margin of one cell
+    for limit in (np.ones(2), reach):
+        fitted, lost = lost_neurons(position, coordinates, strength, limit)
+        assert lost.tolist() == [True] + [False] * 199
+        assert np.allclose(fitted[0], np.clip(truth[0], -limit, limit), atol=1e-3)
+    assert np.allclose(reach, [18 / 16, 11 / 9])
+
+
 def test_a_refit_with_coordinates_puts_a_lost_readout_where_the_retinotopy_of_the_others_says():
     """The linear mouse's neurons all read from their own cells but one, which reads from a cell that
     explains none of its variance; its cortical coordinates follow the others' map: the refit given
@@ -132,5 +149,7 @@ def test_the_cell_fits_of_a_core_with_a_margin_pool_only_the_screen():
     wide.load_state_dict(model.state_dict())
     grid = grid_for(model.frame_shape)
     with torch.no_grad():
-        torch.testing.assert_close(_cell_features(wide, "mouse", trials[0], grid),
-                                   _cell_features(model, "mouse", trials[0], grid))
+        (wide_cells, wide_reach), (cells, reach) = (_cell_features(twin, "mouse", trials[0], grid)
+                                                    for twin in (wide, model))
+    torch.testing.assert_close(wide_cells, cells)
+    assert (reach == 1).all() and (wide_reach > 1).all()

@@ -31,6 +31,12 @@ def map_grid(grid: torch.Tensor, margin: int, height: int, width: int) -> torch.
     return grid.clamp(-1, 1)
 
 
+def screen_reach(margin: int, height: int, width: int) -> np.ndarray:
+    """How far a feature map of height × width cells with `margin` cells beyond each screen edge
+    reaches in screen coordinates (x, y): ±1 without a margin; the inverse of `map_grid`'s scaling → (2,)."""
+    return np.array([width / (width - 2 * margin), height / (height - 2 * margin)])
+
+
 class GaussianReadout(nn.Module):
     """Per neuron a learned position on the feature map, read by bilinear sampling, then a weighted
     sum over channels plus a bias.

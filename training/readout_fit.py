@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .cores import core_margin
 from .data import Trial
-from .model import Twin
+from .model import Twin, screen_reach
 from .positions import MIN_FIT_NEURONS, MIN_FIT_R2, grid_cells, grid_centres, grid_for, retinotopic_fit
 
 RIDGE = 1e-2  # ridge penalty relative to the mean feature variance of a cell
@@ -35,15 +35,18 @@ MIN_GAIN = 0.02  # a refit moves a neuron whose best cell explains this much mor
 OFF_MAP, OFF_MAP_FLOOR = 4.0, 0.1
 
 
-def _cell_features(model: Twin, recording: str, trial: Trial, grid: tuple[int, int]) -> torch.Tensor:
+def _cell_features(model: Twin, recording: str, trial: Trial,
+                   grid: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
     """The core's features of one trial over the screen averaged over each grid cell → (T - offset, G, C),
-    float64 (a core's margin beyond the screen, `cores.core_margin`, left out)."""
+    float64 (a core's margin beyond the screen, `cores.core_margin`, left out), and how far beyond
+    the screen its maps reach (`model.screen_reach`) (2,)."""
     features = model.trial_features(recording, trial)[0][0].transpose(0, 1)  # (T', C, H' + 2·margin, W' + 2·margin)
     margin = core_margin(model.core)
+    reach = screen_reach(margin, *features.shape[-2:])
     if margin:
         features = features[..., margin:-margin, margin:-margin]  # (T', C, H', W')
     pooled = F.adaptive_avg_pool2d(features, grid)  # (T', C, rows, cols)
-    return pooled.flatten(2).transpose(1, 2).double().cpu()
+    return pooled.flatten(2).transpose(1, 2).double().cpu(), reach
 
 
 class CellFits(NamedTuple):
@@ -52,6 +55,7 @@ class CellFits(NamedTuple):
     weights: torch.Tensor  # (G, C, N)
     bias: torch.Tensor  # (G, N)
     r2: torch.Tensor  # (G, N): the fraction of each neuron's response variance the cell explains
+    reach: np.ndarray  # (2,): how far beyond ±1 (x, y) the core's maps reach, where a readout may sit
 
 
 @torch.no_grad()
@@ -65,7 +69,7 @@ def _cell_fits(model: Twin, recording: str, trials: list[Trial]) -> CellFits:
     frames, sum_x, sum_y, sum_yy, xx, xy = 0, 0.0, 0.0, 0.0, 0.0, 0.0
     scale = head.response_scale.double().cpu()
     for trial in trials:
-        x = _cell_features(model, recording, trial, grid)  # (T', G, C)
+        x, reach = _cell_features(model, recording, trial, grid)  # (T', G, C), (2,)
         y = torch.from_numpy(np.nan_to_num(trial.responses[model.offset:])).double() / scale  # (T', N)
         frames += len(x)
         sum_x, sum_y, sum_yy = sum_x + x.sum(0), sum_y + y.sum(0), sum_yy + (y * y).sum(0)
@@ -81,7 +85,7 @@ def _cell_fits(model: Twin, recording: str, trials: list[Trial]) -> CellFits:
     weights = torch.linalg.solve(xx + penalty[:, None, None] * torch.eye(channels, dtype=xx.dtype), xy)  # (G, C, N)
     # elu(drive) + 1 is the rate: a linear fit of the rate is a fit of the drive plus one.
     bias = mean_y - 1 - torch.einsum("gc,gcn->gn", mean_x, weights)
-    return CellFits(weights, bias, (weights * xy).sum(1) / yy)
+    return CellFits(weights, bias, (weights * xy).sum(1) / yy, reach)
 
 
 def _place(model: Twin, recording: str, fits: CellFits, cells: torch.Tensor, neurons: torch.Tensor,
@@ -108,22 +112,25 @@ def fit_readout(model: Twin, recording: str, trials: list[Trial]) -> np.ndarray:
     return fits.r2[best, neurons].numpy()
 
 
-def lost_neurons(position: np.ndarray, coordinates: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def lost_neurons(position: np.ndarray, coordinates: np.ndarray, strength: np.ndarray,
+                 reach=(1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
     """Readouts that the retinotopy of the well-placed ones says are lost: an affine map from the
     neurons' cortical coordinates (N, ≥2) to their positions (N, 2), fitted on the stronger half by
     `strength` (N,) (`positions.retinotopic_fit`). A neuron of the weaker half further from the map
     than `OFF_MAP` times the stronger half's median distance, and than `OFF_MAP_FLOOR`, is lost
-    → (the map's positions clipped to the screen (N, 2), the lost neurons' mask (N,)). None is lost
-    where the map explains the positions poorly (R² < `MIN_FIT_R2`: a mouse without retinotopy) or
-    where there are too few neurons to fit one."""
+    → (the map's positions (N, 2) clipped to ±`reach` (x, y): the screen, or as far beyond it as a
+    core's maps reach (`CellFits.reach`); the lost neurons' mask (N,)). None is lost where the map
+    explains the positions poorly (R² < `MIN_FIT_R2`: a mouse without retinotopy) or where there are
+    too few neurons to fit one."""
+    reach = np.asarray(reach)
     if len(position) < MIN_FIT_NEURONS:
-        return np.clip(position, -1, 1).astype(np.float32), np.zeros(len(position), bool)
+        return np.clip(position, -reach, reach).astype(np.float32), np.zeros(len(position), bool)
     fitted, r2 = retinotopic_fit(coordinates, position, strength)
     distance = np.linalg.norm(position - fitted, axis=1)
     strong = strength >= np.median(strength)
     far = distance > max(OFF_MAP * np.median(distance[strong]), OFF_MAP_FLOOR)
     lost = far & ~strong & (r2 >= MIN_FIT_R2)
-    return np.clip(fitted, -1, 1).astype(np.float32), lost
+    return np.clip(fitted, -reach, reach).astype(np.float32), lost
 
 
 @torch.no_grad()
@@ -145,7 +152,8 @@ def refit_readout(model: Twin, recording: str, trials: list[Trial], min_gain: fl
     _place(model, recording, fits, best[moved], neurons[moved])
     if coordinates is not None:
         now = torch.where(moved, best, now)
-        fitted, lost = lost_neurons(readout.position.detach().cpu().numpy(), coordinates, r2[now, neurons].numpy())
+        fitted, lost = lost_neurons(readout.position.detach().cpu().numpy(), coordinates, r2[now, neurons].numpy(),
+                                    fits.reach)
         cells = torch.from_numpy(grid_cells(fitted[lost], grid))
         _place(model, recording, fits, cells, neurons[torch.from_numpy(lost)], fitted[lost])
         moved |= torch.from_numpy(lost)
