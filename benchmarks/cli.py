@@ -31,7 +31,7 @@ def _report(results: dict, lines, *written) -> dict:
 def _train(args) -> dict:
     from .train import run_bench
 
-    results = run_bench(args.out, repeats=args.repeats)
+    results = run_bench(args.out, presets=args.presets, repeats=args.repeats, contiguous=args.contiguous_input)
     return _report(results, (f"{preset:<6} train {r['train_output_frames_per_s']:8.0f} output frames/s  "
                              f"inference {r['inference_output_frames_per_s']:8.0f} output frames/s  "
                              f"({r['parameters']} parameters)" for preset, r in results["presets"].items()), args.out)
@@ -174,6 +174,10 @@ def register(benchmarks) -> None:
     train = benchmarks.add_parser("train", help="training and inference throughput of the presets")
     train.add_argument("--out", default=f"{RESULTS}/train.json")
     train.add_argument("--repeats", type=int, default=3)
+    train.add_argument("--presets", nargs="+", default=["tiny", "small", "base"], choices=presets)
+    train.add_argument("--contiguous-input", nargs="*", default=[], choices=presets, metavar="PRESET",
+                       help="factorized presets measured again with the core's input in the default layout, "
+                            "not channels-last: the layout's speed-up")
     train.set_defaults(handler=_train)
 
     cores = benchmarks.add_parser("cores", help="convolutional, transformer and recurrent twins at equal training wall time")

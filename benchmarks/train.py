@@ -2,7 +2,9 @@
 in one run on this machine, as output frames per second → benchmarks/results/train.json.
 
 Every preset's optimizer step (all recordings, as the trainer does: its `TrainConfig`'s clips and
-frames) and eval-mode whole trial are measured interleaved with the others'."""
+frames) and eval-mode whole trial are measured interleaved with the others'. A factorized preset
+named in `contiguous` is measured a second time, as `<preset>-contiguous`, with its core's input
+left in the default layout instead of channels-last (`FactorizedCore.channels_last`)."""
 
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ def _batch(frame_shape, frames: int, clips: int, neurons: int, seed: int) -> lis
     return [torch.from_numpy(a) for a in (*arrays, responses)]
 
 
-def _workloads(preset: str) -> tuple[dict, dict[str, Workload]]:
+def _workloads(preset: str, channels_last: bool = True) -> tuple[dict, dict[str, Workload]]:
     """One preset's facts and its two workloads: an optimizer step and an eval-mode whole trial."""
     twin = random_twin(preset, NEURONS)
+    if not channels_last:
+        twin.core.channels_last = False
     config = PRESETS[preset].train
     optimizer = torch.optim.AdamW(twin.parameters(), lr=1e-4)
     batches = {name: _batch(twin.frame_shape, config.frames, config.clips, n, seed)
@@ -59,15 +63,20 @@ def _workloads(preset: str) -> tuple[dict, dict[str, Workload]]:
 
 
 def run_bench(out: str | Path = f"{RESULTS}/train.json", presets=("tiny", "small", "base"), repeats: int = 3,
-              seconds: float = 1.0) -> dict:
+              seconds: float = 1.0, contiguous=()) -> dict:
     """Measure every preset's step and trial, `repeats` interleaved rounds of ≥ `seconds` each → results."""
+    wrong = [p for p in contiguous if p not in PRESETS or PRESETS[p].core != "factorized"]
+    if wrong:
+        raise ValueError(f"--contiguous-input takes factorized presets, not {wrong}")
     facts, workloads = {}, {}
-    for preset in presets:
-        facts[preset], paths = _workloads(preset)
-        workloads.update({f"{preset}/{name}": workload for name, workload in paths.items()})
+    presets = list(dict.fromkeys([*presets, *contiguous]))  # the speed-up compares both layouts
+    variants = [(preset, preset, True) for preset in presets] + [(f"{p}-contiguous", p, False) for p in contiguous]
+    for label, preset, channels_last in variants:
+        facts[label], paths = _workloads(preset, channels_last)
+        workloads.update({f"{label}/{name}": workload for name, workload in paths.items()})
     rates = measure(workloads, seconds, repeats)
     results = {"machine": machine(), "repeats": repeats, "presets": {}}
-    for preset in presets:
+    for preset, _, _ in variants:
         step, infer = rates[f"{preset}/step"], rates[f"{preset}/infer"]
         results["presets"][preset] = {
             **facts[preset], "step_seconds": workloads[f"{preset}/step"].units / step.median,
@@ -77,5 +86,9 @@ def run_bench(out: str | Path = f"{RESULTS}/train.json", presets=("tiny", "small
     if "small" in measured and "base" in measured:
         results["small_over_base_train_throughput"] = (measured["small"]["train_output_frames_per_s"]
                                                        / measured["base"]["train_output_frames_per_s"])
+    for preset in contiguous:
+        results[f"{preset}_channels_last_speedup"] = {
+            kind: measured[preset][key] / measured[f"{preset}-contiguous"][key]
+            for kind, key in [("train", "train_output_frames_per_s"), ("inference", "inference_output_frames_per_s")]}
     write_results(results, out)
     return results

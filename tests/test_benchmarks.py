@@ -117,7 +117,7 @@ def test_bench_commands_keep_their_flags_and_defaults():
     from twinserve.cli import build_parser
 
     parser = build_parser()
-    defaults = {"train": {"repeats": 3}, "cores": {"presets": ["small", "vit-small", "gru-small", "fnn-small"], "minutes": 8.0, "data": None},
+    defaults = {"train": {"repeats": 3, "presets": ["tiny", "small", "base"], "contiguous_input": []}, "cores": {"presets": ["small", "vit-small", "gru-small", "fnn-small"], "minutes": 8.0, "data": None},
                 "export": {"presets": ["base", "vit-base"], "neurons": 8000},
                 "stream": {"presets": ["small", "base"], "neurons": 8000, "frames": 150},
                 "score": {"preset": "small", "neurons": 8000, "stimuli": 24},
@@ -134,11 +134,18 @@ def test_bench_commands_keep_their_flags_and_defaults():
 def test_train_benchmark_measures_every_preset(tmp_path):
     from twinserve.benchmarks.train import run_bench
 
-    results = run_bench(tmp_path / "train.json", presets=("tiny", "vit-tiny"), repeats=2, seconds=0.0)
+    results = run_bench(tmp_path / "train.json", presets=("tiny", "vit-tiny"), repeats=2, seconds=0.0,
+                        contiguous=("tiny",))
+    assert list(results["presets"]) == ["tiny", "vit-tiny", "tiny-contiguous"]
     for result in results["presets"].values():
         assert result["train_output_frames_per_s"] > 0 and result["inference_output_frames_per_s"] > 0
         assert result["step_seconds"] > 0 and result["parameters"] > 0
+    assert set(results["tiny_channels_last_speedup"]) == {"train", "inference"}
     assert json.loads((tmp_path / "train.json").read_text()) == results
+    with pytest.raises(ValueError, match="factorized presets"):
+        run_bench(tmp_path / "other.json", presets=("tiny",), contiguous=("vit-tiny",))
+    alone = run_bench(tmp_path / "alone.json", presets=(), repeats=1, seconds=0.0, contiguous=("tiny",))
+    assert list(alone["presets"]) == ["tiny", "tiny-contiguous"]
 
 
 def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):

@@ -1,5 +1,7 @@
 """The twin's shapes, causality and normalisation; the core registry and the presets."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -148,6 +150,29 @@ def test_factorized_strides_per_layer_and_runs_written_with_a_first_stride_only(
     for wrong in (dict(strides=(2, 2)), dict(strides=(2, 2, 1), first_stride=2)):
         with pytest.raises(ValueError, match="one spatial stride per layer"):
             FactorizedCore(3, (36, 64), **layers, **wrong)
+
+
+def test_the_factorized_cores_channels_last_input_changes_no_output_or_gradient():
+    """The CPU layout of the core's input is a speed choice: outputs and weight gradients agree with
+    the default layout's to float32 rounding, in training and in eval mode."""
+    from twinserve.training.factorized import FactorizedCore
+
+    torch.manual_seed(0)
+    fast = FactorizedCore(3, (36, 64), **PRESETS["small"].model)
+    plain = copy.deepcopy(fast)
+    plain.channels_last = False
+    x = torch.randn(2, 3, 24, 36, 64)
+    for mode in (True, False):
+        outputs, gradients = [], []
+        for core in (fast, plain):
+            core.train(mode).zero_grad()
+            out = core(x)
+            out.square().mean().backward()
+            outputs.append(out)
+            gradients.append(torch.cat([p.grad.flatten() for p in core.parameters()]))
+        assert outputs[0].is_contiguous(memory_format=torch.channels_last_3d) and outputs[1].is_contiguous()
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("strides", [(2, 2, 1), (2, 1, 2)])
