@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from twinserve.training.data import Trial
-from twinserve.training.model import Twin, screen_reach
+from twinserve.training.model import Twin, screen_share
 from twinserve.training.positions import grid_centres, grid_for
 from twinserve.training.presets import PRESETS
 from twinserve.training.readout_fit import _cell_features, fit_readout, lost_neurons, refit_readout
@@ -118,7 +118,7 @@ def test_a_lost_readout_goes_as_far_beyond_the_screen_as_the_cores_maps_reach():
     truth = (coordinates - 250) / 180  # up to ±1.39
     position, strength = truth.copy(), rng.uniform(0.5, 1, 200)
     position[0], strength[0] = -truth[0], 0.0  # lost: the mirror image of where it belongs
-    reach = screen_reach(1, 11, 18)  # small's maps of a 36 × 64 screen with a margin of one cell
+    reach = 1 / screen_share(1, 11, 18)  # small's maps of a 36 × 64 screen with a margin of one cell
     for limit in (np.ones(2), reach):
         fitted, lost = lost_neurons(position, coordinates, strength, limit)
         assert lost.tolist() == [True] + [False] * 199

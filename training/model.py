@@ -22,19 +22,20 @@ from .cores import Core, build_core, core_margin
 from .data import Trial
 
 
+def screen_share(margin: int, height: int, width: int) -> np.ndarray:
+    """The screen's share (x, y) of a feature map of height × width cells that reaches `margin` cells
+    beyond each screen edge: 1 without a margin → (2,). Its inverse is how far the map reaches in
+    screen coordinates."""
+    return np.array([(width - 2 * margin) / width, (height - 2 * margin) / height])
+
+
 def map_grid(grid: torch.Tensor, margin: int, height: int, width: int) -> torch.Tensor:
     """Readout positions in screen coordinates (..., 2) → grid_sample coordinates (align_corners=False)
     on a feature map of height × width cells that reaches `margin` cells beyond each screen edge,
     clamped to the map's edges."""
     if margin:
-        grid = grid * grid.new_tensor([(width - 2 * margin) / width, (height - 2 * margin) / height])
+        grid = grid * grid.new_tensor(screen_share(margin, height, width))
     return grid.clamp(-1, 1)
-
-
-def screen_reach(margin: int, height: int, width: int) -> np.ndarray:
-    """How far a feature map of height × width cells with `margin` cells beyond each screen edge
-    reaches in screen coordinates (x, y): ±1 without a margin; the inverse of `map_grid`'s scaling → (2,)."""
-    return np.array([width / (width - 2 * margin), height / (height - 2 * margin)])
 
 
 class GaussianReadout(nn.Module):

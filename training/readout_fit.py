@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .cores import core_margin
 from .data import Trial
-from .model import Twin, screen_reach
+from .model import Twin, screen_share
 from .positions import MIN_FIT_NEURONS, MIN_FIT_R2, grid_cells, grid_centres, grid_for, retinotopic_fit
 
 RIDGE = 1e-2  # ridge penalty relative to the mean feature variance of a cell
@@ -39,10 +39,10 @@ def _cell_features(model: Twin, recording: str, trial: Trial,
                    grid: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
     """The core's features of one trial over the screen averaged over each grid cell → (T - offset, G, C),
     float64 (a core's margin beyond the screen, `cores.core_margin`, left out), and how far beyond
-    the screen its maps reach (`model.screen_reach`) (2,)."""
+    the screen its maps reach (`model.screen_share`) (2,)."""
     features = model.trial_features(recording, trial)[0][0].transpose(0, 1)  # (T', C, H' + 2·margin, W' + 2·margin)
     margin = core_margin(model.core)
-    reach = screen_reach(margin, *features.shape[-2:])
+    reach = 1 / screen_share(margin, *features.shape[-2:])
     if margin:
         features = features[..., margin:-margin, margin:-margin]  # (T', C, H', W')
     pooled = F.adaptive_avg_pool2d(features, grid)  # (T', C, rows, cols)
