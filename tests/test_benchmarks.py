@@ -151,9 +151,9 @@ def test_train_benchmark_measures_every_preset(tmp_path):
 def test_export_benchmark_runs_and_counts_arithmetic(tmp_path):
     from twinserve.benchmarks.export import WINDOW_PATHS, run_bench
 
-    results = run_bench(tmp_path / "export.json", presets=("tiny", "vit-tiny", "gru-tiny"), neurons=50,
+    results = run_bench(tmp_path / "export.json", presets=("tiny", "gru-tiny"), neurons=50,
                         seconds=0.1, window_outputs=3, repeats=2)
-    for preset, window in (("tiny", True), ("vit-tiny", True), ("gru-tiny", False)):
+    for preset, window in (("tiny", True), ("gru-tiny", False)):  # a window to re-run, and unbounded memory
         result = results["presets"][preset]
         paths = result["paths"]
         assert set(paths) == {"pytorch_eager_clip", "onnxruntime_clip", "onnxruntime_step_stream",

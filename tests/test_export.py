@@ -62,19 +62,6 @@ def test_clip_graph_matches_pytorch_on_virtual_mouse_trials(artifacts, tiny_run,
     assert relative_error(actual, reference) < PARITY_TOLERANCE
 
 
-def test_base_preset_exports_with_batchnorm_folded(tmp_path):
-    torch.manual_seed(0)
-    model = Twin(preset("base").model_config(), {"m": 64}).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to fold
-        for layer in model.core.layers:
-            layer.norm.running_mean.normal_(0, 0.5)
-            layer.norm.running_var.uniform_(0.5, 2.0)
-    path = tmp_path / "clip.onnx"
-    export_clip(model, "m", path)
-    assert "BatchNormalization" not in op_counts(path)
-    assert max(clip_parity(model, "m", path, cases=((1, 30), (4, 20))).values()) < PARITY_TOLERANCE
-
-
 def test_tampered_or_missing_artifacts_are_refused(artifacts, tmp_path):
     out, manifest = artifacts
     verify_all(out)
@@ -132,14 +119,16 @@ def test_step_graph_streamed_over_a_virtual_mouse_trial_equals_the_clip_graph(ar
 
 
 @pytest.mark.parametrize("name", ["base", "small"])  # small strides in two layers
-def test_step_graph_of_a_larger_preset_streams_like_its_clip_graph(tmp_path, name):
+def test_a_larger_preset_exports_with_batchnorm_folded_and_streams_like_its_clip_graph(tmp_path, name):
     torch.manual_seed(1)
     model = Twin(preset(name).model_config(), {"m": 32}).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to fold
         for layer in model.core.layers:
             layer.norm.running_mean.normal_(0, 0.5)
             layer.norm.running_var.uniform_(0.5, 2.0)
     export_clip(model, "m", tmp_path / "clip.onnx")
+    assert "BatchNormalization" not in op_counts(tmp_path / "clip.onnx")
+    assert max(clip_parity(model, "m", tmp_path / "clip.onnx", cases=((1, 30), (4, 20))).values()) < PARITY_TOLERANCE
     graph = export_step(model, "m", tmp_path / "step.onnx")
     assert state_names(3) == (["state_0", "state_1", "state_2"], ["state_0_next", "state_1_next", "state_2_next"])
     errors = step_parity(cpu_session(tmp_path / "clip.onnx"), cpu_session(tmp_path / "step.onnx"), graph.state_shapes(),

@@ -26,16 +26,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def mini_mouse(tmp_path_factory):
-    """One small recording (30 neurons, 30 s of training trials of 150 frames, every tier 2 trials):
-    `twin train` ends by evaluating every tier one trial at a time, frame by frame for these cores."""
-    from twinserve.training.virtual_mouse import synthesize
-
-    return synthesize(tmp_path_factory.mktemp("mini_mouse"), recordings=1, neurons=30, train_minutes=0.5, seed=2,
-                      trial_frames=150, repeats=2, oracle_clips=1, test_clips=1, progress=False)
-
-
 def _twin(name: str, neurons: int = 12) -> Twin:
     """An untrained twin of preset `name` in eval mode, with raw-unit statistics that suit `random_inputs`,
     non-trivial BatchNorm statistics and readout positions spread over the map."""

@@ -21,17 +21,17 @@ FRAMES = 120
 
 
 @pytest.fixture(scope="module")
-def toy_artifacts(small_mouse, tmp_path_factory):
+def toy_artifacts(mini_mouse, tmp_path_factory):
     preset = toy_core.register()
     run = tmp_path_factory.mktemp("toy_run")
-    metrics = train(small_mouse, run, preset=preset, progress=False)
+    metrics = train(mini_mouse, run, preset=preset, progress=False)
     assert all(np.isfinite(t["oracle"]["single_trial_correlation"]) for t in metrics.values())
     artifacts = tmp_path_factory.mktemp("toy_artifacts")
     return artifacts, export_run(run, artifacts)
 
 
-def _trial(small_mouse):
-    trial = next(t for t in Recording(small_mouse[0]).load("oracle") if t.responses is not None)
+def _trial(mini_mouse):
+    trial = next(t for t in Recording(mini_mouse[0]).load("oracle") if t.responses is not None)
     return trial.video[:FRAMES], trial.behavior[:FRAMES], trial.pupil_center[:FRAMES]
 
 
@@ -54,19 +54,19 @@ def _local(artifacts, manifest, recording, inputs):
 
 
 def test_the_manifest_says_the_memory_is_unbounded_and_the_step_graph_equals_the_clip_graph(toy_artifacts,
-                                                                                              small_mouse):
+                                                                                              mini_mouse):
     artifacts, manifest = toy_artifacts
     assert manifest.core == toy_core.NAME and manifest.receptive_field is None and manifest.offset == 0
-    recording = small_mouse[0].name
-    clip, streamed = _local(artifacts, manifest, recording, _trial(small_mouse))
+    recording = mini_mouse[0].name
+    clip, streamed = _local(artifacts, manifest, recording, _trial(mini_mouse))
     assert clip.shape == (FRAMES, manifest.recording(recording).neurons)  # every frame answered
     assert relative_error(streamed, clip) < 1e-4
 
 
-def test_served_toy_twin_streams_recovers_and_refuses_clips_it_cannot_cut(toy_artifacts, small_mouse, tmp_path):
+def test_served_toy_twin_streams_recovers_and_refuses_clips_it_cannot_cut(toy_artifacts, mini_mouse, tmp_path):
     artifacts, manifest = toy_artifacts
-    recording = small_mouse[0].name
-    inputs = _trial(small_mouse)
+    recording = mini_mouse[0].name
+    inputs = _trial(mini_mouse)
     clip, streamed = _local(artifacts, manifest, recording, inputs)
     repository = tmp_path / "repository"
     write_repository(artifacts, repository, Limits(max_clip_frames=64))

@@ -133,15 +133,15 @@ def test_export_parity_and_the_attention_operator(attention, tmp_path):
     assert relative_error(onnx[0], reference) < 1e-4
 
 
-def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(small_mouse, tmp_path):
+def test_vit_twin_trains_exports_and_serves_like_the_convolutional_one(mini_mouse, tmp_path):
     """The same commands and the same stream/clip models: `twin train --preset vit-tiny`, export, then
     streaming over gRPC equals the local step graph, and a clip scored in pieces the whole clip."""
     run, artifacts = tmp_path / "run", tmp_path / "artifacts"
-    data = [str(p) for p in small_mouse]
+    data = [str(p) for p in mini_mouse]
     assert twin(["train", "--data", *data, "--out", str(run), "--preset", "vit-tiny", "--steps", "20", "--quiet"]) == 0
     assert twin(["export", "--run", str(run), "--out", str(artifacts)]) == 0
-    recording = small_mouse[0].name
-    trial = next(t for t in Recording(small_mouse[0]).load("oracle") if t.frames >= 100)
+    recording = mini_mouse[0].name
+    trial = next(t for t in Recording(mini_mouse[0]).load("oracle") if t.frames >= 100)
     inputs = [a[:100] for a in (trial.video, trial.behavior, trial.pupil_center)]
     write_repository(artifacts, tmp_path / "repository", Limits(max_clip_frames=40))  # a 100-frame clip in 3 pieces
     with TritonServer(tmp_path / "repository", Ports.free()) as server:
