@@ -29,7 +29,7 @@ def small_mouse(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mini_mouse(tmp_path_factory):
     """One small recording (30 neurons, 30 s of training trials of 150 frames, every tier 2 trials):
-    `twin train` ends by evaluating every tier one trial at a time, frame by frame for these cores."""
+    `twin train` ends by evaluating every tier one trial at a time, frame by frame for recurrent cores."""
     return synthesize(tmp_path_factory.mktemp("mini_mouse"), recordings=1, neurons=30, train_minutes=0.5, seed=2,
                       trial_frames=150, repeats=2, oracle_clips=1, test_clips=1, progress=False)
 
