@@ -39,7 +39,7 @@ def _cell_features(model: Twin, recording: str, trial: Trial,
                    grid: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
     """The core's features of one trial over the screen averaged over each grid cell → (T - offset, G, C),
     float64 (a core's margin beyond the screen, `cores.core_margin`, left out), and how far beyond
-    the screen its maps reach (`model.screen_share`) (2,)."""
+    the screen its maps reach, the inverse of `model.screen_share` (x, y) (2,)."""
     features = model.trial_features(recording, trial)[0][0].transpose(0, 1)  # (T', C, H' + 2·margin, W' + 2·margin)
     margin = core_margin(model.core)
     reach = 1 / screen_share(margin, *features.shape[-2:])
