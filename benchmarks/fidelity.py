@@ -16,7 +16,7 @@ Measured per recording (a member's figure is the mean over its recordings):
   RF-centre error (px) over neurons with a clear RF map (`rf.validate`);
 - where the readout reads: the R² of the retinotopic fit its start came from (`positions.readout_start`;
   None for a transferred core) and the median distance (px) of the trained readout positions from the
-  true RF centres (without the pupil shifter's shift);
+  true RF centres (where the twin reads at the mean eye position, `model.Head`'s centred shift);
 - the same two errors of the same experiments run on the simulated mouse itself (`simulated_twin`):
   the experiments' own floor, which no twin can beat (an RF centre off screen, subunits spread around
   the envelope), and the twin's estimates against the mouse's from the same experiment (`_vs_mouse`);

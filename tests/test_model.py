@@ -79,6 +79,26 @@ def test_normalisation_is_inside_the_model():
     np.testing.assert_allclose(head.normalize(video, behavior, pupil)[0].numpy(), (video.numpy() - 100) / 40, rtol=1e-5)
 
 
+def test_the_shift_is_zero_at_the_mean_pupil_position_and_only_there():
+    """A centred shifter leaves every readout where it is at the recording's mean pupil position (where
+    in-silico experiments put the eye); a shifter without centring moves them all by its output there."""
+    centred = make_twin("tiny")
+    absolute = Twin({**preset("tiny").model_config(), "centred_shift": False}, {"a": 7, "b": 11}).eval()
+    absolute.load_state_dict(centred.state_dict())
+    still = copy.deepcopy(centred)
+    for model in (centred, absolute, still):
+        model.heads["a"].pupil_mean.copy_(torch.tensor([150.0, 120.0]))
+    with torch.no_grad():
+        still.heads["a"].shifter[2].weight.zero_()  # its output: tanh(0) = 0, no shift at any pupil position
+    video, behavior, _ = inputs(frames=20)
+    at_mean, away = torch.tensor([150.0, 120.0]).expand(2, 20, 2), torch.tensor([153.0, 118.0]).expand(2, 20, 2)
+    with torch.no_grad():
+        unshifted = still("a", video, behavior, at_mean)
+        torch.testing.assert_close(centred("a", video, behavior, at_mean), unshifted, rtol=0, atol=1e-6)
+        assert (absolute("a", video, behavior, at_mean) - unshifted).abs().max() > 1e-3
+        assert (centred("a", video, behavior, away) - still("a", video, behavior, away)).abs().max() > 1e-3
+
+
 def test_bad_requests_are_refused():
     model = make_twin("tiny")
     with pytest.raises(KeyError, match="unknown recording 'c'"):

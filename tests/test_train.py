@@ -14,6 +14,7 @@ from twinserve.training.data import Recording
 from twinserve.training.positions import ReadoutStart, pixel_positions, readout_start
 from twinserve.training.presets import TrainConfig
 from twinserve.training.train import readout_l1, refit_plan, should_stop, train
+from twinserve.training.transfer import CoreSource
 
 from other_simulator import write_other_recording
 
@@ -62,10 +63,17 @@ def test_the_run_records_core_and_frame_shape_and_older_runs_still_load(tiny_run
     old, old_config = load_run(tmp_path)
     model, _ = load_run(out)
     assert old.frame_shape == model.frame_shape and old_config["model"]["core"] == "factorized"
+    assert config["model"]["centred_shift"] and all(head.centred_shift for head in old.heads.values())
     inputs = [torch.rand(1, 12, *model.frame_shape) * 255, torch.randn(1, 12, 2), torch.randn(1, 12, 2)]
     name = next(iter(config["recordings"]))
     with torch.no_grad():
         torch.testing.assert_close(old(name, *inputs), model(name, *inputs), rtol=0, atol=0)
+    del config["model"]["centred_shift"]  # as written before centred shifts: the shifter's output is the shift
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    older, older_config = load_run(tmp_path)
+    assert older_config["model"]["centred_shift"] is False
+    assert not any(head.centred_shift for head in older.heads.values())
+    assert "centred_shift" not in CoreSource.read(tmp_path).model  # a core moved from it gets today's heads
 
 
 def test_training_resumes_from_its_checkpoint(small_mouse, tmp_path):

@@ -21,6 +21,8 @@ from twinserve.contract import BEHAVIOR_CHANNELS, DEFAULT_FRAME_SHAPE, PUPIL_CHA
 from .cores import Core, build_core, core_margin
 from .data import Trial
 
+CENTRED_SHIFT = "centred_shift"  # the twin config's head setting (`Head`); every other key is the core's
+
 
 def screen_share(margin: int, height: int, width: int) -> np.ndarray:
     """The screen's share (x, y) of a feature map of height × width cells that reaches `margin` cells
@@ -74,10 +76,18 @@ class GaussianReadout(nn.Module):
 class Head(nn.Module):
     """Everything specific to one recording: input normalisation, pupil-position shifter, Gaussian
     readout, behavioural gain modulator and the output scale of its neurons. margin: the core's
-    (`cores.core_margin`)."""
+    (`cores.core_margin`).
 
-    def __init__(self, channels: int, neurons: int, margin: int = 0):
+    centred_shift: the shifter moves every readout by its output less its output at the recording's
+    mean pupil position, so a readout's position is where its neuron looks at the mean eye position
+    (where in-silico experiments put the eye). Without it (runs written before it) the shifter's
+    output itself is added, which can hold an offset shared by every readout (family-57: 7.6 px at
+    the mean eye, and its in-silico RFs 16 px off; README).
+    """
+
+    def __init__(self, channels: int, neurons: int, margin: int = 0, centred_shift: bool = True):
         super().__init__()
+        self.centred_shift = centred_shift
         behavior, pupil = (BEHAVIOR_CHANNELS,), (PUPIL_CHANNELS,)
         for name, size in [("video_mean", ()), ("video_std", ()), ("behavior_mean", behavior),
                            ("behavior_std", behavior), ("pupil_mean", pupil), ("pupil_std", pupil),
@@ -124,7 +134,10 @@ class Head(nn.Module):
     def forward(self, features: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor) -> torch.Tensor:
         """Core features (B, C, T', H', W') and normalised behaviour and pupil centre (B, T', 2) of the
         same output frames → positive rates in units of `response_scale`, (B, T', N)."""
-        drive = self.readout(features, self.shifter(pupil_center))
+        shift = self.shifter(pupil_center)
+        if self.centred_shift:
+            shift = shift - self.shifter(torch.zeros_like(pupil_center[..., :1, :]))  # normalised pupil 0: the mean
+        drive = self.readout(features, shift)
         return (F.elu(drive) + 1) * torch.exp(self.modulator(behavior))
 
 
@@ -132,18 +145,20 @@ class Twin(nn.Module):
     """A shared causal core, built by name from the core registry, + one `Head` per recording.
 
     config: {"core": registered core name, **its settings} (`Preset.model_config()`; without "core":
-    "factorized", as runs written before the registry); neurons: recording name → neuron count;
-    frame_shape: (H, W) of the frames the twin takes.
+    "factorized", as runs written before the registry), and optionally "centred_shift" (`Head`;
+    default True, False for runs written before it: `checkpoint.read_config`); neurons: recording
+    name → neuron count; frame_shape: (H, W) of the frames the twin takes.
     """
 
     def __init__(self, config: dict, neurons: dict[str, int], frame_shape: tuple[int, int] = DEFAULT_FRAME_SHAPE):
         super().__init__()
-        self.config = {"core": "factorized", **config}
+        self.config = {"core": "factorized", CENTRED_SHIFT: True, **config}
         self.frame_shape = tuple(frame_shape)
-        settings = {k: v for k, v in self.config.items() if k != "core"}
+        settings = {k: v for k, v in self.config.items() if k not in ("core", CENTRED_SHIFT)}
         self.core: Core = build_core(self.config["core"], 1 + BEHAVIOR_CHANNELS, self.frame_shape, **settings)
-        margin = core_margin(self.core)
-        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n, margin) for name, n in neurons.items()})
+        margin, centred = core_margin(self.core), bool(self.config[CENTRED_SHIFT])
+        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n, margin, centred)
+                                    for name, n in neurons.items()})
         self.core_frozen = False
 
     def freeze_core(self) -> None:

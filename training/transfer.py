@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from twinserve.contract import file_sha256
 
 from . import checkpoint
+from .model import CENTRED_SHIFT
 
 CORE_PREFIX = "core."
 
@@ -37,8 +38,9 @@ def core_sha256(core: torch.nn.Module | dict[str, torch.Tensor]) -> str:
 
 @dataclass
 class CoreSource:
-    """A trained run's core: model config ({"core": name, **settings}), frame shape (H, W), core
-    state dict (names without the "core." prefix) and where it came from."""
+    """A trained run's core: model config ({"core": name, **settings}, without its heads' settings:
+    the new twin's heads are built as today's), frame shape (H, W), core state dict (names without
+    the "core." prefix) and where it came from."""
 
     run: Path
     model: dict
@@ -55,7 +57,8 @@ class CoreSource:
             raise FileNotFoundError(f"{weights}: missing; --core-from needs a run with trained weights")
         state = {name[len(CORE_PREFIX):]: tensor for name, tensor in load_file(str(weights)).items()
                  if name.startswith(CORE_PREFIX)}
-        return cls(run, config["model"], tuple(config["frame_shape"]), state, file_sha256(weights))
+        core = {key: value for key, value in config["model"].items() if key != CENTRED_SHIFT}
+        return cls(run, core, tuple(config["frame_shape"]), state, file_sha256(weights))
 
     def check_frame_shape(self, frame_shape: tuple[int, int]) -> None:
         if tuple(frame_shape) != self.frame_shape:
