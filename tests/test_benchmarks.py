@@ -198,6 +198,7 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     member = results["members"]["family-100"]
     tiny = PRESETS["tiny"]  # the recipe is part of the settings: a rerun under another one retrains
     assert results["config"]["twin"]["core"] == tiny.core and results["config"]["trainer"]["lr"] == tiny.train.lr
+    assert results["config"]["twin"]["centred_shift"] is True  # the heads' settings too: old twins are retrained
     assert member["sizes"] == {"recordings": 1, "neurons": 60, "train_minutes": 1.0}
     assert member["member_sizes"]["neurons"] > 0 and member["steps"] > 0 and 0 < member["training_minutes"] < 1
     assert set(member["seconds"]) == {"synthesize", "train", "export", "serve", "experiments"}
