@@ -52,7 +52,7 @@ from twinserve.export.onnx_export import export_run
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
 from twinserve.training.checkpoint import load_run
-from twinserve.training.model import Twin
+from twinserve.training.model import twin_config
 from twinserve.training.positions import pixel_positions
 from twinserve.training.presets import preset as find_preset
 from twinserve.training.train import train
@@ -329,7 +329,7 @@ def run_bench(out: str | Path = f"{RESULTS}/fidelity.json", members: list[str] |
     settings = json.loads(json.dumps({
         "preset": preset, "minutes": minutes, "neurons": neurons, "train_minutes": train_minutes,
         "recordings": recordings, "experiments": experiments, "data_seed": DATA_SEED,
-        "twin": Twin(recipe.model_config(), {}).config,  # as a run records it (the heads' settings too)
+        "twin": twin_config(recipe.model_config()),  # as a run records it (the heads' settings too)
         "trainer": asdict(recipe.train)}))  # as member.json holds it
     results = {"config": {**settings, "members": members}, "machine": machine(), "members": {}, "summary": None}
     with nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="twinserve-fidelity-") as folder:

@@ -24,6 +24,11 @@ from .data import Trial
 CENTRED_SHIFT = "centred_shift"  # the twin config's head setting (`Head`); every other key is the core's
 
 
+def twin_config(config: dict) -> dict:
+    """A twin's config (`Twin`) with its defaults filled in, as a run records it."""
+    return {"core": "factorized", CENTRED_SHIFT: True, **config}
+
+
 def screen_share(margin: int, height: int, width: int) -> np.ndarray:
     """The screen's share (x, y) of a feature map of height × width cells that reaches `margin` cells
     beyond each screen edge: 1 without a margin → (2,). Its inverse is how far the map reaches in
@@ -152,7 +157,7 @@ class Twin(nn.Module):
 
     def __init__(self, config: dict, neurons: dict[str, int], frame_shape: tuple[int, int] = DEFAULT_FRAME_SHAPE):
         super().__init__()
-        self.config = {"core": "factorized", CENTRED_SHIFT: True, **config}
+        self.config = twin_config(config)
         self.frame_shape = tuple(frame_shape)
         settings = {k: v for k, v in self.config.items() if k not in ("core", CENTRED_SHIFT)}
         self.core: Core = build_core(self.config["core"], 1 + BEHAVIOR_CHANNELS, self.frame_shape, **settings)
