@@ -153,6 +153,9 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert twin(["data", "synth", "--out", str(tmp_path), "--recordings", "1", "--quiet"]) == 2
     assert "virtual-mouse-0: already exists" in capsys.readouterr().err
     assert not list((tmp_path / "virtual-mouse-0").iterdir())
+    assert twin(["demo", "--out", str(tmp_path / "demo"), "--steps", "0"]) == 2
+    assert "at least 1 step" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_early_stopping_waits_for_half_the_budget():

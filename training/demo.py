@@ -17,11 +17,16 @@ from .checkpoint import load_run
 from .data import Recording
 from .evaluate import load_expected, predict
 from .plots import plot_traces
+from .presets import DEMO_MAX_MINUTES, DEMO_STEPS
 
 
-def run_training_demo(out: str | Path, neurons: int = 300, train_minutes: float = 6.0, minutes: float | None = None,
-             seed: int = 0, stages: int = 3) -> dict:
-    """Stages 1–3 of `stages` (the numbering in the printed progress)."""
+def run_training_demo(out: str | Path, neurons: int = 300, train_minutes: float = 6.0, steps: int = DEMO_STEPS,
+                      minutes: float = DEMO_MAX_MINUTES, seed: int = 0, stages: int = 3) -> dict:
+    """Stages 1–3 of `stages` (the numbering in the printed progress); training stops at `steps`
+    optimizer steps or after `minutes`, whichever comes first."""
+    if steps < 1 or minutes <= 0:
+        raise ValueError(f"the demo trains for at least 1 step and a positive number of minutes, got {steps} "
+                         f"steps and {minutes} minutes")
     say = partial(print, file=sys.stderr, flush=True)
     from .train import train
     from .virtual_mouse import synthesize
@@ -37,8 +42,8 @@ def run_training_demo(out: str | Path, neurons: int = 300, train_minutes: float 
         say(f"[2/{stages}] using the trained twin in {run}")
         results = json.loads((run / "metrics.json").read_text())
     else:
-        say(f"[2/{stages}] training the small twin into {run}")
-        results = train(folders, run, preset="small", **({"minutes": minutes} if minutes else {}))
+        say(f"[2/{stages}] training the small twin into {run} for {steps} steps (at most {minutes:g} minutes)")
+        results = train(folders, run, preset="small", steps=steps, minutes=minutes)
     say(f"[3/{stages}] figures")
     recording = Recording(folders[0])
     trial = recording.load("oracle")[0]

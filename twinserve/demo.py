@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from twinserve.contract import FPS, model_names
+from twinserve.training.presets import DEMO_MAX_MINUTES, DEMO_STEPS
 
 HELD_OUT_TIERS = ("live_test_main", "final_test_main", "oracle")
 
@@ -51,7 +52,7 @@ def plot_stream(recorded: np.ndarray, streamed: np.ndarray, latencies_ms: np.nda
     plt.close(figure)
 
 
-def run_demo(out: str | Path, minutes: float | None = None) -> dict:
+def run_demo(out: str | Path, steps: int | None = None, minutes: float | None = None) -> dict:
     from twinserve.export.onnx_export import export_run
     from twinserve.serving.repository import write_repository
     from twinserve.serving.server import Ports, TritonServer
@@ -62,7 +63,8 @@ def run_demo(out: str | Path, minutes: float | None = None) -> dict:
     from twinserve.clients.stream import StreamClient
 
     out = Path(out)
-    results = run_training_demo(out, minutes=minutes, stages=6)
+    budget = {key: value for key, value in (("steps", steps), ("minutes", minutes)) if value is not None}
+    results = run_training_demo(out, stages=6, **budget)
     artifacts = out / "artifacts"
     if (artifacts / "manifest.json").is_file():
         say(f"[4/6] using the exported twin in {artifacts}")
@@ -100,12 +102,14 @@ def say(text: str) -> None:
 
 
 def _demo(args) -> dict:
-    return run_demo(args.out, minutes=args.minutes)
+    return run_demo(args.out, steps=args.steps, minutes=args.minutes)
 
 
 def register(commands) -> None:
     demo = commands.add_parser("demo", help="the main job end to end: virtual mouse → train → export → serve → stream")
     demo.add_argument("--out", default="demo",
                       help="folder for data, run, artifacts and figures (done stages are reused)")
-    demo.add_argument("--minutes", type=float, help="training budget (default: the small preset's)")
+    demo.add_argument("--steps", type=int,
+                      help=f"training steps (default: {DEMO_STEPS}: the same accuracy on a slow machine as a fast one)")
+    demo.add_argument("--minutes", type=float, help=f"wall-clock cap on training (default: {DEMO_MAX_MINUTES:g})")
     demo.set_defaults(handler=_demo)
