@@ -52,7 +52,7 @@ def plot_stream(recorded: np.ndarray, streamed: np.ndarray, latencies_ms: np.nda
     plt.close(figure)
 
 
-def run_demo(out: str | Path, steps: int | None = None, minutes: float | None = None) -> dict:
+def run_demo(out: str | Path, steps: int = DEMO_STEPS, minutes: float = DEMO_MAX_MINUTES) -> dict:
     from twinserve.export.onnx_export import export_run
     from twinserve.serving.repository import write_repository
     from twinserve.serving.server import Ports, TritonServer
@@ -63,8 +63,7 @@ def run_demo(out: str | Path, steps: int | None = None, minutes: float | None = 
     from twinserve.clients.stream import StreamClient
 
     out = Path(out)
-    budget = {key: value for key, value in (("steps", steps), ("minutes", minutes)) if value is not None}
-    results = run_training_demo(out, stages=6, **budget)
+    results = run_training_demo(out, steps=steps, minutes=minutes, stages=6)
     artifacts = out / "artifacts"
     if (artifacts / "manifest.json").is_file():
         say(f"[4/6] using the exported twin in {artifacts}")
@@ -109,7 +108,8 @@ def register(commands) -> None:
     demo = commands.add_parser("demo", help="the main job end to end: virtual mouse → train → export → serve → stream")
     demo.add_argument("--out", default="demo",
                       help="folder for data, run, artifacts and figures (done stages are reused)")
-    demo.add_argument("--steps", type=int,
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS,
                       help=f"training steps (default: {DEMO_STEPS}: the same accuracy on a slow machine as a fast one)")
-    demo.add_argument("--minutes", type=float, help=f"wall-clock cap on training (default: {DEMO_MAX_MINUTES:g})")
+    demo.add_argument("--minutes", type=float, default=DEMO_MAX_MINUTES,
+                      help=f"wall-clock cap on training (default: {DEMO_MAX_MINUTES:g})")
     demo.set_defaults(handler=_demo)
