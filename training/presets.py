@@ -64,7 +64,8 @@ PRESETS: dict[str, Preset] = {
     # Layers 2 and 3 at a quarter of the frame's resolution: 2.2× the steps per second of strides (2, 1, 1),
     # about as much learned per step (a little less on the demo's mouse), so more learned in the same minutes,
     # except on mice with small RFs (held-out family-104: 0.72 → 0.68 of the ceiling in 15 min; README).
-    # Layer 3's 3×3 kernel (5×5 in runs written before) learns more per step and steps 5–10% faster (README).
+    # Layer 3's 3×3 kernel (5×5 in runs written before) steps 5–10% faster and learns more per step on the
+    # demo's mouse and development members; on the held-out members it scores the same (README).
     "small": Preset("factorized", dict(channels=(16, 32, 32), spatial_kernels=(9, 5, 3), temporal_kernels=(9, 7, 5),
                                        strides=(2, 2, 1))),
     # The SENSORIUM 2023 factorized baseline size.
