@@ -17,6 +17,7 @@ Measured per recording (a member's figure is the mean over its recordings):
 - where the readout reads: the R² of the retinotopic fit its start came from (`positions.readout_start`;
   None for a transferred core) and the median distance (px) of the trained readout positions from the
   true RF centres (where the twin reads at the mean eye position, `model.Head`'s centred shift);
+- how much of the image's true eye-movement shift the twin makes (`_eye_shift_gain`, 1: all of it);
 - the same two errors of the same experiments run on the simulated mouse itself (`simulated_twin`):
   the experiments' own floor, which no twin can beat (an RF centre off screen, subunits spread around
   the envelope), and the twin's estimates against the mouse's from the same experiment (`_vs_mouse`);
@@ -42,6 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from twinserve.clients.experiments.rf import run_rf
 from twinserve.clients.experiments.common import load_truth
@@ -52,7 +54,8 @@ from twinserve.export.onnx_export import export_run
 from twinserve.serving.repository import write_repository
 from twinserve.serving.server import Ports, TritonServer
 from twinserve.training.checkpoint import load_run
-from twinserve.training.model import twin_config
+from twinserve.training.data import Recording
+from twinserve.training.model import Head, twin_config
 from twinserve.training.positions import pixel_positions
 from twinserve.training.presets import preset as find_preset
 from twinserve.training.train import train
@@ -70,7 +73,8 @@ FEVE_TIERS = ("live_test_bonus", "final_test_bonus")  # drifting gratings, flash
 HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling",
             *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px",
             "orientation_error_floor_deg", "rf_center_error_floor_px", "orientation_error_vs_mouse_deg",
-            "rf_center_error_vs_mouse_px", "readout_start_r2", "readout_position_error_px")
+            "rf_center_error_vs_mouse_px", "readout_start_r2", "readout_position_error_px", "eye_shift_gain")
+EYE_SHIFT_TRIALS = 20  # training trials whose pupil positions `_eye_shift_gain` compares over
 
 
 def _protocol(experiment) -> dict:
@@ -132,17 +136,35 @@ def _twin_vs_mouse(twin: Path, mouse: Path, true_osi: np.ndarray) -> dict:
             "rf_center_error_vs_mouse_px": _median(np.linalg.norm(rf[0]["rf_center"] - rf[1]["rf_center"], axis=1)[clear])}
 
 
+def _eye_shift_gain(head: Head, recording: Path, frame_shape: tuple[int, int]) -> float | None:
+    """How much of the true image shift the head's eye shift makes: the least-squares slope of the
+    head's shift (px) on the simulator's retinal shift, both centred, over the pupil positions of the
+    first `EYE_SHIFT_TRIALS` training trials. 1: all of it; heads that moved their readouts by the
+    output frame's pupil made 0.5–0.8 (README)."""
+    truth, trials = load_truth(recording), Recording(recording)
+    pupil = np.concatenate([trials.trial(int(i)).pupil_center for i in trials.trials_in("train")[:EYE_SHIFT_TRIALS]])
+    true = truth["eye_gain"][0] * (pupil - pupil.mean(0))  # retina(p) = screen(p - true) (`virtual_mouse.retina`)
+    with torch.no_grad():
+        normalised = (torch.from_numpy(pupil)[None] - head.pupil_mean) / head.pupil_std
+        shift = head.eye_shift(normalised)[0].numpy() * np.array([frame_shape[1] / 2, frame_shape[0] / 2])
+    made = -(shift - shift.mean(0))  # the head's image at p shows the screen at p + shift
+    return _number(np.sum(made * true) / np.sum(true ** 2)) if np.any(true) else None
+
+
 def _readouts(run: Path, data: list[Path], state: dict) -> dict[str, dict]:
-    """Per recording the start's retinotopic R² (from the run's state) and the median distance (px) of
-    the trained readout positions (N, 2), best weights, from the true RF centres (N, 2)."""
+    """Per recording the start's retinotopic R² (from the run's state), the median distance (px) of
+    the trained readout positions (N, 2), best weights, from the true RF centres (N, 2), and the
+    `_eye_shift_gain`."""
     twin, _ = load_run(run)
     figures = {}
     for recording in data:
-        position = twin.heads[recording.name].readout.position.detach().cpu().numpy()  # grid_sample (x, y)
+        head = twin.heads[recording.name]
+        position = head.readout.position.detach().cpu().numpy()  # grid_sample (x, y)
         pixels = pixel_positions(position, twin.frame_shape)
         distance = np.linalg.norm(pixels - load_truth(recording)["rf_center"], axis=1)
         figures[recording.name] = {"readout_start_r2": _number(state.get("readout_start_r2", {}).get(recording.name)),
-                                   "readout_position_error_px": _median(distance)}
+                                   "readout_position_error_px": _median(distance),
+                                   "eye_shift_gain": _eye_shift_gain(head, recording, twin.frame_shape)}
     return figures
 
 
@@ -272,7 +294,8 @@ def lines(results: dict) -> list[str]:
             f"orientation error {show(m['median_orientation_error_deg'], '°')} (floor "
             f"{show(m.get('orientation_error_floor_deg'), '°')})  RF error {show(m['median_rf_center_error_px'], ' px')} "
             f"(floor {show(m.get('rf_center_error_floor_px'), ' px')})  readout "
-            f"{show(m.get('readout_position_error_px'), ' px')} from the RF centres  {m['steps']} steps"
+            f"{show(m.get('readout_position_error_px'), ' px')} from the RF centres  eye shift gain "
+            f"{show(m.get('eye_shift_gain'))}  {m['steps']} steps"
             for name, m in results["members"].items()]
     summary, verdict = results["summary"], {None: "n/a", True: "yes", False: "NO"}
     checks = [(f"fraction ≥ {TARGETS['fraction_of_ceiling_min']} on every member",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from twinserve.benchmarks.fidelity import EXPERIMENTS, _readouts
+from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _readouts
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
 from twinserve.contract import BEHAVIOR_CHANNELS
@@ -200,6 +200,7 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     assert results["config"]["twin"]["core"] == tiny.core and results["config"]["trainer"]["lr"] == tiny.train.lr
     assert results["config"]["twin"]["centred_shift"] is True  # the heads' settings too: old twins are retrained
     assert member["sizes"] == {"recordings": 1, "neurons": 60, "train_minutes": 1.0}
+    assert -2 < member["eye_shift_gain"] < 2
     assert member["member_sizes"]["neurons"] > 0 and member["steps"] > 0 and 0 < member["training_minutes"] < 1
     assert set(member["seconds"]) == {"synthesize", "train", "export", "serve", "experiments"}
     assert 0 < member["ceiling_single_trial_correlation"] <= 1
@@ -244,6 +245,18 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     save_weights(trained, run / "model.safetensors")
     figures = _readouts(run, [data], {})["virtual-mouse-0"]
     assert figures["readout_position_error_px"] < 1e-3 and figures["readout_start_r2"] is None
+    # a head whose shift is the true retinal shift (nearly linear: tanh of small values) makes all of it
+    head, eye_gain = trained.heads["virtual-mouse-0"], float(np.load(data / "truth" / "neurons" / "eye_gain.npy")[0])
+    small = 0.01
+    with torch.no_grad():
+        for layer in (head.shifter[0], head.shifter[2]):
+            layer.weight.zero_(), layer.bias.zero_()
+        head.shifter[0].weight[[0, 1], [0, 1]] = small
+        head.shifter[2].weight[[0, 1], [0, 1]] = -eye_gain * head.pupil_std / torch.tensor([width / 2, height / 2]) / small
+    assert 0.9 < _eye_shift_gain(head, data, trained.frame_shape) <= 1.0
+    with torch.no_grad():
+        head.shifter[2].weight.neg_()  # the image moved the wrong way
+    assert -1.0 <= _eye_shift_gain(head, data, trained.frame_shape) < -0.9
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import torch
 
 from twinserve.training.data import Recording
 from twinserve.training.feature_cache import CachedStepLoss, FeatureCache
+from twinserve.training.model import SHIFT_INPUT
 from twinserve.training.presets import PRESETS
 from twinserve.training.train import StepLoss, _window_indexes, build_model, validation_score, validation_trials
 
@@ -19,7 +20,7 @@ def frozen(small_mouse):
     recording = Recording(small_mouse[0])
     settings = PRESETS["tiny"].train
     indexes, _ = _window_indexes([recording], settings.frames, "disk", progress=False)
-    model = build_model(PRESETS["tiny"].model_config(), [recording], indexes)
+    model = build_model({**PRESETS["tiny"].model_config(), SHIFT_INPUT: False}, [recording], indexes)
     model.freeze_core()
     validation = {recording.name: validation_trials(recording, 4)}
     cache = FeatureCache.build(model, indexes, validation, progress=False)
@@ -72,10 +73,14 @@ def cache_trial_indexes(recording, cache):
     return [int(i) for i in indexes[recording.name].trials]
 
 
-def test_the_cache_keeps_to_its_budget_and_to_frozen_cores(frozen, small_mouse):
+def test_the_cache_keeps_to_its_budget_to_frozen_cores_and_to_still_inputs(frozen, small_mouse):
     model, recording, settings, _, validation = frozen
     indexes, _ = _window_indexes([recording], settings.frames, "disk", progress=False)
     assert FeatureCache.build(model, indexes, validation, cache_gb=1e-6, progress=False) is None
     trainable = build_model(PRESETS["tiny"].model_config(), [recording], indexes)
     with pytest.raises(ValueError, match="frozen core"):
         FeatureCache.build(trainable, indexes, validation, progress=False)
+    moving_input = build_model(PRESETS["tiny"].model_config(), [recording], indexes)  # shift_input: today's default
+    moving_input.freeze_core()
+    with pytest.raises(ValueError, match="shift their readouts"):
+        FeatureCache.build(moving_input, indexes, validation, progress=False)

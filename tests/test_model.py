@@ -9,7 +9,7 @@ from torch import nn
 
 from twinserve.contract import DEFAULT_FRAME_SHAPE
 from twinserve.training.cores import CORES, build_core, register_core
-from twinserve.training.model import Twin
+from twinserve.training.model import Twin, translate
 from twinserve.training.presets import PRESETS, preset, register_preset
 
 
@@ -97,6 +97,39 @@ def test_the_shift_is_zero_at_the_mean_pupil_position_and_only_there():
         torch.testing.assert_close(centred("a", video, behavior, at_mean), unshifted, rtol=0, atol=1e-6)
         assert (absolute("a", video, behavior, at_mean) - unshifted).abs().max() > 1e-3
         assert (centred("a", video, behavior, away) - still("a", video, behavior, away)).abs().max() > 1e-3
+
+
+def test_translate_moves_each_frame_by_its_own_shift():
+    """Whole-pixel shifts move a frame exactly, up to the float32 rounding of the sampling positions
+    (2 / 36 per row is not a binary fraction: ~1e-5 of a pixel); what comes from beyond the frame is 0."""
+    video = torch.randn(2, 3, 36, 64, generator=torch.Generator().manual_seed(0))
+    columns, rows = torch.tensor([[3, -5, 0], [0, 7, -2]]), torch.tensor([[2, 0, -4], [0, 1, 3]])
+    shift = torch.stack([2 * columns / 64, 2 * rows / 36], -1).float()
+    moved = translate(video, shift)
+    for b in range(2):
+        for t in range(3):
+            dx, dy = int(columns[b, t]), int(rows[b, t])
+            expected = torch.zeros(36, 64)
+            ys, xs = slice(max(0, -dy), min(36, 36 - dy)), slice(max(0, -dx), min(64, 64 - dx))
+            expected[ys, xs] = video[b, t, max(0, dy):min(36, 36 + dy), max(0, dx):min(64, 64 + dx)]
+            torch.testing.assert_close(moved[b, t], expected, atol=1e-4, rtol=0)
+
+
+def test_a_head_that_shifts_its_input_sees_the_moved_screen():
+    """With `shift_input` (today's default) an eye away from its mean position is the same as the
+    screen moved by the shifter's output and the eye at its mean: the readouts do not move."""
+    model = make_twin("tiny")
+    head = model.heads["a"]
+    assert head.shift_input and model.config["shift_input"]
+    head.pupil_mean.copy_(torch.tensor([150.0, 120.0]))
+    video, behavior, _ = inputs(frames=20)
+    at_mean = torch.tensor([150.0, 120.0]).expand(2, 20, 2)
+    away = at_mean + torch.randn(2, 20, 2, generator=torch.Generator().manual_seed(1)) * 3
+    with torch.no_grad():
+        shift = head.eye_shift(head.normalize(video, behavior, away)[2])
+        assert shift.abs().min() > 1e-3
+        moved = translate(video, shift)  # the head's normalisation of the video is the identity here
+        torch.testing.assert_close(model("a", video, behavior, away), model("a", moved, behavior, at_mean))
 
 
 def test_bad_requests_are_refused():

@@ -68,12 +68,17 @@ def test_the_run_records_core_and_frame_shape_and_older_runs_still_load(tiny_run
     name = next(iter(config["recordings"]))
     with torch.no_grad():
         torch.testing.assert_close(old(name, *inputs), model(name, *inputs), rtol=0, atol=0)
+    del config["model"]["shift_input"]  # as written before the heads moved the core's input: they move their readouts
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    readout_shifted, shifted_config = load_run(tmp_path)
+    assert shifted_config["model"]["shift_input"] is False
+    assert not any(head.shift_input for head in readout_shifted.heads.values())
     del config["model"]["centred_shift"]  # as written before centred shifts: the shifter's output is the shift
     (tmp_path / "config.json").write_text(json.dumps(config))
     older, older_config = load_run(tmp_path)
     assert older_config["model"]["centred_shift"] is False
     assert not any(head.centred_shift for head in older.heads.values())
-    assert "centred_shift" not in CoreSource.read(tmp_path).model  # a core moved from it gets today's heads
+    assert not {"centred_shift", "shift_input"} & set(CoreSource.read(tmp_path).model)  # a core moved from it gets today's heads
 
 
 def test_training_resumes_from_its_checkpoint(small_mouse, tmp_path):

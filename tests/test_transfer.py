@@ -10,6 +10,7 @@ from twinserve.benchmarks.transfer import check_workdir, deciding, run_order, su
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
+from twinserve.training.model import SHIFT_INPUT
 from twinserve.training.presets import PRESETS
 from twinserve.training.train import _window_indexes, build_model, train, validation_score, validation_trials
 from twinserve.training.virtual_mouse import synthesize
@@ -43,7 +44,8 @@ def test_a_frozen_core_stays_the_source_core_and_the_run_records_it(tiny_run, tr
     assert json.loads((out / "config.json").read_text())["runtime"]["feature_cache"] is True  # heads fitted on cached features
     assert record["core_sha256"] == core_sha256(source_core) == core_sha256(model.core)  # weights and BN statistics
     assert record["weights_sha256"] == CoreSource.read(source).weights_sha256
-    assert model.config == load_run(source)[0].config
+    # The same core; its heads move their readouts by the eye position, not the frozen core's input.
+    assert model.config == {**load_run(source)[0].config, SHIFT_INPUT: False}
 
 
 def test_the_new_head_predicts_from_its_first_step_and_the_run_is_a_twin_like_any_other(

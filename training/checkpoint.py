@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from twinserve.contract import DEFAULT_FRAME_SHAPE
 
-from .model import CENTRED_SHIFT, Twin
+from .model import CENTRED_SHIFT, SHIFT_INPUT, Twin
 
 
 def write_json(path: Path, value) -> None:
@@ -62,7 +62,7 @@ def read_config(run: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: missing; is {run} a run directory written by `twin train`?")
     config = json.loads(path.read_text())
     config.setdefault("frame_shape", list(DEFAULT_FRAME_SHAPE))
-    config["model"] = {"core": "factorized", CENTRED_SHIFT: False, **config["model"]}
+    config["model"] = {"core": "factorized", CENTRED_SHIFT: False, SHIFT_INPUT: False, **config["model"]}
     return config
 
 

@@ -73,6 +73,9 @@ class FeatureCache:
         trial → the cache, or None when they would take more than `cache_gb` GB."""
         if not model.core_frozen:
             raise ValueError("features can be cached only for a frozen core")
+        if any(head.shift_input for head in model.heads.values()):
+            raise ValueError("features can be cached only for heads that shift their readouts, not the core's input "
+                             "(`shift_input`: the input would change as the shifter trains)")
         frames = sum(int(index.lengths.sum()) for index in indexes.values())
         frames += sum(trial.frames for trials in validation.values() for trial in trials)
         needed = feature_bytes_per_frame(model) * frames / 1e9

@@ -17,7 +17,8 @@ modulation LSTM's width.
 The core is causal and answers every frame (receptive field None); a clip starts from zero states,
 as a stream does. The paper's perspective module (ray tracing from pupil position) is left out: the
 core's input holds no pupil position (`Twin.core_input` passes video and behaviour only), and every
-recording's head already shifts its readout by the pupil position (`Head.shifter`).
+recording's head already moves the core's input frames (or, in older twins, its readouts) by the pupil
+position (`Head.retina`).
 """
 
 from __future__ import annotations

@@ -21,12 +21,15 @@ from twinserve.contract import BEHAVIOR_CHANNELS, DEFAULT_FRAME_SHAPE, PUPIL_CHA
 from .cores import Core, build_core, core_margin
 from .data import Trial
 
-CENTRED_SHIFT = "centred_shift"  # the twin config's head setting (`Head`); every other key is the core's
+# The twin config's head settings (`Head`); every other key is the core's.
+CENTRED_SHIFT = "centred_shift"
+SHIFT_INPUT = "shift_input"
+HEAD_SETTINGS = (CENTRED_SHIFT, SHIFT_INPUT)
 
 
 def twin_config(config: dict) -> dict:
     """A twin's config (`Twin`) with its defaults filled in, as a run records it."""
-    return {"core": "factorized", CENTRED_SHIFT: True, **config}
+    return {"core": "factorized", CENTRED_SHIFT: True, SHIFT_INPUT: True, **config}
 
 
 def screen_share(margin: int, height: int, width: int) -> np.ndarray:
@@ -43,6 +46,35 @@ def map_grid(grid: torch.Tensor, margin: int, height: int, width: int) -> torch.
     if margin:
         grid = grid * grid.new_tensor(screen_share(margin, height, width))
     return grid.clamp(-1, 1)
+
+
+def translate(video: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Every frame moved by its own shift: video (B, T, H, W), shift (B, T, 2) x, y in screen grid
+    coordinates (2 / W per column, 2 / H per row) → (B, T, H, W) whose pixel p shows the frame at
+    p + shift, bilinearly, and zero (the normalised mean luminance) where that leaves the frame:
+    grid_sample's bilinear sampling (align_corners=False, zero padding) of a translated grid, done
+    as two 1-D interpolations of gathered columns and rows (half the time of grid_sample's
+    backward here) and exact at shift zero."""
+    batch, frames, height, width = video.shape
+    pixels = shift.float().reshape(batch * frames, 2) * shift.new_tensor([width / 2, height / 2], dtype=torch.float32)
+    moved = _moved_along(video.reshape(batch * frames, height, width), pixels[:, 0], axis=2)
+    return _moved_along(moved, pixels[:, 1], axis=1).reshape(batch, frames, height, width)
+
+
+def _moved_along(frames: torch.Tensor, pixels: torch.Tensor, axis: int) -> torch.Tensor:
+    """frames (M, H, W) moved along `axis` (1: rows, 2: columns) by pixels (M,): element i becomes
+    the linear interpolation at i + pixels, zero beyond the frame."""
+    size = frames.shape[axis]
+    whole = pixels.floor()
+    fraction = (pixels - whole).reshape(-1, 1, 1).to(frames.dtype)
+    shape = (-1, 1, size) if axis == 2 else (-1, size, 1)
+    first = (torch.arange(size, device=frames.device) + whole.long()[:, None]).reshape(shape)  # (M, 1, W) or (M, H, 1)
+
+    def taken(index: torch.Tensor) -> torch.Tensor:
+        inside = ((index >= 0) & (index < size)).to(frames.dtype)
+        return frames.gather(axis, index.clamp(0, size - 1).expand_as(frames)) * inside
+
+    return taken(first) * (1 - fraction) + taken(first + 1) * fraction
 
 
 class GaussianReadout(nn.Module):
@@ -88,11 +120,19 @@ class Head(nn.Module):
     (where in-silico experiments put the eye). Without it (runs written before it) the shifter's
     output itself is added, which can hold an offset shared by every readout (family-57: 7.6 px at
     the mean eye, and its in-silico RFs 16 px off; README).
+
+    shift_input: the shift moves each input frame before the core (`retina`), as the eye moves the
+    image on the retina, and the readouts stay where they are. A neuron responds to what its retina
+    saw over its latency and temporal kernel, so moving its readout by the eye position of the
+    output frame lags behind every saccade (the shifters of such twins learned only 0.5–0.8 of the
+    true shift; README). Without it (runs written before it, and heads on a frozen core, whose cached
+    input must not change as the shifter trains) the readouts move instead.
     """
 
-    def __init__(self, channels: int, neurons: int, margin: int = 0, centred_shift: bool = True):
+    def __init__(self, channels: int, neurons: int, margin: int = 0, centred_shift: bool = True,
+                 shift_input: bool = True):
         super().__init__()
-        self.centred_shift = centred_shift
+        self.centred_shift, self.shift_input = centred_shift, shift_input
         behavior, pupil = (BEHAVIOR_CHANNELS,), (PUPIL_CHANNELS,)
         for name, size in [("video_mean", ()), ("video_std", ()), ("behavior_mean", behavior),
                            ("behavior_std", behavior), ("pupil_mean", pupil), ("pupil_std", pupil),
@@ -136,12 +176,26 @@ class Head(nn.Module):
                 (behavior - self.behavior_mean) / self.behavior_std,
                 (pupil_center - self.pupil_mean) / self.pupil_std)
 
-    def forward(self, features: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor) -> torch.Tensor:
-        """Core features (B, C, T', H', W') and normalised behaviour and pupil centre (B, T', 2) of the
-        same output frames → positive rates in units of `response_scale`, (B, T', N)."""
+    def eye_shift(self, pupil_center: torch.Tensor) -> torch.Tensor:
+        """Normalised pupil centre (B, T, 2) → where each frame's retina sees the screen, (B, T, 2) in
+        screen grid coordinates, relative to the mean eye position when `centred_shift`."""
         shift = self.shifter(pupil_center)
         if self.centred_shift:
             shift = shift - self.shifter(torch.zeros_like(pupil_center[..., :1, :]))  # normalised pupil 0: the mean
+        return shift
+
+    def retina(self, video: torch.Tensor, pupil_center: torch.Tensor) -> torch.Tensor:
+        """Normalised video and pupil centre (B, T, H, W), (B, T, 2) → the retinal image of every frame,
+        (B, T, H, W): the screen moved by that frame's `eye_shift`."""
+        return translate(video, self.eye_shift(pupil_center))
+
+    def forward(self, features: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor) -> torch.Tensor:
+        """Core features (B, C, T', H', W') and normalised behaviour and pupil centre (B, T', 2) of the
+        same output frames → positive rates in units of `response_scale`, (B, T', N)."""
+        if self.shift_input:
+            shift = pupil_center.new_zeros(pupil_center.shape)  # the core's input was moved instead (`retina`)
+        else:
+            shift = self.eye_shift(pupil_center)
         drive = self.readout(features, shift)
         return (F.elu(drive) + 1) * torch.exp(self.modulator(behavior))
 
@@ -159,10 +213,11 @@ class Twin(nn.Module):
         super().__init__()
         self.config = twin_config(config)
         self.frame_shape = tuple(frame_shape)
-        settings = {k: v for k, v in self.config.items() if k not in ("core", CENTRED_SHIFT)}
+        settings = {k: v for k, v in self.config.items() if k not in ("core", *HEAD_SETTINGS)}
         self.core: Core = build_core(self.config["core"], 1 + BEHAVIOR_CHANNELS, self.frame_shape, **settings)
-        margin, centred = core_margin(self.core), bool(self.config[CENTRED_SHIFT])
-        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n, margin, centred)
+        margin, centred, shift_input = (core_margin(self.core), bool(self.config[CENTRED_SHIFT]),
+                                        bool(self.config[SHIFT_INPUT]))
+        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n, margin, centred, shift_input)
                                     for name, n in neurons.items()})
         self.core_frozen = False
 
@@ -229,7 +284,10 @@ class Twin(nn.Module):
     def core_input(self, recording: str, video: torch.Tensor, behavior: torch.Tensor, pupil_center: torch.Tensor):
         """Raw inputs as in `rates` → (core input (B, 1 + 2, T, H, W): normalised video and behaviour
         maps, normalised behavior (B, T, 2), normalised pupil_center (B, T, 2))."""
-        video, behavior, pupil_center = self.heads[recording].normalize(video, behavior, pupil_center)
+        head = self.heads[recording]
+        video, behavior, pupil_center = head.normalize(video, behavior, pupil_center)
+        if head.shift_input:
+            video = head.retina(video, pupil_center)
         height, width = video.shape[-2:]
         behavior_maps = behavior.transpose(1, 2)[..., None, None].expand(-1, -1, -1, height, width)
         return torch.cat([video[:, None], behavior_maps], dim=1), behavior, pupil_center

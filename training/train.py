@@ -28,7 +28,7 @@ from .evaluate import evaluate, predict
 from .feature_cache import DEFAULT_CACHE_GB, CachedStepLoss, FeatureCache
 from .fidelity import write_fidelity
 from .loss import poisson_loss, readout_l1
-from .model import Twin
+from .model import SHIFT_INPUT, Twin
 from .plots import plot_training_curve
 from .positions import MAX_TRIALS, ReadoutStart, readout_start
 from .precision import autocast, resolve
@@ -225,8 +225,10 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
         raise ValueError(f"recordings {empty} have no oracle trials with responses to validate on")
 
     starts = readout_starts(recordings, indexes) if source is None else {}
-    model = build_model(source.model if source else find_preset(preset).model_config(), recordings, indexes, source,
-                        starts)
+    model_config = source.model if source else find_preset(preset).model_config()
+    if freeze_core:  # what a frozen core sees must not depend on what trains: its heads move their readouts instead
+        model_config = {**model_config, SHIFT_INPUT: False}
+    model = build_model(model_config, recordings, indexes, source, starts)
     refit_at, refitted = refit_plan(config, [r.name for r in recordings], starts)
     if freeze_core:
         model.freeze_core()

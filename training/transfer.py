@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from twinserve.contract import file_sha256
 
 from . import checkpoint
-from .model import CENTRED_SHIFT
+from .model import HEAD_SETTINGS
 
 CORE_PREFIX = "core."
 
@@ -57,7 +57,7 @@ class CoreSource:
             raise FileNotFoundError(f"{weights}: missing; --core-from needs a run with trained weights")
         state = {name[len(CORE_PREFIX):]: tensor for name, tensor in load_file(str(weights)).items()
                  if name.startswith(CORE_PREFIX)}
-        core = {key: value for key, value in config["model"].items() if key != CENTRED_SHIFT}
+        core = {key: value for key, value in config["model"].items() if key not in HEAD_SETTINGS}
         return cls(run, core, tuple(config["frame_shape"]), state, file_sha256(weights))
 
     def check_frame_shape(self, frame_shape: tuple[int, int]) -> None:
