@@ -136,14 +136,14 @@ def _twin_vs_mouse(twin: Path, mouse: Path, true_osi: np.ndarray) -> dict:
             "rf_center_error_vs_mouse_px": _median(np.linalg.norm(rf[0]["rf_center"] - rf[1]["rf_center"], axis=1)[clear])}
 
 
-def _eye_shift_gain(head: Head, recording: Path, frame_shape: tuple[int, int]) -> float | None:
+def _eye_shift_gain(head: Head, recording: Path, eye_gain: float, frame_shape: tuple[int, int]) -> float | None:
     """How much of the true image shift the head's eye shift makes: the least-squares slope of the
-    head's shift (px) on the simulator's retinal shift, both centred, over the pupil positions of the
-    first `EYE_SHIFT_TRIALS` training trials. 1: all of it; heads that moved their readouts by the
-    output frame's pupil made 0.5–0.8 (README)."""
-    truth, trials = load_truth(recording), Recording(recording)
+    head's shift (px) on the simulator's retinal shift (`eye_gain` px per eye-camera px, from the
+    truth), both centred, over the pupil positions of the first `EYE_SHIFT_TRIALS` training trials.
+    1: all of it; heads that moved their readouts by the output frame's pupil made 0.5–0.8 (README)."""
+    trials = Recording(recording)
     pupil = np.concatenate([trials.trial(int(i)).pupil_center for i in trials.trials_in("train")[:EYE_SHIFT_TRIALS]])
-    true = truth["eye_gain"][0] * (pupil - pupil.mean(0))  # retina(p) = screen(p - true) (`virtual_mouse.retina`)
+    true = eye_gain * (pupil - pupil.mean(0))  # retina(p) = screen(p - true) (`virtual_mouse.retina`)
     with torch.no_grad():
         normalised = (torch.from_numpy(pupil)[None] - head.pupil_mean) / head.pupil_std
         shift = head.eye_shift(normalised)[0].numpy() * np.array([frame_shape[1] / 2, frame_shape[0] / 2])
@@ -161,10 +161,12 @@ def _readouts(run: Path, data: list[Path], state: dict) -> dict[str, dict]:
         head = twin.heads[recording.name]
         position = head.readout.position.detach().cpu().numpy()  # grid_sample (x, y)
         pixels = pixel_positions(position, twin.frame_shape)
-        distance = np.linalg.norm(pixels - load_truth(recording)["rf_center"], axis=1)
+        truth = load_truth(recording)
+        distance = np.linalg.norm(pixels - truth["rf_center"], axis=1)
+        eye_gain = float(truth["eye_gain"][0])  # one eye: the same value for every neuron
         figures[recording.name] = {"readout_start_r2": _number(state.get("readout_start_r2", {}).get(recording.name)),
                                    "readout_position_error_px": _median(distance),
-                                   "eye_shift_gain": _eye_shift_gain(head, recording, twin.frame_shape)}
+                                   "eye_shift_gain": _eye_shift_gain(head, recording, eye_gain, twin.frame_shape)}
     return figures
 
 

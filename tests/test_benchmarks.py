@@ -253,10 +253,10 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
             layer.weight.zero_(), layer.bias.zero_()
         head.shifter[0].weight[[0, 1], [0, 1]] = small
         head.shifter[2].weight[[0, 1], [0, 1]] = -eye_gain * head.pupil_std / torch.tensor([width / 2, height / 2]) / small
-    assert 0.9 < _eye_shift_gain(head, data, trained.frame_shape) <= 1.0
+    assert 0.9 < _eye_shift_gain(head, data, eye_gain, trained.frame_shape) <= 1.0
     with torch.no_grad():
         head.shifter[2].weight.neg_()  # the image moved the wrong way
-    assert -1.0 <= _eye_shift_gain(head, data, trained.frame_shape) < -0.9
+    assert -1.0 <= _eye_shift_gain(head, data, eye_gain, trained.frame_shape) < -0.9
 
 
 @pytest.mark.slow
