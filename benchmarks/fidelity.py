@@ -141,8 +141,8 @@ def _eye_shift_gain(head: Head, recording: Path, eye_gain: float, frame_shape: t
     head's shift (px) on the simulator's retinal shift (`eye_gain` px per eye-camera px, from the
     truth), both centred, over the pupil positions of the first `EYE_SHIFT_TRIALS` training trials.
     1: all of it; heads that moved their readouts by the output frame's pupil made 0.5–0.8 (README)."""
-    trials = Recording(recording)
-    pupil = np.concatenate([trials.trial(int(i)).pupil_center for i in trials.trials_in("train")[:EYE_SHIFT_TRIALS]])
+    data = Recording(recording)
+    pupil = np.concatenate([data.trial(int(i)).pupil_center for i in data.trials_in("train")[:EYE_SHIFT_TRIALS]])
     true = eye_gain * (pupil - pupil.mean(0))  # retina(p) = screen(p - true) (`virtual_mouse.retina`)
     with torch.no_grad():
         normalised = (torch.from_numpy(pupil)[None] - head.pupil_mean) / head.pupil_std
