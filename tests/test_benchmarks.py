@@ -15,6 +15,8 @@ from twinserve.cli import main as twin
 from twinserve.contract import BEHAVIOR_CHANNELS
 from twinserve.errors import EXIT_USAGE
 from twinserve.training.checkpoint import load_run, save_weights
+from twinserve.training.data import Recording
+from twinserve.training.model import Twin
 from twinserve.training.presets import PRESETS
 
 CORE_INPUTS = 1 + BEHAVIOR_CHANNELS  # a core sees the video and one map per behaviour channel
@@ -188,6 +190,27 @@ def test_fidelity_benchmark_refuses_an_unknown_member_before_any_work(tmp_path, 
     assert not out.exists() and not (tmp_path / "work").exists()
 
 
+def test_eye_shift_gain_reads_one_for_the_true_shift_and_minus_one_for_the_reversed(small_mouse):
+    data = small_mouse[0]
+    recording = Recording(data)
+    twin = Twin(PRESETS["tiny"].model_config(), {data.name: recording.neurons})
+    head = twin.heads[data.name]
+    head.initialize(recording.statistics)
+    eye_gain = float(np.load(data / "truth" / "neurons" / "eye_gain.npy")[0])
+    assert _eye_shift_gain(head, data, eye_gain, twin.frame_shape) == 0  # an untrained shifter makes none
+    height, width = twin.frame_shape
+    small = 0.01  # the shifter made the simulator's retinal shift: nearly linear, tanh of small values
+    with torch.no_grad():
+        for layer in (head.shifter[0], head.shifter[2]):
+            layer.weight.zero_(), layer.bias.zero_()
+        head.shifter[0].weight[[0, 1], [0, 1]] = small
+        head.shifter[2].weight[[0, 1], [0, 1]] = -eye_gain * head.pupil_std / torch.tensor([width / 2, height / 2]) / small
+    assert 0.9 < _eye_shift_gain(head, data, eye_gain, twin.frame_shape) <= 1.0
+    with torch.no_grad():
+        head.shifter[2].weight.neg_()  # the image moved the wrong way
+    assert -1.0 <= _eye_shift_gain(head, data, eye_gain, twin.frame_shape) < -0.9
+
+
 @pytest.mark.slow
 def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     out, work = tmp_path / "fidelity.json", tmp_path / "work"
@@ -245,18 +268,6 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     save_weights(trained, run / "model.safetensors")
     figures = _readouts(run, [data], {})["virtual-mouse-0"]
     assert figures["readout_position_error_px"] < 1e-3 and figures["readout_start_r2"] is None
-    # a head whose shift is the true retinal shift (nearly linear: tanh of small values) makes all of it
-    head, eye_gain = trained.heads["virtual-mouse-0"], float(np.load(data / "truth" / "neurons" / "eye_gain.npy")[0])
-    small = 0.01
-    with torch.no_grad():
-        for layer in (head.shifter[0], head.shifter[2]):
-            layer.weight.zero_(), layer.bias.zero_()
-        head.shifter[0].weight[[0, 1], [0, 1]] = small
-        head.shifter[2].weight[[0, 1], [0, 1]] = -eye_gain * head.pupil_std / torch.tensor([width / 2, height / 2]) / small
-    assert 0.9 < _eye_shift_gain(head, data, eye_gain, trained.frame_shape) <= 1.0
-    with torch.no_grad():
-        head.shifter[2].weight.neg_()  # the image moved the wrong way
-    assert -1.0 <= _eye_shift_gain(head, data, eye_gain, trained.frame_shape) < -0.9
 
 
 @pytest.mark.slow
