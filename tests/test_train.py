@@ -11,7 +11,7 @@ import torch
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
-from twinserve.training.positions import ReadoutStart, pixel_positions, readout_start, retinotopic_fit
+from twinserve.training.positions import ReadoutStart, pixel_positions, readout_start
 from twinserve.training.presets import TrainConfig
 from twinserve.training.train import readout_l1, refit_plan, should_stop, train
 from twinserve.training.transfer import CoreSource
@@ -122,23 +122,6 @@ def test_initial_readout_positions_find_the_receptive_fields(default_mouse):
     assert start.confirmed and start.retinotopy_r2 > 0.5
     shuffled = readout_start(trials, np.random.default_rng(0).permutation(recording.coordinates))
     assert not shuffled.confirmed  # coordinates that do not explain the peaks: the raw peaks are the start
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_the_retinotopic_fit_is_not_pulled_inward_by_a_majority_of_wrong_peaks(seed):
-    """60% of the peaks anywhere on the screen, as for weak or large receptive fields, the rest on an
-    affine map of the coordinates: the fit finds the map with its full extent (slope 1), not one
-    shrunk toward the screen's middle by the wrong peaks."""
-    rng = np.random.default_rng(seed)
-    coordinates = rng.uniform(0, 500, (500, 3))
-    truth = (coordinates[:, :2] - 250) / 250  # grid_sample units, edge to edge
-    peaks = np.clip(truth + rng.normal(0, 0.05, truth.shape), -0.95, 0.95)
-    wrong = rng.uniform(0, 1, 500) < 0.6
-    peaks[wrong] = rng.uniform(-0.95, 0.95, (wrong.sum(), 2))
-    fitted, r2 = retinotopic_fit(coordinates, peaks, rng.uniform(0, 1, 500))
-    slopes = [np.polyfit(truth[:, axis], fitted[:, axis], 1)[0] for axis in (0, 1)]
-    assert np.allclose(slopes, 1, atol=0.05), slopes
-    assert r2 > 0.9 and np.abs(fitted - truth).max() < 0.1
 
 
 def test_the_readouts_refitted_are_those_whose_start_no_retinotopy_confirmed():

@@ -30,8 +30,6 @@ BANK_SIZE = 15          # pixels per side of the Gabor filters
 MAX_TRIALS = 60         # enough for a position estimate; bounds the cost on large recordings
 MIN_FIT_R2 = 0.5
 MIN_FIT_NEURONS = 8  # fewer neurons than this fit no retinotopy
-OUTLIER_RESIDUALS = 2.0  # a peak further from the fit than this many median residuals is dropped
-FIT_ROUNDS = 20         # at most; the fit stops once it drops no more peaks
 NEURON_BLOCK = 1024     # neurons correlated at a time
 
 
@@ -100,21 +98,16 @@ def pixel_positions(positions: np.ndarray, frame_shape: tuple[int, int]) -> np.n
     return (positions + 1) / 2 * np.array([width, height]) - 0.5
 
 
-def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, float]:
-    """Affine map cortical coordinates (N, ≥2) → peaks (N, 2), fitted on the stronger half and refitted
-    without outliers until no more are dropped → (fitted positions (N, 2), R² on the inliers).
-
-    Most peaks of weak or large receptive fields lie far from the truth and nowhere near the map; each
-    such peak left in the fit pulls its slope toward zero, i.e. every start toward the screen's middle."""
+def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.ndarray,
+                    rounds: int = 4) -> tuple[np.ndarray, float]:
+    """Affine map cortical coordinates (N, ≥2) → peaks (N, 2), fitted on the stronger half and
+    refitted without outliers → (fitted positions (N, 2), R² on the inliers)."""
     design = np.column_stack([coordinates[:, :2], np.ones(len(coordinates))])
     inliers = strength >= np.median(strength)
-    for _ in range(FIT_ROUNDS):
+    for _ in range(rounds):
         affine, *_ = np.linalg.lstsq(design[inliers], peaks[inliers], rcond=None)
         residual = np.linalg.norm(design @ affine - peaks, axis=1)
-        kept = inliers & (residual <= OUTLIER_RESIDUALS * np.median(residual[inliers]))
-        if kept.sum() == inliers.sum() or kept.sum() < MIN_FIT_NEURONS:
-            break
-        inliers = kept
+        inliers &= residual <= 2.5 * np.median(residual[inliers])
     fitted = design @ affine
     spread = ((peaks[inliers] - peaks[inliers].mean(0)) ** 2).sum()
     r2 = 1 - ((peaks[inliers] - fitted[inliers]) ** 2).sum() / max(spread, 1e-12)
