@@ -12,6 +12,7 @@ import torch
 from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _readouts
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
+from twinserve.clients.experiments.common import load_truth
 from twinserve.contract import BEHAVIOR_CHANNELS
 from twinserve.errors import EXIT_USAGE
 from twinserve.training.checkpoint import load_run, save_weights
@@ -196,7 +197,7 @@ def test_eye_shift_gain_reads_one_for_the_true_shift_and_minus_one_for_the_rever
     twin = Twin(PRESETS["tiny"].model_config(), {data.name: recording.neurons})
     head = twin.heads[data.name]
     head.initialize(recording.statistics)
-    eye_gain = float(np.load(data / "truth" / "neurons" / "eye_gain.npy")[0])
+    eye_gain = float(load_truth(data)["eye_gain"][0])  # as the bench reads it (`_readouts`)
     assert _eye_shift_gain(head, data, eye_gain, twin.frame_shape) == 0  # an untrained shifter makes none
     height, width = twin.frame_shape
     small = 0.01  # the shifter made the simulator's retinal shift: nearly linear, tanh of small values
