@@ -26,6 +26,7 @@ class GatherReadout(nn.Module):
         self.register_buffer("position", readout.position.detach().clone())  # (N, 2) x, y on the screen
         self.register_buffer("weight", readout.weight.detach().t()[..., None].clone())  # (N, C, 1)
         self.register_buffer("bias", readout.bias.detach().clone())
+        self.register_buffer("offset", readout.offset.clone(), persistent=False)
         self.margin = readout.margin
         self.chunk = chunk
 
@@ -35,7 +36,8 @@ class GatherReadout(nn.Module):
             raise ValueError(f"feature map {height}×{width} too small for bilinear gathers")
         maps = batch * frames
         rows = features.permute(0, 2, 3, 4, 1).reshape(maps * height * width, channels)
-        grid = map_grid(self.position[None] + shift.reshape(maps, 1, 2), self.margin, height, width)  # (M, N, 2)
+        grid = map_grid(self.position[None] + shift.reshape(maps, 1, 2), self.margin, height, width,
+                        self.offset)  # (M, N, 2)
         # grid_sample's unnormalisation (align_corners=False), then its border padding.
         x = (((grid[..., 0] + 1) * width - 1) / 2).clamp(0, width - 1)
         y = (((grid[..., 1] + 1) * height - 1) / 2).clamp(0, height - 1)

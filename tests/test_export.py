@@ -150,13 +150,13 @@ def test_a_twin_exports_at_its_own_frame_shape(tmp_path, margin):
     assert all(max(g.parity.values()) < PARITY_TOLERANCE for g in manifest.recordings["m"].graphs.values())
 
 
-@pytest.mark.parametrize("margin", [0, 1])
-def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map(margin):
+@pytest.mark.parametrize("margin, offset", [(0, (0.0, 0.0)), (1, (0.0, 0.0)), (0, (3 / 64, 3 / 36)), (1, (1 / 64, 1 / 36))])
+def test_gather_readout_equals_the_gaussian_readout_everywhere_on_the_map(margin, offset):
     from twinserve.export.readout import GatherReadout
     from twinserve.training.model import GaussianReadout
 
     torch.manual_seed(2)
-    readout = GaussianReadout(channels=6, neurons=203, margin=margin).eval()
+    readout = GaussianReadout(channels=6, neurons=203, margin=margin, offset=offset).eval()
     with torch.no_grad():
         readout.weight.normal_()
         readout.bias.normal_()

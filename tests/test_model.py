@@ -271,3 +271,36 @@ def test_a_readout_with_a_margin_reads_the_screen_as_before_and_beyond_it_the_ma
         torch.testing.assert_close(beyond, expected)
         wide.position[0] = torch.tensor([-5.0, 0.0])  # far beyond the margin: clamped to the map's edge
         torch.testing.assert_close(wide(canvas, shift)[..., 0], expected)
+
+
+@pytest.mark.parametrize("name", ["small", "gru-small", "fnn-small"])
+def test_a_readout_reads_the_cell_centred_where_its_position_is_on_the_screen(name):
+    """Constant weights make every conv kernel symmetric, so the input pixels a neuron's output depends on
+    centre on the cell it reads: at its position (within 0.1 px), where grid_sample's convention alone put
+    it (S - 1) / 2 pixels off for a map S times coarser than the frame (runs written before `cell_centres`)."""
+    from twinserve.training.cores import cell_offset
+    from twinserve.training.positions import pixel_positions
+
+    height, width = DEFAULT_FRAME_SHAPE
+    pixel = np.array([30.0, 18.0])  # x, y: between cells of maps 2 or 4 times coarser than the frame
+    centroids = {}
+    for centred in (True, False):
+        model = Twin({**preset(name).model_config(), "cell_centres": centred}, {"a": 1}).eval()
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(0.01)
+            position = (pixel + 0.5) / np.array([width, height]) * 2 - 1
+            model.heads["a"].readout.position[0] = torch.from_numpy(position)
+        np.testing.assert_allclose(pixel_positions(position[None], DEFAULT_FRAME_SHAPE)[0], pixel)
+        video, behavior, _ = inputs(frames=model.offset + 2, batch=1)
+        video.requires_grad_(True)
+        model("a", video, behavior, torch.zeros_like(behavior))[0, -1, 0].backward()  # the mean eye: no shift
+        weight = video.grad[0].abs().sum(0).double().numpy()  # (H, W)
+        rows, cols = np.mgrid[0:height, 0:width]
+        centroids[centred] = np.array([(weight * cols).sum(), (weight * rows).sum()]) / weight.sum()
+    stride = model.core.cell_stride
+    assert stride > 1
+    np.testing.assert_allclose(centroids[True], pixel, atol=0.1)
+    np.testing.assert_allclose(centroids[False], pixel - (stride - 1) / 2, atol=0.1)
+    np.testing.assert_allclose(cell_offset(model.core, DEFAULT_FRAME_SHAPE),
+                               [(stride - 1) / width, (stride - 1) / height])

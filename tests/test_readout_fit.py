@@ -39,6 +39,12 @@ def linear_mouse(preset: str, neurons: int = 12, frame_shape=(36, 64)):
     return model, trials, cells, np.concatenate(drives), np.concatenate(cell_features)
 
 
+def cell_centres(model: Twin) -> np.ndarray:
+    """Where on the screen the core's cells pooled into each grid cell lie (G, 2): the grid's centres
+    less the readout's offset (`cores.cell_offset`)."""
+    return grid_centres(grid_for(model.frame_shape)) - model.heads["mouse"].readout.offset.numpy()
+
+
 @pytest.mark.parametrize("preset", ["tiny", "gru-tiny"])
 def test_the_fit_finds_each_neurons_cell_and_weights_when_responses_are_linear_in_the_features(preset):
     """Responses made exactly linear in the pooled features of one known cell per neuron are read
@@ -49,7 +55,7 @@ def test_the_fit_finds_each_neurons_cell_and_weights_when_responses_are_linear_i
     explained = fit_readout(model, "mouse", trials)
 
     readout = model.heads["mouse"].readout
-    assert np.allclose(readout.position.detach().numpy(), grid_centres(grid_for(model.frame_shape))[cells])
+    assert np.allclose(readout.position.detach().numpy(), cell_centres(model)[cells])
     fitted = np.einsum("tnc,cn->tn", features, readout.weight.detach().numpy()) + readout.bias.detach().numpy()
     relative_error = np.sqrt(((fitted - drive) ** 2).mean(0)) / drive.std(0)  # per neuron
     assert relative_error.max() < 0.1, relative_error  # the ridge shrinks weak feature directions: 0.05 here
@@ -62,7 +68,7 @@ def test_a_refit_moves_only_the_neurons_that_read_from_the_wrong_cell():
     first half's positions and weights as they were."""
     model, trials, cells, _, _ = linear_mouse("tiny")
     grid = grid_for(model.frame_shape)
-    centres = grid_centres(grid)
+    centres = cell_centres(model)
     cell_size = 2 / np.array([grid[1], grid[0]])  # (x, y) width of a cell in grid_sample units
     wrong = np.arange(len(cells)) % 2 == 1
     rng = np.random.default_rng(1)
@@ -131,7 +137,7 @@ def test_a_refit_with_coordinates_puts_a_lost_readout_where_the_retinotopy_of_th
     explains none of its variance; its cortical coordinates follow the others' map: the refit given
     the coordinates moves it there (and without coordinates, only by the cell fits)."""
     model, trials, cells, _, _ = linear_mouse("tiny", neurons=24)
-    centres = grid_centres(grid_for(model.frame_shape))
+    centres = cell_centres(model)
     coordinates = np.column_stack([centres[cells] * 300 + 250, np.zeros(len(cells))])  # an exact affine map
     readout = model.heads["mouse"].readout
     with torch.no_grad():

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from twinserve.contract import DEFAULT_FRAME_SHAPE
 
-from .model import CENTRED_SHIFT, SHIFT_INPUT, Twin
+from .model import CELL_CENTRES, CENTRED_SHIFT, SHIFT_INPUT, Twin
 
 
 def write_json(path: Path, value) -> None:
@@ -55,14 +55,15 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
 
 def read_config(run: str | Path) -> dict:
     """A run's config.json; runs written before frame shapes and core names were recorded get the
-    contract's default frame shape and the "factorized" core, and those written before centred
-    shifts (`model.Head`) the shifter's output as their shift."""
+    contract's default frame shape and the "factorized" core, and those written before a head
+    setting (`model.Twin`: centred shifts, shifted input, cell centres) that setting off."""
     path = Path(run) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; is {run} a run directory written by `twin train`?")
     config = json.loads(path.read_text())
     config.setdefault("frame_shape", list(DEFAULT_FRAME_SHAPE))
-    config["model"] = {"core": "factorized", CENTRED_SHIFT: False, SHIFT_INPUT: False, **config["model"]}
+    config["model"] = {"core": "factorized", CENTRED_SHIFT: False, SHIFT_INPUT: False, CELL_CENTRES: False,
+                       **config["model"]}
     return config
 
 

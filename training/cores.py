@@ -52,6 +52,8 @@ class Core(Protocol):
     # Optional: `smoothness() -> torch.Tensor`, a scalar penalty of rough input filters that the
     # trainer adds weighted by `TrainConfig.core_smoothness` (see `core_smoothness`).
     # Optional: `margin: int`, feature cells the maps reach beyond each screen edge (see `core_margin`).
+    # Optional: `cell_stride: int`, the product S of the spatial strides of its 'same'-padded (k // 2)
+    # convolutions, whose cell j sits on input pixel S·j (see `cell_offset`).
 
 
 def core_smoothness(core: Core) -> torch.Tensor | float:
@@ -65,6 +67,17 @@ def core_margin(core: Core) -> int:
     margin): maps of H' + 2·margin by W' + 2·margin cells, where readouts of receptive fields centred
     off screen can sit."""
     return int(getattr(core, "margin", 0))
+
+
+def cell_offset(core: Core, frame_shape: tuple[int, int]) -> tuple[float, float]:
+    """Where a screen position's cell lies on the core's maps, relative to grid_sample's convention,
+    (x, y) in screen units (2 / W per column, 2 / H per row). grid_sample (align_corners=False) takes
+    cell j of a map S times coarser than the frame to be centred on pixel S·j + (S - 1) / 2; convolutions
+    padded by k // 2 centre it on pixel S·j, (S - 1) / 2 pixels left of and above that: (S - 1) / W,
+    (S - 1) / H. 0 for a core without `cell_stride` (e.g. patches of S pixels, centred as grid_sample takes)."""
+    stride = int(getattr(core, "cell_stride", 1))
+    height, width = frame_shape
+    return (stride - 1) / width, (stride - 1) / height
 
 
 CORES: dict[str, type] = {"factorized": FactorizedCore, "transformer": TransformerCore, "gru": GRUCore,

@@ -10,6 +10,8 @@ layer, the last kt_l - 1 outputs of its spatial convolution as state.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,6 +70,7 @@ class FactorizedCore(nn.Module):
                             margin if i == len(channels) - 1 else 0)
             for i in range(len(channels))])
         self.margin = margin
+        self.cell_stride = math.prod(strides)  # padded by k // 2: cell j sits on pixel S·j (`cores.cell_offset`)
         gabor_init_(self.layers[0].spatial.weight)  # the video's first filters start as Gabors (`gabor`)
         self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
         self.out_channels = sizes[-1]

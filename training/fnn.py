@@ -149,6 +149,7 @@ class FnnCore(nn.Module):
         self.modulation = Modulation(modulation)
         self.recurrent = ConvLSTMCell(sizes[-1], modulation, lstm_inputs or hidden, hidden, lstm_kernel)
         self.out_channels, self.modulation_width = hidden, modulation
+        self.cell_stride = first_stride  # padded by k // 2: cell j sits on pixel S·j (`cores.cell_offset`)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Core input (B, C_in, ...) → (video channels (B, C_in - 2, ...), behaviour (B, 2, ...) as the

@@ -93,6 +93,7 @@ class GRUCore(nn.Module):
         gabor_init_(self.cnn[0].conv.weight)  # the video's first filters start as Gabors (`gabor`)
         self.gru = ConvGRUCell(sizes[-1], hidden, gru_kernel)
         self.out_channels = hidden
+        self.cell_stride = first_stride  # padded by k // 2: cell j sits on pixel S·j (`cores.cell_offset`)
 
     def map_size(self, frame_shape: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of a frame → (H', W') of the feature maps (the first layer's conv arithmetic)."""

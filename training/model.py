@@ -18,18 +18,19 @@ from torch import nn
 
 from twinserve.contract import BEHAVIOR_CHANNELS, DEFAULT_FRAME_SHAPE, PUPIL_CHANNELS, output_offset
 
-from .cores import Core, build_core, core_margin
+from .cores import Core, build_core, cell_offset, core_margin
 from .data import Trial
 
 # The twin config's head settings (`Head`); every other key is the core's.
 CENTRED_SHIFT = "centred_shift"
 SHIFT_INPUT = "shift_input"
-HEAD_SETTINGS = (CENTRED_SHIFT, SHIFT_INPUT)
+CELL_CENTRES = "cell_centres"
+HEAD_SETTINGS = (CENTRED_SHIFT, SHIFT_INPUT, CELL_CENTRES)
 
 
 def twin_config(config: dict) -> dict:
     """A twin's config (`Twin`) with its defaults filled in, as a run records it."""
-    return {"core": "factorized", CENTRED_SHIFT: True, SHIFT_INPUT: True, **config}
+    return {"core": "factorized", CENTRED_SHIFT: True, SHIFT_INPUT: True, CELL_CENTRES: True, **config}
 
 
 def screen_share(margin: int, height: int, width: int) -> np.ndarray:
@@ -39,10 +40,14 @@ def screen_share(margin: int, height: int, width: int) -> np.ndarray:
     return np.array([(width - 2 * margin) / width, (height - 2 * margin) / height])
 
 
-def map_grid(grid: torch.Tensor, margin: int, height: int, width: int) -> torch.Tensor:
+def map_grid(grid: torch.Tensor, margin: int, height: int, width: int,
+             offset: torch.Tensor | None = None) -> torch.Tensor:
     """Readout positions in screen coordinates (..., 2) → grid_sample coordinates (align_corners=False)
     on a feature map of height × width cells that reaches `margin` cells beyond each screen edge,
-    clamped to the map's edges."""
+    clamped to the map's edges. offset (2,): where a screen position's cell lies on the map relative
+    to grid_sample's convention, in screen units (`cores.cell_offset`)."""
+    if offset is not None:
+        grid = grid + offset
     if margin:
         grid = grid * grid.new_tensor(screen_share(margin, height, width))
     return grid.clamp(-1, 1)
@@ -84,14 +89,17 @@ class GaussianReadout(nn.Module):
     Positions are in screen coordinates, grid_sample's convention: x (column) and y (row) in [-1, 1]
     from edge to edge of the screen. A core with a margin (`cores.core_margin`) computes its maps
     `margin` cells beyond each screen edge, and there a readout may sit beyond ±1: a receptive field
-    centred off screen. During training the read position is jittered by a learned Gaussian
+    centred off screen. offset (x, y): where a position's cell lies on the maps relative to
+    grid_sample's convention (`cores.cell_offset`), so that a position is where on the screen the cell
+    it reads is centred. During training the read position is jittered by a learned Gaussian
     (neuralpredictors' Gaussian readout).
     features (B, C, T, H' + 2·margin, W' + 2·margin), shift (B, T, 2) → (B, T, N)
     """
 
-    def __init__(self, channels: int, neurons: int, margin: int = 0):
+    def __init__(self, channels: int, neurons: int, margin: int = 0, offset: tuple[float, float] = (0.0, 0.0)):
         super().__init__()
         self.margin = margin
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32), persistent=False)
         self.position = nn.Parameter(torch.zeros(neurons, 2))
         self.log_sigma = nn.Parameter(torch.full((neurons, 2), float(np.log(0.1))))
         self.weight = nn.Parameter(torch.full((channels, neurons), 1.0 / channels))
@@ -102,7 +110,8 @@ class GaussianReadout(nn.Module):
         position = self.position
         if self.training:
             position = position + torch.randn_like(position) * self.log_sigma.exp()
-        grid = map_grid(position[None] + shift.reshape(batch * frames, 1, 2), self.margin, height, width)  # (B·T, N, 2)
+        grid = map_grid(position[None] + shift.reshape(batch * frames, 1, 2), self.margin, height, width,
+                        self.offset)  # (B·T, N, 2)
         flat = features.transpose(1, 2).reshape(batch * frames, channels, height, width)
         sampled = F.grid_sample(flat, grid[:, None], align_corners=False, padding_mode="border").squeeze(2)  # (B·T, C, N)
         # Multiply and sum rather than einsum: ONNX Runtime's Einsum is ~2.5× slower here.
@@ -113,7 +122,7 @@ class GaussianReadout(nn.Module):
 class Head(nn.Module):
     """Everything specific to one recording: input normalisation, pupil-position shifter, Gaussian
     readout, behavioural gain modulator and the output scale of its neurons. margin: the core's
-    (`cores.core_margin`).
+    (`cores.core_margin`); offset: where its cells lie (`cores.cell_offset`, `GaussianReadout`).
 
     centred_shift: the shifter moves every readout by its output less its output at the recording's
     mean pupil position, so a readout's position is where its neuron looks at the mean eye position
@@ -130,7 +139,7 @@ class Head(nn.Module):
     """
 
     def __init__(self, channels: int, neurons: int, margin: int = 0, centred_shift: bool = True,
-                 shift_input: bool = True):
+                 shift_input: bool = True, offset: tuple[float, float] = (0.0, 0.0)):
         super().__init__()
         self.centred_shift, self.shift_input = centred_shift, shift_input
         behavior, pupil = (BEHAVIOR_CHANNELS,), (PUPIL_CHANNELS,)
@@ -141,7 +150,7 @@ class Head(nn.Module):
         self.shifter = nn.Sequential(nn.Linear(PUPIL_CHANNELS, 5), nn.Tanh(), nn.Linear(5, 2), nn.Tanh())
         nn.init.zeros_(self.shifter[2].weight)
         nn.init.zeros_(self.shifter[2].bias)
-        self.readout = GaussianReadout(channels, neurons, margin)
+        self.readout = GaussianReadout(channels, neurons, margin, offset)
         self.modulator = nn.Linear(BEHAVIOR_CHANNELS, neurons)
         nn.init.zeros_(self.modulator.weight)
         nn.init.zeros_(self.modulator.bias)
@@ -204,9 +213,12 @@ class Twin(nn.Module):
     """A shared causal core, built by name from the core registry, + one `Head` per recording.
 
     config: {"core": registered core name, **its settings} (`Preset.model_config()`; without "core":
-    "factorized", as runs written before the registry), and optionally "centred_shift" (`Head`;
-    default True, False for runs written before it: `checkpoint.read_config`); neurons: recording
-    name → neuron count; frame_shape: (H, W) of the frames the twin takes.
+    "factorized", as runs written before the registry), and optionally "centred_shift", "shift_input"
+    (`Head`) and "cell_centres" (readouts placed by where the core's cells lie, `cores.cell_offset`;
+    without it a readout at a screen position reads the cell grid_sample's convention puts there,
+    up to (S - 1) / 2 pixels off, and cannot reach the last (S - 1) pixels at the right and bottom
+    edges), each True by default and False for runs written before it (`checkpoint.read_config`);
+    neurons: recording name → neuron count; frame_shape: (H, W) of the frames the twin takes.
     """
 
     def __init__(self, config: dict, neurons: dict[str, int], frame_shape: tuple[int, int] = DEFAULT_FRAME_SHAPE):
@@ -217,7 +229,8 @@ class Twin(nn.Module):
         self.core: Core = build_core(self.config["core"], 1 + BEHAVIOR_CHANNELS, self.frame_shape, **settings)
         margin, centred, shift_input = (core_margin(self.core), bool(self.config[CENTRED_SHIFT]),
                                         bool(self.config[SHIFT_INPUT]))
-        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n, margin, centred, shift_input)
+        offset = cell_offset(self.core, self.frame_shape) if self.config[CELL_CENTRES] else (0.0, 0.0)
+        self.heads = nn.ModuleDict({name: Head(self.core.out_channels, n, margin, centred, shift_input, offset)
                                     for name, n in neurons.items()})
         self.core_frozen = False
 

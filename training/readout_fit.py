@@ -91,10 +91,11 @@ def _cell_fits(model: Twin, recording: str, trials: list[Trial]) -> CellFits:
 def _place(model: Twin, recording: str, fits: CellFits, cells: torch.Tensor, neurons: torch.Tensor,
            positions: np.ndarray | None = None) -> None:
     """Move `neurons` (K,) of `recording`'s readout to the centres of `cells` (K,), or to `positions`
-    (K, 2) where given, with those cells' ridge weights and bias."""
+    (K, 2) where given, with those cells' ridge weights and bias. A cell's centre is where on the
+    screen the core's cells pooled into it lie: its grid centre less the readout's `offset`."""
     readout = model.heads[recording].readout
     if positions is None:
-        positions = grid_centres(grid_for(model.frame_shape))[cells.numpy()]
+        positions = grid_centres(grid_for(model.frame_shape))[cells.numpy()] - readout.offset.cpu().numpy()
     readout.position[neurons] = torch.from_numpy(positions).to(readout.position)
     readout.weight[:, neurons] = fits.weights[cells, :, neurons].T.to(readout.weight)
     readout.bias[neurons] = fits.bias[cells, neurons].to(readout.bias)
@@ -145,7 +146,8 @@ def refit_readout(model: Twin, recording: str, trials: list[Trial], min_gain: fl
     fits = _cell_fits(model, recording, trials)
     r2 = fits.r2  # (G, N)
     readout, grid = model.heads[recording].readout, grid_for(model.frame_shape)
-    now = torch.from_numpy(grid_cells(readout.position.detach().cpu().numpy(), grid))  # (N,)
+    offset = readout.offset.cpu().numpy()  # a position's pooled cell is the one holding it plus the offset (`_place`)
+    now = torch.from_numpy(grid_cells(readout.position.detach().cpu().numpy() + offset, grid))  # (N,)
     neurons = torch.arange(r2.shape[1])
     best = r2.argmax(0)
     moved = r2[best, neurons] - r2[now, neurons] >= min_gain
@@ -154,7 +156,7 @@ def refit_readout(model: Twin, recording: str, trials: list[Trial], min_gain: fl
         now = torch.where(moved, best, now)
         fitted, lost = lost_neurons(readout.position.detach().cpu().numpy(), coordinates, r2[now, neurons].numpy(),
                                     fits.reach)
-        cells = torch.from_numpy(grid_cells(fitted[lost], grid))
+        cells = torch.from_numpy(grid_cells(fitted[lost] + offset, grid))
         _place(model, recording, fits, cells, neurons[torch.from_numpy(lost)], fitted[lost])
         moved |= torch.from_numpy(lost)
     return moved.numpy()
