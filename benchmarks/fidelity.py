@@ -73,7 +73,8 @@ FEVE_TIERS = ("live_test_bonus", "final_test_bonus")  # drifting gratings, flash
 HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation", "fraction_of_ceiling",
             *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px",
             "orientation_error_floor_deg", "rf_center_error_floor_px", "orientation_error_vs_mouse_deg",
-            "rf_center_error_vs_mouse_px", "readout_start_r2", "readout_position_error_px", "eye_shift_gain")
+            "rf_center_error_vs_mouse_px", "rf_center_error_on_screen_px", "rf_center_error_on_screen_floor_px",
+            "readout_start_r2", "readout_position_error_px", "eye_shift_gain")
 EYE_SHIFT_TRIALS = 20  # training trials whose pupil positions `_eye_shift_gain` compares over
 
 
@@ -184,6 +185,9 @@ def _experiments(url: str, recording: Path, out: Path, progress: bool) -> dict:
             "median_rf_center_error_px": _number(rf["median_center_distance_px"]),
             "orientation_error_floor_deg": _number(tuning_floor["median_orientation_error_deg"]),
             "rf_center_error_floor_px": _number(rf_floor["median_center_distance_px"]),
+            # Neurons whose true RF centre is on the screen: off it, the dots show only the near flank.
+            "rf_center_error_on_screen_px": _number(rf.get("median_center_distance_on_screen_px")),
+            "rf_center_error_on_screen_floor_px": _number(rf_floor.get("median_center_distance_on_screen_px")),
             **_twin_vs_mouse(out, out / "mouse", load_truth(recording)["osi"]),
             "tuning": tuning, "rf": rf, "tuning_floor": tuning_floor, "rf_floor": rf_floor}
 
@@ -295,7 +299,9 @@ def lines(results: dict) -> list[str]:
             f"{show(m['oracle_single_trial_correlation'])} / {show(m['ceiling_single_trial_correlation'])})  "
             f"orientation error {show(m['median_orientation_error_deg'], '°')} (floor "
             f"{show(m.get('orientation_error_floor_deg'), '°')})  RF error {show(m['median_rf_center_error_px'], ' px')} "
-            f"(floor {show(m.get('rf_center_error_floor_px'), ' px')})  readout "
+            f"(floor {show(m.get('rf_center_error_floor_px'), ' px')}; on screen "
+            f"{show(m.get('rf_center_error_on_screen_px'), ' px')}, floor "
+            f"{show(m.get('rf_center_error_on_screen_floor_px'), ' px')})  readout "
             f"{show(m.get('readout_position_error_px'), ' px')} from the RF centres  eye shift gain "
             f"{show(m.get('eye_shift_gain'))}  {m['steps']} steps"
             for name, m in results["members"].items()]

@@ -81,6 +81,14 @@ def test_validation_scores_known_errors(tmp_path):
     centres = truth["rf_center"] + np.where(clear[:, None], [3.0, 4.0], [30.0, 0.0])  # 5 px off where clear
     rf = validate_rf({"rf_center": centres, "clear_rf": clear}, truth, tmp_path)
     assert rf["clear_rf_neurons"] == 25 and rf["median_center_distance_px"] == pytest.approx(5)
+    assert rf["on_screen_neurons"] == 25 and rf["median_center_distance_off_screen_px"] is None
+    # Ten centres beyond the left edge, 4.1 px off, next to on-screen ones 5 px off: each group has its own median.
+    beyond = truth["rf_center"].copy()
+    beyond[:10, 0] = -3.0
+    error = np.where(np.arange(n)[:, None] < 10, [1.0, 4.0], [3.0, 4.0])
+    rf = validate_rf({"rf_center": beyond + error, "clear_rf": clear}, {**truth, "rf_center": beyond}, tmp_path)
+    assert rf["on_screen_neurons"] == 15 and rf["median_center_distance_on_screen_px"] == pytest.approx(5)
+    assert rf["median_center_distance_off_screen_px"] == pytest.approx(np.hypot(1, 4))
     # A member of the family may have no orientation-tuned neuron at all: no error to report, no crash.
     untuned = validate_tuning(result, {**truth, "osi": np.linspace(0.0, 0.25, n)}, tmp_path)
     assert untuned["tuned_neurons"] == 0 and untuned["median_orientation_error_deg"] is None

@@ -178,21 +178,39 @@ def run_rf(url: str, model: str, out: str | Path, grid=(10, 17), sigma_px: float
     return summary
 
 
+def on_screen(centres: np.ndarray) -> np.ndarray:
+    """Which RF centres (N, 2) (x = column, y = row; pixel centres at integers) lie on the screen → (N,)."""
+    return np.all((centres >= -0.5) & (centres <= np.array([WIDTH, HEIGHT]) - 0.5), axis=1)
+
+
 def validate(result: dict, truth: dict, out: Path) -> dict:
-    """Distance between the twin's and the true RF centre for neurons with a clear RF; scatter plots."""
+    """Distance between the twin's and the true RF centre for neurons with a clear RF, over all of them
+    and split by whether the true centre lies on the screen (off it, the dots show only the RF's
+    near flank); scatter plots."""
     clear = result["clear_rf"]
     distance = np.linalg.norm(result["rf_center"] - truth["rf_center"], axis=1)
+    inside = on_screen(np.asarray(truth["rf_center"]))
+
+    def median(chosen):
+        return float(np.median(distance[chosen])) if chosen.any() else None
+
     summary = {"clear_rf_neurons": int(clear.sum()), "clear_rf_r2": CLEAR_RF_R2,
-               "median_center_distance_px": float(np.median(distance[clear])) if clear.any() else None}
+               "median_center_distance_px": median(clear),
+               "on_screen_neurons": int((clear & inside).sum()),
+               "median_center_distance_on_screen_px": median(clear & inside),
+               "median_center_distance_off_screen_px": median(clear & ~inside)}
     plt = pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for axis, k, label, size in zip(axes, (0, 1), ("x (column)", "y (row)"), (WIDTH, HEIGHT)):
-        axis.scatter(truth["rf_center"][clear, k], result["rf_center"][clear, k], s=8)
+        for chosen, where in ((clear & inside, "true centre on screen"), (clear & ~inside, "off screen")):
+            axis.scatter(truth["rf_center"][chosen, k], result["rf_center"][chosen, k], s=8, label=where)
+        axis.legend(fontsize=8)
         axis.plot([0, size], [0, size], color="0.5", lw=0.8)
         axis.set(xlabel=f"true RF centre {label} (px)", ylabel=f"twin RF centre {label} (px)")
     figure.suptitle(f"{summary['clear_rf_neurons']} neurons with a clear RF: median distance "
-                    f"{summary['median_center_distance_px'] or float('nan'):.2f} px")
+                    f"{summary['median_center_distance_px'] or float('nan'):.2f} px "
+                    f"({summary['median_center_distance_on_screen_px'] or float('nan'):.2f} px on screen)")
     figure.savefig(out / "rf_vs_truth.png", dpi=120)
     plt.close(figure)
     return summary
