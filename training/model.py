@@ -40,14 +40,12 @@ def screen_share(margin: int, height: int, width: int) -> np.ndarray:
     return np.array([(width - 2 * margin) / width, (height - 2 * margin) / height])
 
 
-def map_grid(grid: torch.Tensor, margin: int, height: int, width: int,
-             offset: torch.Tensor | None = None) -> torch.Tensor:
+def map_grid(grid: torch.Tensor, margin: int, height: int, width: int, offset: torch.Tensor) -> torch.Tensor:
     """Readout positions in screen coordinates (..., 2) → grid_sample coordinates (align_corners=False)
     on a feature map of height × width cells that reaches `margin` cells beyond each screen edge,
     clamped to the map's edges. offset (2,): where a screen position's cell lies on the map relative
     to grid_sample's convention, in screen units (`cores.cell_offset`)."""
-    if offset is not None:
-        grid = grid + offset
+    grid = grid + offset
     if margin:
         grid = grid * grid.new_tensor(screen_share(margin, height, width))
     return grid.clamp(-1, 1)
@@ -216,8 +214,8 @@ class Twin(nn.Module):
     "factorized", as runs written before the registry), and optionally "centred_shift", "shift_input"
     (`Head`) and "cell_centres" (readouts placed by where the core's cells lie, `cores.cell_offset`;
     without it a readout at a screen position reads the cell grid_sample's convention puts there,
-    up to (S - 1) / 2 pixels off, and cannot reach the last (S - 1) pixels at the right and bottom
-    edges), each True by default and False for runs written before it (`checkpoint.read_config`);
+    (S - 1) / 2 pixels up and left of that position), each True by default and False for runs
+    written before it (`checkpoint.read_config`);
     neurons: recording name → neuron count; frame_shape: (H, W) of the frames the twin takes.
     """
 
