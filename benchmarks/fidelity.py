@@ -14,13 +14,16 @@ Measured per recording (a member's figure is the mean over its recordings):
 - FEVE on the gratings (`live_test_bonus`) and the dots (`final_test_bonus`) tiers;
 - median orientation error (deg) over neurons with true OSI > 0.3 (`tuning.validate`) and median
   RF-centre error (px) over neurons with a clear RF map (`rf.validate`);
+- how selective the twin says each neuron is: the correlation over neurons of its OSI and DSI with the
+  true ones (`tuning.validate`);
 - where the readout reads: the R² of the retinotopic fit its start came from (`positions.readout_start`;
   None for a transferred core) and the median distance (px) of the trained readout positions from the
   true RF centres (where the twin reads at the mean eye position, `model.Head`'s centred shift);
 - how much of the image's true eye-movement shift the twin makes (`_eye_shift_gain`, 1: all of it);
-- the same two errors of the same experiments run on the simulated mouse itself (`simulated_twin`):
-  the experiments' own floor, which no twin can beat (an RF centre off screen, subunits spread around
-  the envelope), and the twin's estimates against the mouse's from the same experiment (`_vs_mouse`);
+- the same errors and correlations of the same experiments run on the simulated mouse itself
+  (`simulated_twin`): the experiments' own floor, which no twin can beat (an RF centre off screen,
+  subunits spread around the envelope; `_floor`), and the twin's estimates against the mouse's from the
+  same experiment (`_vs_mouse`);
 and per member the steps trained and the wall seconds of every phase.
 Across members: the worst and the best fraction of the ceiling, their spread, and whether each of
 `TARGETS` holds on every member (None where a figure is missing, e.g. with `experiments=False`).
@@ -74,6 +77,7 @@ HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation
             *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px",
             "orientation_error_floor_deg", "rf_center_error_floor_px", "orientation_error_vs_mouse_deg",
             "rf_center_error_vs_mouse_px", "rf_center_error_on_screen_px", "rf_center_error_on_screen_floor_px",
+            "osi_correlation", "osi_correlation_floor", "dsi_correlation", "dsi_correlation_floor",
             "readout_start_r2", "readout_position_error_px", "eye_shift_gain")
 EYE_SHIFT_TRIALS = 20  # training trials whose pupil positions `_eye_shift_gain` compares over
 
@@ -181,6 +185,15 @@ def _experiments(url: str, recording: Path, out: Path, progress: bool) -> dict:
                               twin=mouse)["validation"]
     rf_floor = run_rf(url, "simulated mouse", out / "mouse" / "rf", truth=recording, progress=progress,
                       twin=mouse)["validation"]
+    validations = {"tuning": tuning, "rf": rf, "tuning_floor": tuning_floor, "rf_floor": rf_floor}
+    return {**_experiment_figures(validations), **_twin_vs_mouse(out, out / "mouse", load_truth(recording)["osi"]),
+            **validations}
+
+
+def _experiment_figures(validations: dict) -> dict:
+    """A recording's figures from its experiments' validation summaries on the twin and on the simulated
+    mouse (`tuning`, `rf`, `tuning_floor`, `rf_floor`)."""
+    tuning, rf, tuning_floor, rf_floor = (validations[key] for key in ("tuning", "rf", "tuning_floor", "rf_floor"))
     return {"median_orientation_error_deg": _number(tuning["median_orientation_error_deg"]),
             "median_rf_center_error_px": _number(rf["median_center_distance_px"]),
             "orientation_error_floor_deg": _number(tuning_floor["median_orientation_error_deg"]),
@@ -188,8 +201,18 @@ def _experiments(url: str, recording: Path, out: Path, progress: bool) -> dict:
             # Neurons whose true RF centre is on the screen: off it, the dots show only the near flank.
             "rf_center_error_on_screen_px": _number(rf.get("median_center_distance_on_screen_px")),
             "rf_center_error_on_screen_floor_px": _number(rf_floor.get("median_center_distance_on_screen_px")),
-            **_twin_vs_mouse(out, out / "mouse", load_truth(recording)["osi"]),
-            "tuning": tuning, "rf": rf, "tuning_floor": tuning_floor, "rf_floor": rf_floor}
+            # How selective the twin says each neuron is, against the truth (all neurons, `tuning.validate`).
+            **{f"{index}_correlation{suffix}": _number(summary[f"{index}_correlation"])
+               for index in ("osi", "dsi") for suffix, summary in (("", tuning), ("_floor", tuning_floor))}}
+
+
+def _refreshed(entry: dict) -> dict:
+    """A member's saved entry with every recording's figures derived again from its experiments'
+    validation summaries, and the means again: a figure added to the bench since appears without a rerun."""
+    for scores in entry["recordings"].values():
+        if "tuning" in scores:
+            scores.update(_experiment_figures(scores))
+    return _headline(entry)
 
 
 def _measure(name: str, folder: Path, settings: dict, progress: bool) -> dict:
@@ -245,7 +268,7 @@ def _member(name: str, folder: Path, settings: dict, progress: bool) -> dict:
     if saved.get("settings") == settings:
         if not settings["experiments"] or saved.get("experiments") == EXPERIMENTS:
             print(f"[{name}] reusing {done}", file=sys.stderr, flush=True)
-            return saved["result"]
+            return _refreshed(saved["result"])
         if (folder / "artifacts").is_dir():
             print(f"[{name}] reusing the trained twin, the experiments changed", file=sys.stderr, flush=True)
             result = _probe(name, folder, saved["result"], progress)
@@ -302,7 +325,9 @@ def lines(results: dict) -> list[str]:
             f"(floor {show(m.get('rf_center_error_floor_px'), ' px')}; on screen "
             f"{show(m.get('rf_center_error_on_screen_px'), ' px')}, floor "
             f"{show(m.get('rf_center_error_on_screen_floor_px'), ' px')})  readout "
-            f"{show(m.get('readout_position_error_px'), ' px')} from the RF centres  eye shift gain "
+            f"{show(m.get('readout_position_error_px'), ' px')} from the RF centres  OSI r "
+            f"{show(m.get('osi_correlation'))} (floor {show(m.get('osi_correlation_floor'))}), DSI r "
+            f"{show(m.get('dsi_correlation'))} (floor {show(m.get('dsi_correlation_floor'))})  eye shift gain "
             f"{show(m.get('eye_shift_gain'))}  {m['steps']} steps"
             for name, m in results["members"].items()]
     summary, verdict = results["summary"], {None: "n/a", True: "yes", False: "NO"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _readouts
+from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _readouts, _refreshed
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
 from twinserve.clients.experiments.common import load_truth
@@ -191,6 +191,24 @@ def test_fidelity_benchmark_refuses_an_unknown_member_before_any_work(tmp_path, 
     assert not out.exists() and not (tmp_path / "work").exists()
 
 
+def test_a_reused_member_gains_the_figures_added_to_the_bench_from_its_saved_experiments():
+    def validations(osi, dsi):
+        return {"tuning": {"median_orientation_error_deg": 8.0, "osi_correlation": osi, "dsi_correlation": dsi},
+                "rf": {"median_center_distance_px": 2.0}, "tuning_floor": {"median_orientation_error_deg": 1.0,
+                                                                          "osi_correlation": 0.9, "dsi_correlation": 0.8},
+                "rf_floor": {"median_center_distance_px": 0.5, "median_center_distance_on_screen_px": 0.4}}
+
+    saved = {"steps": 10, "recordings": {"a": {"fraction_of_ceiling": 0.8, **validations(0.5, 0.1)},
+                                         "b": {"fraction_of_ceiling": 0.6, **validations(0.3, float("nan"))},
+                                         "no experiments": {"fraction_of_ceiling": 0.7}}}
+    entry = _refreshed(saved)  # as written before the bench reported OSI and DSI correlations
+    assert entry["recordings"]["a"]["osi_correlation"] == 0.5 and entry["recordings"]["b"]["dsi_correlation"] is None
+    assert entry["osi_correlation"] == pytest.approx(0.4) and entry["dsi_correlation"] == pytest.approx(0.1)
+    assert entry["osi_correlation_floor"] == pytest.approx(0.9) and entry["dsi_correlation_floor"] == pytest.approx(0.8)
+    assert entry["fraction_of_ceiling"] == pytest.approx(0.7) and entry["steps"] == 10
+    assert entry["rf_center_error_on_screen_floor_px"] == 0.4 and entry["rf_center_error_on_screen_px"] is None
+
+
 def test_eye_shift_gain_reads_one_for_the_true_shift_and_minus_one_for_the_reversed(small_mouse):
     data = small_mouse[0]
     recording = Recording(data)
@@ -241,6 +259,7 @@ def test_fidelity_benchmark_trains_serves_and_validates_a_member(tmp_path):
     assert member["orientation_error_floor_deg"] < 5 and member["rf_center_error_floor_px"] < 3
     assert recording["tuning_floor"]["tuned_neurons"] == recording["tuning"]["tuned_neurons"]
     assert 0 <= member["orientation_error_vs_mouse_deg"] <= 90 and member["rf_center_error_vs_mouse_px"] >= 0
+    assert member["osi_correlation"] == recording["tuning"]["osi_correlation"] and member["osi_correlation_floor"] > 0.5
     summary = results["summary"]
     assert summary["worst_member"] == summary["best_member"] == "family-100"
     assert summary["fraction_of_ceiling_spread"] == 0 and summary["targets_met"]["worst_within_spread_of_best"]
