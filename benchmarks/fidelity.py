@@ -341,30 +341,42 @@ def lines(results: dict) -> list[str]:
                    "targets: " + ", ".join(f"{label} {verdict[summary['targets_met'][key]]}" for label, key in checks)]
 
 
+def _values(results: dict, key: str) -> list[float]:
+    """`key` of every member in order, NaN where missing."""
+    return [np.nan if m.get(key) is None else m[key] for m in results["members"].values()]
+
+
 def plot(results: dict, path: Path) -> None:
     """Per member: fraction of the ceiling, orientation error and RF-centre error, with the targets and
-    (black ticks) the errors of the same experiments on the simulated mouse."""
+    (black ticks) the errors of the same experiments on the simulated mouse; then the OSI and DSI
+    correlations with the truth, twin (bars) and simulated mouse (ticks)."""
     plt = pyplot()
-    names = list(results["members"])
+    names, ticks = list(results["members"]), np.arange(len(results["members"]))
     panels = [("fraction_of_ceiling", "fraction of the ceiling\n(oracle tier)", TARGETS["fraction_of_ceiling_min"]),
               ("median_orientation_error_deg", "median orientation error (°)\nneurons with true OSI > 0.3",
                TARGETS["orientation_error_deg_max"]),
               ("median_rf_center_error_px", "median RF-centre error (px)\nneurons with a clear RF",
                TARGETS["rf_center_error_px_max"])]
-    figure, axes = plt.subplots(1, 3, figsize=(max(10.0, 3 * (1.5 + 0.6 * len(names))), 4.2), constrained_layout=True)
+    figure, axes = plt.subplots(1, 4, figsize=(max(13.0, 4 * (1.5 + 0.6 * len(names))), 4.2), constrained_layout=True)
     floors = {"median_orientation_error_deg": "orientation_error_floor_deg",
               "median_rf_center_error_px": "rf_center_error_floor_px"}
+    mouse = dict(marker="_", s=300, color="k", zorder=3, label="same experiment on the simulated mouse")
     for axis, (key, label, target) in zip(axes, panels):
-        values = [results["members"][n][key] for n in names]
-        axis.bar(range(len(names)), [np.nan if v is None else v for v in values])
+        axis.bar(ticks, _values(results, key))
         if key in floors:
-            floor = [results["members"][n].get(floors[key]) for n in names]
-            axis.scatter(range(len(names)), [np.nan if v is None else v for v in floor], marker="_", s=300,
-                         color="k", zorder=3, label="same experiment on the simulated mouse")
+            axis.scatter(ticks, _values(results, floors[key]), **mouse)
             axis.legend(fontsize=7, loc="upper left")
         axis.axhline(target, color="C3", linestyle="--", linewidth=1)
-        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
         axis.set_title(label, fontsize=9)
+    selectivity = axes[3]
+    for shift, index in ((-0.2, "osi"), (0.2, "dsi")):
+        selectivity.bar(ticks + shift, _values(results, f"{index}_correlation"), width=0.4, label=f"twin {index.upper()}")
+        selectivity.scatter(ticks + shift, _values(results, f"{index}_correlation_floor"), **{**mouse, "s": 120, "label": None})
+    selectivity.axhline(0, color="0.5", linewidth=0.8)
+    selectivity.legend(fontsize=7, loc="lower left")
+    selectivity.set_title("OSI and DSI vs the truth (r over neurons)\nticks: the simulated mouse", fontsize=9)
+    for axis in axes:
+        axis.set_xticks(ticks, names, rotation=45, ha="right")
     figure.suptitle(f"{results['config']['preset']}, {results['config']['minutes']} min per member (target dashed)")
     figure.savefig(path, dpi=110)
     plt.close(figure)
