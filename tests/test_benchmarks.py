@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _readouts, _refreshed
+from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _readouts, _refreshed, plot
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
 from twinserve.clients.experiments.common import load_truth
@@ -191,7 +191,7 @@ def test_fidelity_benchmark_refuses_an_unknown_member_before_any_work(tmp_path, 
     assert not out.exists() and not (tmp_path / "work").exists()
 
 
-def test_a_reused_member_gains_the_figures_added_to_the_bench_from_its_saved_experiments():
+def test_a_reused_member_gains_the_figures_added_to_the_bench_from_its_saved_experiments(tmp_path):
     def validations(osi, dsi):
         return {"tuning": {"median_orientation_error_deg": 8.0, "osi_correlation": osi, "dsi_correlation": dsi},
                 "rf": {"median_center_distance_px": 2.0}, "tuning_floor": {"median_orientation_error_deg": 1.0,
@@ -207,6 +207,9 @@ def test_a_reused_member_gains_the_figures_added_to_the_bench_from_its_saved_exp
     assert entry["osi_correlation_floor"] == pytest.approx(0.9) and entry["dsi_correlation_floor"] == pytest.approx(0.8)
     assert entry["fraction_of_ceiling"] == pytest.approx(0.7) and entry["steps"] == 10
     assert entry["rf_center_error_on_screen_floor_px"] == 0.4 and entry["rf_center_error_on_screen_px"] is None
+    plot({"config": {"preset": "small", "minutes": 15.0}, "members": {"family-1": entry, "family-2": {"steps": 0}}},
+         tmp_path / "fidelity.png")  # a member without figures is drawn empty
+    assert (tmp_path / "fidelity.png").stat().st_size > 1000
 
 
 def test_eye_shift_gain_reads_one_for_the_true_shift_and_minus_one_for_the_reversed(small_mouse):
