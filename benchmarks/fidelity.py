@@ -77,6 +77,7 @@ HEADLINE = ("oracle_single_trial_correlation", "ceiling_single_trial_correlation
             *(f"fev_e_{tier}" for tier in FEVE_TIERS), "median_orientation_error_deg", "median_rf_center_error_px",
             "orientation_error_floor_deg", "rf_center_error_floor_px", "orientation_error_vs_mouse_deg",
             "rf_center_error_vs_mouse_px", "rf_center_error_on_screen_px", "rf_center_error_on_screen_floor_px",
+            *(f"orientation_error_{where}_screen{suffix}_deg" for where in ("on", "off") for suffix in ("", "_floor")),
             "osi_correlation", "osi_correlation_floor", "dsi_correlation", "dsi_correlation_floor",
             "readout_start_r2", "readout_position_error_px", "eye_shift_gain")
 EYE_SHIFT_TRIALS = 20  # training trials whose pupil positions `_eye_shift_gain` compares over
@@ -201,6 +202,10 @@ def _experiment_figures(validations: dict) -> dict:
             # Neurons whose true RF centre is on the screen: off it, the dots show only the near flank.
             "rf_center_error_on_screen_px": _number(rf.get("median_center_distance_on_screen_px")),
             "rf_center_error_on_screen_floor_px": _number(rf_floor.get("median_center_distance_on_screen_px")),
+            # The same split of the orientation error (tuned neurons): off screen, the gratings reach the near flank.
+            **{f"orientation_error_{where}_screen{suffix}_deg":
+               _number(summary.get(f"median_orientation_error_{where}_screen_deg"))
+               for where in ("on", "off") for suffix, summary in (("", tuning), ("_floor", tuning_floor))},
             # How selective the twin says each neuron is, against the truth (all neurons, `tuning.validate`).
             **{f"{index}_correlation{suffix}": _number(summary[f"{index}_correlation"])
                for index in ("osi", "dsi") for suffix, summary in (("", tuning), ("_floor", tuning_floor))}}
@@ -321,7 +326,9 @@ def lines(results: dict) -> list[str]:
     rows = [f"{name:<12} fraction of ceiling {show(m['fraction_of_ceiling'])} (oracle "
             f"{show(m['oracle_single_trial_correlation'])} / {show(m['ceiling_single_trial_correlation'])})  "
             f"orientation error {show(m['median_orientation_error_deg'], '°')} (floor "
-            f"{show(m.get('orientation_error_floor_deg'), '°')})  RF error {show(m['median_rf_center_error_px'], ' px')} "
+            f"{show(m.get('orientation_error_floor_deg'), '°')}; on screen "
+            f"{show(m.get('orientation_error_on_screen_deg'), '°')}, off screen "
+            f"{show(m.get('orientation_error_off_screen_deg'), '°')})  RF error {show(m['median_rf_center_error_px'], ' px')} "
             f"(floor {show(m.get('rf_center_error_floor_px'), ' px')}; on screen "
             f"{show(m.get('rf_center_error_on_screen_px'), ' px')}, floor "
             f"{show(m.get('rf_center_error_on_screen_floor_px'), ' px')})  readout "

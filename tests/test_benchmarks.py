@@ -193,7 +193,8 @@ def test_fidelity_benchmark_refuses_an_unknown_member_before_any_work(tmp_path, 
 
 def test_a_reused_member_gains_the_figures_added_to_the_bench_from_its_saved_experiments(tmp_path):
     def validations(osi, dsi):
-        return {"tuning": {"median_orientation_error_deg": 8.0, "osi_correlation": osi, "dsi_correlation": dsi},
+        return {"tuning": {"median_orientation_error_deg": 8.0, "osi_correlation": osi, "dsi_correlation": dsi,
+                           "median_orientation_error_on_screen_deg": 6.0, "median_orientation_error_off_screen_deg": 12.0},
                 "rf": {"median_center_distance_px": 2.0}, "tuning_floor": {"median_orientation_error_deg": 1.0,
                                                                           "osi_correlation": 0.9, "dsi_correlation": 0.8},
                 "rf_floor": {"median_center_distance_px": 0.5, "median_center_distance_on_screen_px": 0.4}}
@@ -207,6 +208,8 @@ def test_a_reused_member_gains_the_figures_added_to_the_bench_from_its_saved_exp
     assert entry["osi_correlation_floor"] == pytest.approx(0.9) and entry["dsi_correlation_floor"] == pytest.approx(0.8)
     assert entry["fraction_of_ceiling"] == pytest.approx(0.7) and entry["steps"] == 10
     assert entry["rf_center_error_on_screen_floor_px"] == 0.4 and entry["rf_center_error_on_screen_px"] is None
+    assert entry["orientation_error_on_screen_deg"] == 6.0 and entry["orientation_error_off_screen_deg"] == 12.0
+    assert entry["orientation_error_off_screen_floor_deg"] is None  # the mouse's summary was written without the split
     plot({"config": {"preset": "small", "minutes": 15.0}, "members": {"family-1": entry, "family-2": {"steps": 0}}},
          tmp_path / "fidelity.png")  # a member without figures is drawn empty
     assert (tmp_path / "fidelity.png").stat().st_size > 1000

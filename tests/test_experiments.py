@@ -89,6 +89,14 @@ def test_validation_scores_known_errors(tmp_path):
     rf = validate_rf({"rf_center": beyond + error, "clear_rf": clear}, {**truth, "rf_center": beyond}, tmp_path)
     assert rf["on_screen_neurons"] == 15 and rf["median_center_distance_on_screen_px"] == pytest.approx(5)
     assert rf["median_center_distance_off_screen_px"] == pytest.approx(np.hypot(1, 4))
+    # The orientation error is split the same way: the ten off screen 50° off, the other tuned ones 30°.
+    apart = (twisted + np.where(np.arange(n) < 10, 20, 0)) % 180
+    split = validate_tuning({**result, "preferred_orientation_deg": apart}, {**truth, "rf_center": beyond}, tmp_path)
+    assert split["tuned_on_screen_neurons"] == 20 and split["median_orientation_error_on_screen_deg"] == pytest.approx(30)
+    assert split["median_orientation_error_off_screen_deg"] == pytest.approx(50)
+    assert tuning["median_orientation_error_off_screen_deg"] is None  # every centre on screen
+    assert "tuned_on_screen_neurons" not in validate_tuning(result, {k: v for k, v in truth.items() if k != "rf_center"},
+                                                            tmp_path)  # a truth without RF centres: no split
     # A member of the family may have no orientation-tuned neuron at all: no error to report, no crash.
     untuned = validate_tuning(result, {**truth, "osi": np.linspace(0.0, 0.25, n)}, tmp_path)
     assert untuned["tuned_neurons"] == 0 and untuned["median_orientation_error_deg"] is None

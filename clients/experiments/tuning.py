@@ -20,6 +20,7 @@ from ..plotting import pyplot
 from ..stimuli import directions, grating_set
 from .common import ServedTwin, load_truth
 from .fits import fit
+from .rf import on_screen
 
 TRUE_OSI_THRESHOLD = 0.3
 
@@ -161,18 +162,33 @@ def run_tuning(url: str, model: str, out: str | Path, count: int = 16, periods=(
 
 
 def validate(result: dict, truth: dict, out: Path) -> dict:
-    """Twin vs ground truth: orientation error for neurons with true OSI > 0.3, OSI correlation;
-    scatter plots in `tuning_vs_truth.png`."""
+    """Twin vs ground truth: orientation error for neurons with true OSI > 0.3, over all of them and,
+    where the truth has RF centres, split by whether the centre lies on the screen (off it, a neuron
+    sees the gratings only on its near flank); OSI and DSI correlations; scatter plots in
+    `tuning_vs_truth.png`."""
     tuned = truth["osi"] > TRUE_OSI_THRESHOLD
     error = orientation_error(result["preferred_orientation_deg"], truth["orientation_deg"])
+    has_centres = "rf_center" in truth
+    inside = on_screen(np.asarray(truth["rf_center"])) if has_centres else np.ones(len(tuned), bool)
+
+    def median(chosen):
+        return float(np.median(error[chosen])) if chosen.any() else None
+
     summary = {"tuned_neurons": int(tuned.sum()), "true_osi_threshold": TRUE_OSI_THRESHOLD,
-               "median_orientation_error_deg": float(np.median(error[tuned])) if tuned.any() else None,
+               "median_orientation_error_deg": median(tuned),
                "osi_correlation": float(np.corrcoef(result["osi"], truth["osi"])[0, 1]),
                "dsi_correlation": float(np.corrcoef(result["dsi"], truth["dsi"])[0, 1])}
+    if has_centres:
+        summary.update({"tuned_on_screen_neurons": int((tuned & inside).sum()),
+                        "median_orientation_error_on_screen_deg": median(tuned & inside),
+                        "median_orientation_error_off_screen_deg": median(tuned & ~inside)})
     plt = pyplot()
 
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
-    axes[0].scatter(truth["orientation_deg"][tuned] % 180, result["preferred_orientation_deg"][tuned], s=8)
+    for chosen, where in ((tuned & inside, "true RF centre on screen"), (tuned & ~inside, "off screen")):
+        axes[0].scatter(truth["orientation_deg"][chosen] % 180, result["preferred_orientation_deg"][chosen], s=8,
+                        label=where)
+    axes[0].legend(fontsize=8)
     axes[0].plot([0, 180], [0, 180], color="0.5", lw=0.8)
     error = summary["median_orientation_error_deg"]  # None without tuned neurons
     axes[0].set(xlabel="true orientation (°)", ylabel="twin's preferred orientation (°)",
