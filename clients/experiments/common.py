@@ -126,3 +126,8 @@ def load_truth(recording: str | Path) -> dict[str, np.ndarray]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no ground truth (only virtual-mouse recordings have it)")
     return {p.stem: np.load(p) for p in folder.glob("*.npy")}
+
+
+def median_where(values: np.ndarray, chosen: np.ndarray) -> float | None:
+    """Median of values (N,) where the mask chosen (N,) holds; None where it holds nowhere."""
+    return float(np.median(values[chosen])) if chosen.any() else None

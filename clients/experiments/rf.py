@@ -33,7 +33,7 @@ from twinserve.contract import GREY
 
 from ..plotting import pyplot
 from ..stimuli import HEIGHT, WIDTH, flashing_dots
-from .common import ServedTwin, load_truth
+from .common import ServedTwin, load_truth, median_where
 from .fits import fit
 
 CLEAR_RF_R2 = 0.5
@@ -190,15 +190,11 @@ def validate(result: dict, truth: dict, out: Path) -> dict:
     clear = result["clear_rf"]
     distance = np.linalg.norm(result["rf_center"] - truth["rf_center"], axis=1)
     inside = on_screen(np.asarray(truth["rf_center"]))
-
-    def median(chosen):
-        return float(np.median(distance[chosen])) if chosen.any() else None
-
     summary = {"clear_rf_neurons": int(clear.sum()), "clear_rf_r2": CLEAR_RF_R2,
-               "median_center_distance_px": median(clear),
+               "median_center_distance_px": median_where(distance, clear),
                "on_screen_neurons": int((clear & inside).sum()),
-               "median_center_distance_on_screen_px": median(clear & inside),
-               "median_center_distance_off_screen_px": median(clear & ~inside)}
+               "median_center_distance_on_screen_px": median_where(distance, clear & inside),
+               "median_center_distance_off_screen_px": median_where(distance, clear & ~inside)}
     plt = pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..plotting import pyplot
 from ..stimuli import directions, grating_set
-from .common import ServedTwin, load_truth
+from .common import ServedTwin, load_truth, median_where
 from .fits import fit
 from .rf import on_screen
 
@@ -170,18 +170,14 @@ def validate(result: dict, truth: dict, out: Path) -> dict:
     error = orientation_error(result["preferred_orientation_deg"], truth["orientation_deg"])
     has_centres = "rf_center" in truth
     inside = on_screen(np.asarray(truth["rf_center"])) if has_centres else np.ones(len(tuned), bool)
-
-    def median(chosen):
-        return float(np.median(error[chosen])) if chosen.any() else None
-
     summary = {"tuned_neurons": int(tuned.sum()), "true_osi_threshold": TRUE_OSI_THRESHOLD,
-               "median_orientation_error_deg": median(tuned),
+               "median_orientation_error_deg": median_where(error, tuned),
                "osi_correlation": float(np.corrcoef(result["osi"], truth["osi"])[0, 1]),
                "dsi_correlation": float(np.corrcoef(result["dsi"], truth["dsi"])[0, 1])}
     if has_centres:
         summary.update({"tuned_on_screen_neurons": int((tuned & inside).sum()),
-                        "median_orientation_error_on_screen_deg": median(tuned & inside),
-                        "median_orientation_error_off_screen_deg": median(tuned & ~inside)})
+                        "median_orientation_error_on_screen_deg": median_where(error, tuned & inside),
+                        "median_orientation_error_off_screen_deg": median_where(error, tuned & ~inside)})
     plt = pyplot()
 
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
