@@ -11,7 +11,8 @@ import torch
 from twinserve.cli import main as twin
 from twinserve.training.checkpoint import load_run
 from twinserve.training.data import Recording
-from twinserve.training.positions import ReadoutStart, pixel_positions, readout_start
+from twinserve.training.positions import (EDGE_FIT_ROUNDS, ReadoutStart, grid_cells, grid_centres, pixel_positions,
+                                          readout_start, retinotopic_fit)
 from twinserve.training.presets import TrainConfig
 from twinserve.training.train import readout_l1, refit_plan, should_stop, train
 from twinserve.training.transfer import CoreSource
@@ -122,6 +123,26 @@ def test_initial_readout_positions_find_the_receptive_fields(default_mouse):
     assert start.confirmed and start.retinotopy_r2 > 0.5
     shuffled = readout_start(trials, np.random.default_rng(0).permutation(recording.coordinates))
     assert not shuffled.confirmed  # coordinates that do not explain the peaks: the raw peaks are the start
+
+
+def test_the_retinotopic_fit_is_not_squeezed_by_receptive_fields_at_and_beyond_the_edge():
+    # 600 neurons whose true centres run 1.2 cells past every edge of a 9 × 16 grid; each peaks at the
+    # cell holding its centre plus scatter, clipped to the grid as a correlation map's peak is.
+    rng = np.random.default_rng(0)
+    grid = (9, 16)
+    coordinates = rng.uniform(-1, 1, (600, 2))
+    reach = 1 + 1.2 * 2 / np.array([16, 9])  # (x, y) in screen coordinates
+    truth = coordinates * reach * np.array([1.0, -1.0])  # a flipped y axis, as cortical maps have
+    peaks = grid_centres(grid)[grid_cells(truth + rng.normal(0, 0.1, truth.shape), grid)]
+    strength = rng.uniform(0.1, 1.0, 600)
+    on_screen = (np.abs(truth) <= 1).all(1)
+    for fit_grid, squeezed in ((None, True), (grid, False)):
+        fitted, r2 = retinotopic_fit(coordinates, peaks, strength, fit_grid, EDGE_FIT_ROUNDS)
+        slopes = [np.polyfit(fitted[:, axis], truth[:, axis], 1)[0] for axis in (0, 1)]
+        assert (max(abs(s) for s in slopes) > 1.1) == squeezed, slopes  # the true centres spread wider than the map
+        assert r2 > 0.8
+    error = np.linalg.norm(fitted - truth, axis=1)
+    assert np.median(error[on_screen]) < 0.08 and np.median(error[~on_screen]) < 0.12
 
 
 def test_the_readouts_refitted_are_those_whose_start_no_retinotopy_confirmed():

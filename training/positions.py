@@ -30,6 +30,7 @@ BANK_SIZE = 15          # pixels per side of the Gabor filters
 MAX_TRIALS = 60         # enough for a position estimate; bounds the cost on large recordings
 MIN_FIT_R2 = 0.5
 MIN_FIT_NEURONS = 8  # fewer neurons than this fit no retinotopy
+EDGE_FIT_ROUNDS = 8  # rounds of `retinotopic_fit` on a grid: the neurons inside the edges settle by then
 NEURON_BLOCK = 1024     # neurons correlated at a time
 
 
@@ -99,18 +100,33 @@ def pixel_positions(positions: np.ndarray, frame_shape: tuple[int, int]) -> np.n
 
 
 def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.ndarray,
-                    rounds: int = 4) -> tuple[np.ndarray, float]:
+                    grid: tuple[int, int] | None = None, rounds: int = 4) -> tuple[np.ndarray, float]:
     """Affine map cortical coordinates (N, ≥2) → peaks (N, 2), fitted on the stronger half and
-    refitted without outliers → (fitted positions (N, 2), R² on the inliers)."""
+    refitted without outliers → (fitted positions (N, 2), R² on the inliers).
+
+    grid: the (rows, columns) of cells the peaks are centres of (`receptive_field_peaks`). A neuron
+    that looks at the outermost cell or beyond it peaks there, so such peaks are censored, and a map
+    fitted to them is squeezed inward (on development member family-27, whose receptive fields reach
+    4 px past the edges, the true centres went as 1.14 × x - 3.9 px and 1.39 × y - 8.0 px of such a
+    map's). With the grid, the map is fitted only on the neurons it places at least one cell inside
+    the outermost cells (chosen by their coordinates, which biases nothing), refitted as that choice
+    changes (`EDGE_FIT_ROUNDS`), and compared with the peaks clipped as the peaks are."""
     design = np.column_stack([coordinates[:, :2], np.ones(len(coordinates))])
-    inliers = strength >= np.median(strength)
+    strong = strength >= np.median(strength)
+    inliers, fit_on = strong.copy(), strong.copy()
+    outermost = None if grid is None else 1 - 1 / np.array(grid[::-1], dtype=float)  # (x, y) cell centres
     for _ in range(rounds):
-        affine, *_ = np.linalg.lstsq(design[inliers], peaks[inliers], rcond=None)
-        residual = np.linalg.norm(design @ affine - peaks, axis=1)
+        affine, *_ = np.linalg.lstsq(design[fit_on], peaks[fit_on], rcond=None)
+        fitted = design @ affine
+        predicted = fitted if outermost is None else np.clip(fitted, -outermost, outermost)
+        residual = np.linalg.norm(predicted - peaks, axis=1)
         inliers &= residual <= 2.5 * np.median(residual[inliers])
-    fitted = design @ affine
+        fit_on = inliers
+        if outermost is not None:
+            inside = inliers & (np.abs(fitted) <= outermost - 2 / np.array(grid[::-1])).all(1)
+            fit_on = inside if inside.sum() >= MIN_FIT_NEURONS else inliers
     spread = ((peaks[inliers] - peaks[inliers].mean(0)) ** 2).sum()
-    r2 = 1 - ((peaks[inliers] - fitted[inliers]) ** 2).sum() / max(spread, 1e-12)
+    r2 = 1 - ((peaks[inliers] - predicted[inliers]) ** 2).sum() / max(spread, 1e-12)
     return fitted, float(r2)
 
 
@@ -132,10 +148,11 @@ class ReadoutStart(NamedTuple):
 def readout_start(trials: list[Trial], coordinates: np.ndarray, grid: tuple[int, int] | None = None) -> ReadoutStart:
     """Starting readout positions from training trials and the neurons' cortical coordinates (N, ≥2);
     grid: default `grid_for` the trials' frame shape."""
-    peaks, strength = receptive_field_peaks(trials, grid or grid_for(trials[0].video.shape[1:]))
+    grid = grid or grid_for(trials[0].video.shape[1:])
+    peaks, strength = receptive_field_peaks(trials, grid)
     r2 = None
     if len(peaks) >= MIN_FIT_NEURONS:
-        fitted, r2 = retinotopic_fit(coordinates, peaks, strength)
+        fitted, r2 = retinotopic_fit(coordinates, peaks, strength, grid, EDGE_FIT_ROUNDS)
         if r2 >= MIN_FIT_R2:
             peaks = fitted
     return ReadoutStart(np.clip(peaks, -1, 1).astype(np.float32), r2)

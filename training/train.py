@@ -330,7 +330,7 @@ def train(data: list[str | Path], out: str | Path, preset: str = "small", progre
                 bar.set_postfix(step=state["step"], loss=f"{state['history'][-1]['loss']:.3f}",
                                 val=f"{state['history'][-1]['validation']:.3f}")
     bar.close()
-    del windows  # stops the background workers
+    del windows, step_loss  # stops the background workers; lets `distributed.finish` collect a DDP wrapper
     if losses or not state["history"]:
         validate_everywhere(bad_validations)
     distributed.share_buffers(model, rank)
