@@ -112,18 +112,20 @@ def retinotopic_fit(coordinates: np.ndarray, peaks: np.ndarray, strength: np.nda
     the outermost cells (chosen by their coordinates, which biases nothing), refitted as that choice
     changes (`EDGE_FIT_ROUNDS`), and compared with the peaks clipped as the peaks are."""
     design = np.column_stack([coordinates[:, :2], np.ones(len(coordinates))])
-    strong = strength >= np.median(strength)
-    inliers, fit_on = strong.copy(), strong.copy()
-    outermost = None if grid is None else 1 - 1 / np.array(grid[::-1], dtype=float)  # (x, y) cell centres
+    inliers = strength >= np.median(strength)
+    fit_on = inliers.copy()
+    if grid is not None:
+        cell = 2 / np.array(grid[::-1], dtype=float)  # (x, y) cell size
+        outermost = 1 - cell / 2  # the outermost cells' centres
     for _ in range(rounds):
         affine, *_ = np.linalg.lstsq(design[fit_on], peaks[fit_on], rcond=None)
         fitted = design @ affine
-        predicted = fitted if outermost is None else np.clip(fitted, -outermost, outermost)
+        predicted = fitted if grid is None else np.clip(fitted, -outermost, outermost)
         residual = np.linalg.norm(predicted - peaks, axis=1)
         inliers &= residual <= 2.5 * np.median(residual[inliers])
         fit_on = inliers
-        if outermost is not None:
-            inside = inliers & (np.abs(fitted) <= outermost - 2 / np.array(grid[::-1])).all(1)
+        if grid is not None:
+            inside = inliers & (np.abs(fitted) <= outermost - cell).all(1)
             fit_on = inside if inside.sum() >= MIN_FIT_NEURONS else inliers
     spread = ((peaks[inliers] - peaks[inliers].mean(0)) ** 2).sum()
     r2 = 1 - ((peaks[inliers] - predicted[inliers]) ** 2).sum() / max(spread, 1e-12)
