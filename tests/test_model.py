@@ -205,6 +205,38 @@ def test_factorized_strides_per_layer_and_runs_written_with_a_first_stride_only(
             FactorizedCore(3, (36, 64), **layers, **wrong)
 
 
+@pytest.mark.parametrize("dilation", [2, (1, 2)])
+def test_a_dilated_factorized_layer_reaches_further_with_the_same_maps_and_streams_as_its_clip(dilation):
+    """Dilation 2 on the last 3×3 layer (all its channels, or the second half as a branch beside an
+    undilated one): same output cells, the reach of a 5×5 layer (a pixel 10 px from a cell moves the
+    dilated channels only: reach ±11 px against ±7), and the streamed step equals the clip."""
+    from twinserve.training.factorized import FactorizedCore
+
+    layers = dict(channels=(4, 4, 4), spatial_kernels=(3, 3, 3), temporal_kernels=(2, 2, 2), strides=(2, 2, 1), margin=1)
+    torch.manual_seed(0)
+    plain = FactorizedCore(3, (36, 64), **layers).eval()
+    dilated = FactorizedCore(3, (36, 64), **layers, dilations=(1, 1, dilation)).eval()
+    for core in (plain, dilated):  # the temporal conv would mix the channels that moved into all of them
+        core.layers[-1].temporal.weight.data.zero_()[:, :, -1, 0, 0] = torch.eye(4)
+    x = torch.randn(1, 3, 4, 36, 64)
+    far = x.clone()
+    far[..., 16, 42] += 10.0  # cell (5, 9) of the last maps (1 margin cell) sits on pixel (16, 32): 10 px away
+    with torch.no_grad():
+        outputs = {name: (core(x), core(far)) for name, core in (("plain", plain), ("dilated", dilated))}
+        assert outputs["plain"][0].shape == outputs["dilated"][0].shape == (1, 4, 1, 11, 18)
+        moved = {name: (b - a)[0, :, 0, 5, 9].abs() > 1e-5 for name, (a, b) in outputs.items()}
+        assert moved["plain"].tolist() == [False] * 4
+        assert moved["dilated"].tolist() == ([True] * 4 if dilation == 2 else [False, False, True, True])
+        step, states = dilated.stepper(), [torch.zeros(1, *shape) for shape in dilated.state_shapes((36, 64))]
+        for t in range(x.shape[2]):
+            streamed, *states = step(x[:, :, t], *states)
+    torch.testing.assert_close(streamed, outputs["dilated"][0][:, :, -1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="dilation"):
+        FactorizedCore(3, (36, 64), **layers, dilations=(1, 2))
+    with pytest.raises(ValueError, match="split evenly"):
+        FactorizedCore(3, (36, 64), **layers, dilations=(1, 1, (1, 2, 3)))
+
+
 def test_the_factorized_cores_channels_last_input_changes_no_output_or_gradient():
     """The CPU layout of the core's input is a speed choice: outputs and weight gradients agree with
     the default layout's to float32 rounding, in training and in eval mode."""

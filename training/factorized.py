@@ -19,21 +19,51 @@ from torch import nn
 from .gabor import gabor_init_
 
 
+class DilatedBranches(nn.Module):
+    """Spatial 1×k×k convs side by side, one per dilation, each giving an equal share of the output
+    channels: (B, C_in, T, H, W) → (B, C_out, T, H', W') (concatenated in the order of `dilations`).
+    Near and far reach for the cost of one k×k conv; each neuron's readout weighs the two."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, margin: int, dilations):
+        super().__init__()
+        if out_channels % len(dilations):
+            raise ValueError(f"{out_channels} channels do not split evenly over the dilations {dilations}")
+        self.branches = nn.ModuleList(_spatial_conv(in_channels, out_channels // len(dilations), kernel, stride,
+                                                    margin, dilation) for dilation in dilations)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        first = self.branches[0]
+        self.kernel_size, self.stride, self.padding, self.dilation = (first.kernel_size, first.stride, first.padding,
+                                                                      first.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+
+def _spatial_conv(in_channels: int, out_channels: int, kernel: int, stride: int, margin: int,
+                  dilation: int) -> nn.Conv3d:
+    """1×k×k conv padded to keep cell j on pixel stride·j and to add `margin` cells beyond each edge."""
+    padding = dilation * (kernel // 2) + margin * stride
+    return nn.Conv3d(in_channels, out_channels, (1, kernel, kernel), stride=(1, stride, stride),
+                     padding=(0, padding, padding), dilation=(1, dilation, dilation), bias=False)
+
+
 class FactorizedLayer(nn.Module):
     """Spatial 1×k×k conv, temporal kt×1×1 conv (valid in time), BatchNorm, ELU; the spatial conv
-    zero-padded to give `margin` more output cells beyond each edge.
+    zero-padded to give `margin` more output cells beyond each edge, dilated by `dilation` (or, for a
+    tuple of dilations, `DilatedBranches`).
 
     (B, C_in, T, H, W) → (B, C_out, T - kt + 1, H / stride + 2·margin, W / stride + 2·margin)
     """
 
     def __init__(self, in_channels: int, out_channels: int, spatial_kernel: int, temporal_kernel: int, stride: int,
-                 margin: int = 0):
+                 margin: int = 0, dilation: int | tuple[int, ...] = 1):
         super().__init__()
         if margin < 0:
             raise ValueError(f"a margin counts feature cells beyond the screen: 0 or more, got {margin}")
-        padding = spatial_kernel // 2 + margin * stride
-        self.spatial = nn.Conv3d(in_channels, out_channels, (1, spatial_kernel, spatial_kernel),
-                                 stride=(1, stride, stride), padding=(0, padding, padding), bias=False)
+        if isinstance(dilation, int):
+            self.spatial = _spatial_conv(in_channels, out_channels, spatial_kernel, stride, margin, dilation)
+        else:
+            self.spatial = DilatedBranches(in_channels, out_channels, spatial_kernel, stride, margin, dilation)
         self.temporal = nn.Conv3d(out_channels, out_channels, (temporal_kernel, 1, 1), bias=False)
         self.norm = nn.BatchNorm3d(out_channels)
 
@@ -43,14 +73,17 @@ class FactorizedLayer(nn.Module):
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) of the input → (H', W') of the output (the spatial conv's arithmetic)."""
         (_, kh, kw), (_, sh, sw), (_, ph, pw) = self.spatial.kernel_size, self.spatial.stride, self.spatial.padding
-        return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+        (_, dh, dw) = self.spatial.dilation
+        return (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
 class FactorizedCore(nn.Module):
     """Stack of `FactorizedLayer`s: (B, C_in, T, H, W) → (B, C, T - R + 1, H', W').
 
     strides: each layer's spatial stride (default: `first_stride` for the first layer, 1 after it, as
-    runs written before `strides` had). margin: feature cells the last layer computes beyond each
+    runs written before `strides` had). dilations: each layer's spatial dilation (default 1): a 3×3
+    kernel dilated by 2 reaches as far as a 5×5 one with the weights of a 3×3; a tuple, e.g. (1, 2),
+    splits the layer's channels over branches of those dilations. margin: feature cells the last layer computes beyond each
     edge of the screen (its spatial conv padded by that much more), where the readouts of receptive
     fields centred off screen can sit (`model.GaussianReadout`). frame_shape is not needed to build it
     (convolutions take frames of any size); the core protocol's methods take it where the arithmetic
@@ -58,16 +91,20 @@ class FactorizedCore(nn.Module):
     """
 
     def __init__(self, in_channels: int, frame_shape: tuple[int, int], channels, spatial_kernels, temporal_kernels,
-                 first_stride: int = 1, strides=None, margin: int = 0):
+                 first_stride: int = 1, strides=None, margin: int = 0, dilations=None):
         super().__init__()
         if strides is None:  # runs written before `strides`: only the first layer strode
             strides = (first_stride,) + (1,) * (len(channels) - 1)
         elif first_stride != 1 or len(strides) != len(channels):
             raise ValueError(f"give one spatial stride per layer ({len(channels)}) in `strides`, without `first_stride`")
+        dilations = (1,) * len(channels) if dilations is None else tuple(
+            d if isinstance(d, int) else tuple(d) for d in dilations)  # a run's config.json gives lists
+        if len(dilations) != len(channels) or min(min(d) if isinstance(d, tuple) else d for d in dilations) < 1:
+            raise ValueError(f"give one spatial dilation (1 or more) per layer ({len(channels)}), got {dilations}")
         sizes = [in_channels, *channels]
         self.layers = nn.Sequential(*[
             FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i], strides[i],
-                            margin if i == len(channels) - 1 else 0)
+                            margin if i == len(channels) - 1 else 0, dilations[i])
             for i in range(len(channels))])
         self.margin = margin
         self.cell_stride = math.prod(strides)  # padded by k // 2: cell j sits on pixel S·j (`cores.cell_offset`)
@@ -136,20 +173,27 @@ class StepLayer(nn.Module):
 
     def __init__(self, layer: FactorizedLayer):
         super().__init__()
-        conv = layer.spatial
-        self.spatial = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[1:],
-                                 stride=conv.stride[1:], padding=conv.padding[1:], bias=False)
-        self.spatial.weight.data.copy_(conv.weight[:, :, 0])
+        convs = layer.spatial.branches if isinstance(layer.spatial, DilatedBranches) else [layer.spatial]
+        self.spatial = nn.ModuleList(_frame_conv(conv) for conv in convs)
         scale = layer.norm.weight / torch.sqrt(layer.norm.running_var + layer.norm.eps)
         weight = layer.temporal.weight[..., 0, 0] * scale[:, None, None]  # (C_out, C_in, kt)
         self.register_buffer("weight", weight.flatten(1).detach().clone())
         self.register_buffer("bias", (layer.norm.bias - layer.norm.running_mean * scale).detach().clone())
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        window = torch.cat([state, self.spatial(x)[:, :, None]], dim=2)  # (B, C, kt, H', W')
+        spatial = torch.cat([conv(x) for conv in self.spatial], dim=1)  # (B, C, H', W')
+        window = torch.cat([state, spatial[:, :, None]], dim=2)  # (B, C, kt, H', W')
         batch, channels, taps, rows, cols = window.shape
         mixed = self.weight @ window.reshape(batch, channels * taps, rows * cols)
         return F.elu(mixed + self.bias[:, None]).reshape(batch, -1, rows, cols), window[:, :, 1:]
+
+
+def _frame_conv(conv: nn.Conv3d) -> nn.Conv2d:
+    """The 1×k×k conv `conv` as the k×k conv of one frame, same weights."""
+    frame = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size[1:], stride=conv.stride[1:],
+                      padding=conv.padding[1:], dilation=conv.dilation[1:], bias=False)
+    frame.weight.data.copy_(conv.weight[:, :, 0])
+    return frame
 
 
 class FactorizedStep(nn.Module):
