@@ -83,11 +83,11 @@ class FactorizedCore(nn.Module):
     strides: each layer's spatial stride (default: `first_stride` for the first layer, 1 after it, as
     runs written before `strides` had). dilations: each layer's spatial dilation (default 1): a 3×3
     kernel dilated by 2 reaches as far as a 5×5 one with the weights of a 3×3; a tuple, e.g. (1, 2),
-    splits the layer's channels over branches of those dilations. margin: feature cells the last layer computes beyond each
-    edge of the screen (its spatial conv padded by that much more), where the readouts of receptive
-    fields centred off screen can sit (`model.GaussianReadout`). frame_shape is not needed to build it
-    (convolutions take frames of any size); the core protocol's methods take it where the arithmetic
-    depends on it.
+    splits the layer's channels over branches of those dilations (`DilatedBranches`). margin: feature
+    cells the last layer computes beyond each edge of the screen (its spatial conv padded by that much
+    more), where the readouts of receptive fields centred off screen can sit (`model.GaussianReadout`).
+    frame_shape is not needed to build it (convolutions take frames of any size); the core protocol's
+    methods take it where the arithmetic depends on it.
     """
 
     def __init__(self, in_channels: int, frame_shape: tuple[int, int], channels, spatial_kernels, temporal_kernels,
