@@ -118,10 +118,11 @@ def test_step_graph_streamed_over_a_virtual_mouse_trial_equals_the_clip_graph(ar
     assert relative_error(streamed[:, manifest.offset:], reference) < PARITY_TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["base", "small"])  # small strides in two layers
-def test_a_larger_preset_exports_with_batchnorm_folded_and_streams_like_its_clip_graph(tmp_path, name):
+# small strides in two layers; pooled maps (`factorized.PooledMaps`) add blurred copies for the readout
+@pytest.mark.parametrize("name, extra", [("base", {}), ("small", {}), ("small", {"pooled": (1.5,)})])
+def test_a_larger_preset_exports_with_batchnorm_folded_and_streams_like_its_clip_graph(tmp_path, name, extra):
     torch.manual_seed(1)
-    model = Twin(preset(name).model_config(), {"m": 32}).eval()
+    model = Twin({**preset(name).model_config(), **extra}, {"m": 32}).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to fold
         for layer in model.core.layers:
             layer.norm.running_mean.normal_(0, 0.5)

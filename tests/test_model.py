@@ -237,6 +237,41 @@ def test_a_dilated_factorized_layer_reaches_further_with_the_same_maps_and_strea
         FactorizedCore(3, (36, 64), **layers, dilations=(1, 1, (1, 2, 3)))
 
 
+def test_pooled_maps_sit_beside_the_maps_keep_a_constant_and_stream_as_their_clip():
+    """`pooled=(σ, ...)`: the last maps first, then one Gaussian blur of them per σ. A constant map stays
+    constant (edges included, the blur is normalised), a point spreads to its neighbours and keeps its
+    mass in the interior, and the streamed step equals the clip."""
+    from twinserve.training.factorized import FactorizedCore, PooledMaps
+
+    pool = PooledMaps((1.0, 2.5))
+    constant = torch.full((1, 2, 3, 9, 16), 0.7)
+    torch.testing.assert_close(pool(constant), torch.full((1, 6, 3, 9, 16), 0.7))
+    point = torch.zeros(1, 1, 9, 16)
+    point[0, 0, 4, 8] = 1.0
+    blurred = pool(point)
+    assert blurred.shape == (1, 3, 9, 16) and torch.equal(blurred[:, 0], point[:, 0])
+    assert blurred[0, 1, 4, 9] > 0.05 and blurred[0, 2, 4, 11] > blurred[0, 1, 4, 11]  # wider σ reaches further
+    # σ = 1 keeps the point's mass (a little more: the taps near the edge are divided by a partial sum)
+    torch.testing.assert_close(blurred[0, 1].sum(), torch.tensor(1.0), rtol=0, atol=0.01)
+    with pytest.raises(ValueError, match="blur widths"):
+        PooledMaps((0.0,))
+
+    layers = dict(channels=(4, 4, 4), spatial_kernels=(3, 3, 3), temporal_kernels=(2, 2, 2), strides=(2, 2, 1))
+    torch.manual_seed(0)
+    core = FactorizedCore(3, (36, 64), **layers, pooled=(1.5,)).eval()
+    assert core.out_channels == 8 and core.step_flops((36, 64)) > FactorizedCore(3, (36, 64), **layers).step_flops((36, 64))
+    x = torch.randn(1, 3, 5, 36, 64)
+    step, states = core.stepper(), [torch.zeros(1, *shape) for shape in core.state_shapes((36, 64))]
+    with torch.no_grad():
+        clip = core(x)
+        streamed = []
+        for t in range(x.shape[2]):
+            out, *states = step(x[:, :, t], *states)
+            streamed.append(out)
+    assert clip.shape == (1, 8, 2, 9, 16)
+    torch.testing.assert_close(torch.stack(streamed[-2:], dim=2), clip, rtol=1e-4, atol=1e-5)
+
+
 def test_the_factorized_cores_channels_last_input_changes_no_output_or_gradient():
     """The CPU layout of the core's input is a speed choice: outputs and weight gradients agree with
     the default layout's to float32 rounding, in training and in eval mode."""

@@ -39,6 +39,49 @@ class DilatedBranches(nn.Module):
         return torch.cat([branch(x) for branch in self.branches], dim=1)
 
 
+class PooledMaps(nn.Module):
+    """The maps beside Gaussian-blurred copies of themselves, one per σ (in feature cells): a neuron's
+    point readout can then read energy pooled over a neighbourhood, as a complex cell with a large RF
+    pools subunits. Each blur is divided by the blur of a map of ones, so a constant map stays constant
+    up to the edges.
+
+    (B, C, T, H', W') or (B, C, H', W') → the same with C·(1 + len(sigmas)) channels, the maps first.
+    """
+
+    def __init__(self, sigmas):
+        super().__init__()
+        self.sigmas = tuple(float(sigma) for sigma in sigmas)
+        if not self.sigmas or min(self.sigmas) <= 0:
+            raise ValueError(f"give one or more blur widths σ > 0 in feature cells, got {sigmas}")
+        for i, sigma in enumerate(self.sigmas):
+            radius = max(1, math.ceil(2.5 * sigma))
+            taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+            self.register_buffer(f"taps{i}", taps / taps.sum(), persistent=False)  # derived from sigmas
+
+    def _taps(self) -> list[torch.Tensor]:
+        """Per σ the 1D Gaussian (2r + 1,), summing to 1."""
+        return [getattr(self, f"taps{i}") for i in range(len(self.sigmas))]
+
+    def _blur(self, x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        """Depthwise separable blur of the last two axes of x (B, C, [T,] H, W), zero-padded."""
+        channels, radius, conv = x.shape[1], taps.numel() // 2, F.conv3d if x.dim() == 5 else F.conv2d
+        lead = (1,) * (x.dim() - 4)  # a 1-frame kernel axis for clips
+        rows = taps.reshape(1, 1, *lead, -1, 1).expand(channels, 1, *lead, -1, 1)
+        cols = taps.reshape(1, 1, *lead, 1, -1).expand(channels, 1, *lead, 1, -1)
+        x = conv(x, rows, padding=(*(0,) * len(lead), radius, 0), groups=channels)
+        return conv(x, cols, padding=(*(0,) * len(lead), 0, radius), groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ones = x.new_ones((1, 1, *x.shape[2:]))
+        pooled = [self._blur(x, taps) / self._blur(ones, taps) for taps in self._taps()]
+        return torch.cat([x, *pooled], dim=1)
+
+    def flops(self, channels: int, size: tuple[int, int]) -> int:
+        """FLOPs of the blurs (two passes) and their normalisation of one frame's C maps of size (H', W')."""
+        cells = channels * size[0] * size[1]
+        return sum((2 * 2 * taps.numel() + 1) * cells for taps in self._taps())
+
+
 def _spatial_conv(in_channels: int, out_channels: int, kernel: int, stride: int, margin: int,
                   dilation: int) -> nn.Conv3d:
     """1×k×k conv padded to keep cell j on pixel stride·j and to add `margin` cells beyond each edge."""
@@ -86,12 +129,14 @@ class FactorizedCore(nn.Module):
     splits the layer's channels over branches of those dilations (`DilatedBranches`). margin: feature
     cells the last layer computes beyond each edge of the screen (its spatial conv padded by that much
     more), where the readouts of receptive fields centred off screen can sit (`model.GaussianReadout`).
+    pooled: blur widths σ (feature cells) of Gaussian-pooled copies of the last maps put beside them
+    (`PooledMaps`; C = C_last·(1 + len(pooled))); None or () for the maps alone.
     frame_shape is not needed to build it (convolutions take frames of any size); the core protocol's
     methods take it where the arithmetic depends on it.
     """
 
     def __init__(self, in_channels: int, frame_shape: tuple[int, int], channels, spatial_kernels, temporal_kernels,
-                 first_stride: int = 1, strides=None, margin: int = 0, dilations=None):
+                 first_stride: int = 1, strides=None, margin: int = 0, dilations=None, pooled=None):
         super().__init__()
         if strides is None:  # runs written before `strides`: only the first layer strode
             strides = (first_stride,) + (1,) * (len(channels) - 1)
@@ -110,7 +155,8 @@ class FactorizedCore(nn.Module):
         self.cell_stride = math.prod(strides)  # padded by k // 2: cell j sits on pixel S·j (`cores.cell_offset`)
         gabor_init_(self.layers[0].spatial.weight)  # the video's first filters start as Gabors (`gabor`)
         self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
-        self.out_channels = sizes[-1]
+        self.pooled = PooledMaps(pooled) if pooled else None
+        self.out_channels = sizes[-1] * (1 + (len(self.pooled.sigmas) if self.pooled else 0))
         # How this process lays out the input on CPU, not a setting of the twin: oneDNN's first conv (few
         # input channels) takes about 40% less time on channels-last input (`twin bench train --contiguous-input`).
         self.channels_last = True
@@ -118,7 +164,8 @@ class FactorizedCore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        return self.layers(x)
+        x = self.layers(x)
+        return self.pooled(x) if self.pooled is not None else x
 
     def smoothness(self) -> torch.Tensor:
         """Roughness of the first layer's spatial kernels: Σ (Laplacian ∗ w)² / Σ w² (neuralpredictors'
@@ -152,11 +199,18 @@ class FactorizedCore(nn.Module):
             total += spatial * frames
             frames -= kt - 1
             total += temporal * frames
-        return total
+        return total + frames * self._pooling_flops(frame_shape)
+
+    def _pooling_flops(self, frame_shape: tuple[int, int]) -> int:
+        """FLOPs of `PooledMaps` on one output frame (0 without it)."""
+        if self.pooled is None:
+            return 0
+        return self.pooled.flops(self.layers[-1].temporal.out_channels, self._layer_costs(frame_shape)[-1][3])
 
     def step_flops(self, frame_shape: tuple[int, int]) -> float:
         """FLOPs of one streamed frame: every layer's spatial conv on one frame and one temporal output."""
-        return sum(spatial + temporal for spatial, temporal, _, _ in self._layer_costs(frame_shape))
+        return (sum(spatial + temporal for spatial, temporal, _, _ in self._layer_costs(frame_shape))
+                + self._pooling_flops(frame_shape))
 
     def stepper(self) -> FactorizedStep:
         """The core for one frame with its memory as explicit state (BatchNorm folded; eval mode)."""
@@ -203,10 +257,11 @@ class FactorizedStep(nn.Module):
     def __init__(self, core: FactorizedCore):
         super().__init__()
         self.layers = nn.ModuleList(StepLayer(layer) for layer in core.layers)
+        self.pooled = core.pooled
 
     def forward(self, x: torch.Tensor, *states: torch.Tensor):
         next_states = []
         for layer, state in zip(self.layers, states):
             x, state = layer(x, state)
             next_states.append(state)
-        return (x, *next_states)
+        return (self.pooled(x) if self.pooled is not None else x, *next_states)
