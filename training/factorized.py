@@ -72,7 +72,7 @@ class PooledMaps(nn.Module):
         return conv(x, cols, padding=(*(0,) * len(lead), 0, radius), groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ones = x.new_ones((1, 1, *x.shape[2:]))
+        ones = x.new_ones((1, 1, *(1,) * (x.dim() - 4), *x.shape[-2:]))  # one frame: the edges do not change in time
         pooled = [self._blur(x, taps) / self._blur(ones, taps) for taps in self._taps()]
         return torch.cat([x, *pooled], dim=1)
 
@@ -195,22 +195,20 @@ class FactorizedCore(nn.Module):
     def flops(self, frame_shape: tuple[int, int], frames: int) -> float:
         """FLOPs of a clip of `frames` input frames (valid in time: each layer sees fewer frames)."""
         total = 0.0
-        for spatial, temporal, kt, _ in self._layer_costs(frame_shape):
+        for spatial, temporal, kt, size in self._layer_costs(frame_shape):
             total += spatial * frames
             frames -= kt - 1
             total += temporal * frames
-        return total + frames * self._pooling_flops(frame_shape)
+        return total + frames * self._pooling_flops(size)
 
-    def _pooling_flops(self, frame_shape: tuple[int, int]) -> int:
-        """FLOPs of `PooledMaps` on one output frame (0 without it)."""
-        if self.pooled is None:
-            return 0
-        return self.pooled.flops(self.layers[-1].temporal.out_channels, self._layer_costs(frame_shape)[-1][3])
+    def _pooling_flops(self, size: tuple[int, int]) -> int:
+        """FLOPs of `PooledMaps` on one output frame of the last maps' (H', W') (0 without it)."""
+        return 0 if self.pooled is None else self.pooled.flops(self.layers[-1].temporal.out_channels, size)
 
     def step_flops(self, frame_shape: tuple[int, int]) -> float:
         """FLOPs of one streamed frame: every layer's spatial conv on one frame and one temporal output."""
-        return (sum(spatial + temporal for spatial, temporal, _, _ in self._layer_costs(frame_shape))
-                + self._pooling_flops(frame_shape))
+        costs = self._layer_costs(frame_shape)
+        return sum(spatial + temporal for spatial, temporal, _, _ in costs) + self._pooling_flops(costs[-1][3])
 
     def stepper(self) -> FactorizedStep:
         """The core for one frame with its memory as explicit state (BatchNorm folded; eval mode)."""
