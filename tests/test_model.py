@@ -237,6 +237,21 @@ def test_a_dilated_factorized_layer_reaches_further_with_the_same_maps_and_strea
         FactorizedCore(3, (36, 64), **layers, dilations=(1, 1, (1, 2, 3)))
 
 
+def _clip_streamed_frame_by_frame(core) -> torch.Tensor:
+    """A factorized core's clip output for 5 random frames of 3 channels (1, C, 2, H', W'), after checking
+    that its step, fed the frames one by one from zero states, gives the same last 2 frames."""
+    x = torch.randn(1, 3, 5, 36, 64)
+    step, states = core.stepper(), [torch.zeros(1, *shape) for shape in core.state_shapes((36, 64))]
+    with torch.no_grad():
+        clip = core(x)
+        streamed = []
+        for t in range(x.shape[2]):
+            out, *states = step(x[:, :, t], *states)
+            streamed.append(out)
+    torch.testing.assert_close(torch.stack(streamed[-2:], dim=2), clip, rtol=1e-4, atol=1e-5)
+    return clip
+
+
 def test_pooled_maps_sit_beside_the_maps_keep_a_constant_and_stream_as_their_clip():
     """`pooled=(σ, ...)`: the last maps first, then one Gaussian blur of them per σ. A constant map stays
     constant (edges included, the blur is normalised), a point spreads to its neighbours and keeps its
@@ -260,16 +275,31 @@ def test_pooled_maps_sit_beside_the_maps_keep_a_constant_and_stream_as_their_cli
     torch.manual_seed(0)
     core = FactorizedCore(3, (36, 64), **layers, pooled=(1.5,)).eval()
     assert core.out_channels == 8 and core.step_flops((36, 64)) > FactorizedCore(3, (36, 64), **layers).step_flops((36, 64))
-    x = torch.randn(1, 3, 5, 36, 64)
-    step, states = core.stepper(), [torch.zeros(1, *shape) for shape in core.state_shapes((36, 64))]
-    with torch.no_grad():
-        clip = core(x)
-        streamed = []
-        for t in range(x.shape[2]):
-            out, *states = step(x[:, :, t], *states)
-            streamed.append(out)
-    assert clip.shape == (1, 8, 2, 9, 16)
-    torch.testing.assert_close(torch.stack(streamed[-2:], dim=2), clip, rtol=1e-4, atol=1e-5)
+    assert _clip_streamed_frame_by_frame(core).shape == (1, 8, 2, 9, 16)
+
+
+def test_fine_maps_put_the_last_maps_on_the_first_layers_cells_beside_them_and_stream_as_their_clip():
+    """`fine=True`: the readout reads the last maps interpolated onto the first layer's finer cells (last
+    cell i on first cell factor·i, linear between, held past the end) beside the first layer's maps,
+    cut to the last maps' frames; its cells are the first layer's; the streamed step equals the clip."""
+    from twinserve.training.factorized import FactorizedCore, FineMaps
+
+    columns = torch.arange(16.0).expand(1, 1, 9, 16)  # (B, C, h, w): each cell holds its column
+    up = FineMaps(2)(columns, torch.zeros(1, 3, 18, 32))
+    assert up.shape == (1, 4, 18, 32) and torch.equal(up[:, 1:], torch.zeros(1, 3, 18, 32))
+    torch.testing.assert_close(up[0, 0, 5], (torch.arange(32.0) / 2).clamp(max=15))
+    clip_fine = torch.arange(5.0)[None, None, :, None, None].expand(1, 2, 5, 18, 32)  # frame t holds t
+    joined = FineMaps(2)(torch.zeros(1, 1, 2, 9, 16), clip_fine)
+    assert torch.equal(joined[0, 1, :, 0, 0], torch.tensor([3.0, 4.0]))  # the newest frames of the first maps
+
+    layers = dict(channels=(4, 6, 6), spatial_kernels=(3, 3, 3), temporal_kernels=(2, 2, 2), strides=(2, 2, 1))
+    with pytest.raises(ValueError, match="fine maps"):
+        FactorizedCore(3, (36, 64), **layers, fine=True, margin=1)
+    torch.manual_seed(0)
+    core = FactorizedCore(3, (36, 64), **layers, fine=True).eval()
+    assert core.out_channels == 10 and core.cell_stride == 2
+    assert core.step_flops((36, 64)) > FactorizedCore(3, (36, 64), **layers).step_flops((36, 64))
+    assert _clip_streamed_frame_by_frame(core).shape == (1, 10, 2, 18, 32)
 
 
 def test_the_factorized_cores_channels_last_input_changes_no_output_or_gradient():

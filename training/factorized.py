@@ -5,7 +5,8 @@ Shapes: B batch, C channels, T input frames, H×W pixels of a frame, H'×W' of t
 (H / S, W / S, S the product of the layers' spatial strides; the last layer's maps reach `margin`
 cells beyond each edge: H' + 2·margin × W' + 2·margin); R = 1 + Σ (kt_l - 1) frames of
 receptive field. A clip of T frames gives T - R + 1 output frames. A streamed frame needs, per
-layer, the last kt_l - 1 outputs of its spatial convolution as state.
+layer, the last kt_l - 1 outputs of its spatial convolution as state. With `fine`, the maps read out
+are the first layer's cells, H / S_1 × W / S_1.
 """
 
 from __future__ import annotations
@@ -82,6 +83,54 @@ class PooledMaps(nn.Module):
         return sum((2 * 2 * taps.numel() + 1) * cells for taps in self._taps())
 
 
+class FineMaps(nn.Module):
+    """The last maps upsampled onto the first layer's finer grid and put beside that layer's maps, so
+    that a readout can reach detail finer than the last maps' cells (small receptive fields, fine
+    carriers). Cell j of a map S times coarser than the frame sits on pixel S·j; the last maps are
+    interpolated linearly onto the first layer's cells (`factor` = S_last / S_first of them per last
+    cell) and held at their last cell beyond it. The first layer's maps are cut to the last maps'
+    output frames (both end on the newest frame: the layers are causal and valid in time).
+
+    coarse (B, C, [T,] h, w), fine (B, C_1, [T_1 ≥ T,] H, W) → (B, C + C_1, [T,] H, W)
+    """
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        if coarse.dim() == 5:
+            fine = fine[:, :, fine.shape[2] - coarse.shape[2]:]
+            batch, channels, frames = coarse.shape[:3]
+            flat = coarse.transpose(1, 2).reshape(batch * frames, channels, *coarse.shape[-2:])
+            up = self._upsample(flat, fine.shape[-2:])
+            up = up.reshape(batch, frames, channels, *up.shape[-2:]).transpose(1, 2)
+        else:
+            up = self._upsample(coarse, fine.shape[-2:])
+        return torch.cat([up, fine], dim=1)
+
+    def _upsample(self, x: torch.Tensor, size) -> torch.Tensor:
+        """(N, C, h, w) → (N, C, H, W): cell i onto cell factor·i, linear between, the last cell held."""
+        (h, w), (height, width) = x.shape[-2:], size
+        x = F.interpolate(x, size=(self.factor * (h - 1) + 1, self.factor * (w - 1) + 1), mode="bilinear",
+                          align_corners=True)
+        x = F.pad(x, (0, max(0, width - x.shape[-1]), 0, max(0, height - x.shape[-2])), mode="replicate")
+        return x[..., :height, :width]
+
+    def flops(self, channels: int, size: tuple[int, int]) -> int:
+        """FLOPs of the interpolation of C maps onto (H, W) cells (two lerps per cell)."""
+        return 6 * channels * size[0] * size[1]
+
+
+def finish_maps(x: torch.Tensor, first: torch.Tensor, core: FactorizedCore | FactorizedStep) -> torch.Tensor:
+    """The last layer's maps x (B, C, [T,] H', W') and the first layer's (B, C_1, [T_1,] H_1, W_1) →
+    what the readout reads: x pooled, then beside the first maps (as `core`'s `pooled` and `fine`
+    say), for the clip and the streamed step alike."""
+    if core.pooled is not None:
+        x = core.pooled(x)
+    return core.fine(x, first) if core.fine is not None else x
+
+
 def _spatial_conv(in_channels: int, out_channels: int, kernel: int, stride: int, margin: int,
                   dilation: int) -> nn.Conv3d:
     """1×k×k conv padded to keep cell j on pixel stride·j and to add `margin` cells beyond each edge."""
@@ -129,6 +178,8 @@ class FactorizedCore(nn.Module):
     splits the layer's channels over branches of those dilations (`DilatedBranches`). margin: feature
     cells the last layer computes beyond each edge of the screen (its spatial conv padded by that much
     more), where the readouts of receptive fields centred off screen can sit (`model.GaussianReadout`).
+    fine: the (finished) last maps upsampled onto the first layer's grid and put beside its maps
+    (`FineMaps`; C = C_finished + C_1, cells of S_1 pixels); not with a margin.
     pooled: blur widths σ (feature cells) of Gaussian-pooled copies of the last maps put beside them
     (`PooledMaps`; C = C_last·(1 + len(pooled))); None or () for the maps alone.
     frame_shape is not needed to build it (convolutions take frames of any size); the core protocol's
@@ -136,7 +187,8 @@ class FactorizedCore(nn.Module):
     """
 
     def __init__(self, in_channels: int, frame_shape: tuple[int, int], channels, spatial_kernels, temporal_kernels,
-                 first_stride: int = 1, strides=None, margin: int = 0, dilations=None, pooled=None):
+                 first_stride: int = 1, strides=None, margin: int = 0, dilations=None, pooled=None,
+                 fine: bool = False):
         super().__init__()
         if strides is None:  # runs written before `strides`: only the first layer strode
             strides = (first_stride,) + (1,) * (len(channels) - 1)
@@ -151,12 +203,18 @@ class FactorizedCore(nn.Module):
             FactorizedLayer(sizes[i], sizes[i + 1], spatial_kernels[i], temporal_kernels[i], strides[i],
                             margin if i == len(channels) - 1 else 0, dilations[i])
             for i in range(len(channels))])
+        if fine and (margin or math.prod(strides) % strides[0]):
+            raise ValueError(f"fine maps need no margin and strides whose product the first divides, got "
+                             f"margin {margin}, strides {tuple(strides)}")
         self.margin = margin
-        self.cell_stride = math.prod(strides)  # padded by k // 2: cell j sits on pixel S·j (`cores.cell_offset`)
+        self.fine = FineMaps(math.prod(strides) // strides[0]) if fine else None
+        # padded by k // 2: cell j sits on pixel S·j (`cores.cell_offset`), S of the maps read out
+        self.cell_stride = strides[0] if fine else math.prod(strides)
         gabor_init_(self.layers[0].spatial.weight)  # the video's first filters start as Gabors (`gabor`)
         self.receptive_field = 1 + sum(k - 1 for k in temporal_kernels)
         self.pooled = PooledMaps(pooled) if pooled else None
-        self.out_channels = sizes[-1] * (1 + (len(self.pooled.sigmas) if self.pooled else 0))
+        self.out_channels = (sizes[-1] * (1 + (len(self.pooled.sigmas) if self.pooled else 0))
+                             + (sizes[1] if fine else 0))
         # How this process lays out the input on CPU, not a setting of the twin: oneDNN's first conv (few
         # input channels) takes about 40% less time on channels-last input (`twin bench train --contiguous-input`).
         self.channels_last = True
@@ -164,8 +222,8 @@ class FactorizedCore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        x = self.layers(x)
-        return self.pooled(x) if self.pooled is not None else x
+        first = self.layers[0](x)
+        return finish_maps(self.layers[1:](first), first, self)
 
     def smoothness(self) -> torch.Tensor:
         """Roughness of the first layer's spatial kernels: Σ (Laplacian ∗ w)² / Σ w² (neuralpredictors'
@@ -195,20 +253,25 @@ class FactorizedCore(nn.Module):
     def flops(self, frame_shape: tuple[int, int], frames: int) -> float:
         """FLOPs of a clip of `frames` input frames (valid in time: each layer sees fewer frames)."""
         total = 0.0
-        for spatial, temporal, kt, size in self._layer_costs(frame_shape):
+        costs = self._layer_costs(frame_shape)
+        for spatial, temporal, kt, _ in costs:
             total += spatial * frames
             frames -= kt - 1
             total += temporal * frames
-        return total + frames * self._pooling_flops(size)
+        return total + frames * self._finishing_flops(costs)
 
-    def _pooling_flops(self, size: tuple[int, int]) -> int:
-        """FLOPs of `PooledMaps` on one output frame of the last maps' (H', W') (0 without it)."""
-        return 0 if self.pooled is None else self.pooled.flops(self.layers[-1].temporal.out_channels, size)
+    def _finishing_flops(self, costs) -> int:
+        """FLOPs of `finish_maps` on one output frame, from the layers' `_layer_costs` (0 without any of it)."""
+        channels, size = self.layers[-1].temporal.out_channels, costs[-1][3]
+        total = 0 if self.pooled is None else self.pooled.flops(channels, size)
+        if self.fine is not None:
+            total += self.fine.flops(self.out_channels - self.layers[0].temporal.out_channels, costs[0][3])
+        return total
 
     def step_flops(self, frame_shape: tuple[int, int]) -> float:
         """FLOPs of one streamed frame: every layer's spatial conv on one frame and one temporal output."""
         costs = self._layer_costs(frame_shape)
-        return sum(spatial + temporal for spatial, temporal, _, _ in costs) + self._pooling_flops(costs[-1][3])
+        return sum(spatial + temporal for spatial, temporal, _, _ in costs) + self._finishing_flops(costs)
 
     def stepper(self) -> FactorizedStep:
         """The core for one frame with its memory as explicit state (BatchNorm folded; eval mode)."""
@@ -255,11 +318,12 @@ class FactorizedStep(nn.Module):
     def __init__(self, core: FactorizedCore):
         super().__init__()
         self.layers = nn.ModuleList(StepLayer(layer) for layer in core.layers)
-        self.pooled = core.pooled
+        self.pooled, self.fine = core.pooled, core.fine
 
     def forward(self, x: torch.Tensor, *states: torch.Tensor):
-        next_states = []
+        next_states, first = [], None
         for layer, state in zip(self.layers, states):
             x, state = layer(x, state)
+            first = x if first is None else first
             next_states.append(state)
-        return (self.pooled(x) if self.pooled is not None else x, *next_states)
+        return (finish_maps(x, first, self), *next_states)

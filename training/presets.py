@@ -69,7 +69,9 @@ PRESETS: dict[str, Preset] = {
     # Half of layer 3's channels dilated by 2 (`dilations=(1, 1, (1, 2))`) gained on a development member with
     # large RFs and not on the held-out members (README), so layer 3 stays undilated. A blurred copy of layer 3's
     # maps beside them (`pooled=(1.5,)`) gained 0.004–0.012 on the held-out members but met no further target
-    # (README, `fidelity_pooled.json`); not the preset until the demo's mouse is measured with it.
+    # (README, `fidelity_pooled.json`); not the preset until the demo's mouse is measured with it. Layer 3's maps
+    # beside layer 1's on its 2 px cells (`fine=True`) raised the small-RF members (family-104, -105) at 0.8× the
+    # steps (README, `fidelity_fine.json`); likewise waits for the demo's mouse.
     "small": Preset("factorized", dict(channels=(16, 32, 32), spatial_kernels=(9, 5, 3), temporal_kernels=(9, 7, 5),
                                        strides=(2, 2, 1))),
     # The SENSORIUM 2023 factorized baseline size.
