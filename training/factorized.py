@@ -178,10 +178,10 @@ class FactorizedCore(nn.Module):
     splits the layer's channels over branches of those dilations (`DilatedBranches`). margin: feature
     cells the last layer computes beyond each edge of the screen (its spatial conv padded by that much
     more), where the readouts of receptive fields centred off screen can sit (`model.GaussianReadout`).
-    fine: the (finished) last maps upsampled onto the first layer's grid and put beside its maps
-    (`FineMaps`; C = C_finished + C_1, cells of S_1 pixels); not with a margin.
     pooled: blur widths σ (feature cells) of Gaussian-pooled copies of the last maps put beside them
     (`PooledMaps`; C = C_last·(1 + len(pooled))); None or () for the maps alone.
+    fine: those maps (pooled or not) upsampled onto the first layer's grid and put beside its maps
+    (`FineMaps`; C = C_pooled + C_1, cells of S_1 pixels); not with a margin.
     frame_shape is not needed to build it (convolutions take frames of any size); the core protocol's
     methods take it where the arithmetic depends on it.
     """
