@@ -69,11 +69,12 @@ PRESETS: dict[str, Preset] = {
     # Half of layer 3's channels dilated by 2 (`dilations=(1, 1, (1, 2))`) gained on a development member with
     # large RFs and not on the held-out members (README), so layer 3 stays undilated. A blurred copy of layer 3's
     # maps beside them (`pooled=(1.5,)`) gained 0.004–0.012 on the held-out members but met no further target
-    # (README, `fidelity_pooled.json`); not the preset until the demo's mouse is measured with it. Layer 3's maps
-    # beside layer 1's on its 2 px cells (`fine=True`) raised the small-RF members (family-104, -105) at 0.8× the
-    # steps (README, `fidelity_fine.json`); likewise waits for the demo's mouse.
+    # (README, `fidelity_pooled.json`); not the preset until the demo's mouse is measured with it.
+    # Layer 3's maps beside layer 1's on its 2 px cells (`fine=True`, since 2026-12-07) give back the small RFs
+    # the strides cost: the small-RF members (family-104, -105) +0.02 at 0.8× the steps, the others the same,
+    # the demo's mouse the same (README, `fidelity_fine.json`).
     "small": Preset("factorized", dict(channels=(16, 32, 32), spatial_kernels=(9, 5, 3), temporal_kernels=(9, 7, 5),
-                                       strides=(2, 2, 1))),
+                                       strides=(2, 2, 1), fine=True)),
     # The SENSORIUM 2023 factorized baseline size.
     "base": Preset("factorized", dict(channels=(32, 64, 128), spatial_kernels=(11, 5, 5), temporal_kernels=(11, 5, 5),
                                       first_stride=1),
