@@ -7,13 +7,25 @@ which `twin` prints as JSON on stdout. Results land in benchmarks/results/ unles
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from twinserve.training.presets import PRESETS
+from twinserve.training.virtual_mouse.family import OWN_TRAIN_MINUTES
 
 from .harness import RESULTS
 from .transfer import COHORT, MINUTES, NEW
+
+
+def _minutes_or_own(text: str) -> float | str:
+    """`--train-minutes`: a number of minutes or `OWN_TRAIN_MINUTES`."""
+    if text == OWN_TRAIN_MINUTES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of minutes nor {OWN_TRAIN_MINUTES!r}") from None
 
 
 def _say(line: str) -> None:
@@ -197,7 +209,8 @@ def register(benchmarks) -> None:
     fidelity.add_argument("--preset", default="small", choices=presets)
     fidelity.add_argument("--minutes", type=float, default=15.0, help="training wall time per member")
     fidelity.add_argument("--neurons", type=int, default=500, help="neurons of a member's first recording")
-    fidelity.add_argument("--train-minutes", type=float, default=10.0, help="minutes of training movies per recording")
+    fidelity.add_argument("--train-minutes", type=_minutes_or_own, default=10.0,
+                          help=f"minutes of training movies per recording, or {OWN_TRAIN_MINUTES!r}: each member's own (5-60)")
     fidelity.add_argument("--recordings", type=int, default=1, help="recordings per member")
     fidelity.add_argument("--workdir", help="folder for data, runs and servers, kept (a rerun reuses members done); "
                                             "default: a temporary folder")

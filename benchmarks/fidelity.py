@@ -3,7 +3,9 @@ of virtual mice → benchmarks/results/fidelity.json and fidelity.png.
 
 For each member (default: the first `DEFAULT_MEMBERS` of `HELD_OUT_SEEDS`, `family-<seed>`) the bench
 1. synthesizes its recordings, scaled down from the member's own sizes (neurons, training minutes) so
-   that the bench fits in hours; the sizes used and the member's own are both recorded;
+   that the bench fits in hours, or with the member's own training minutes (`OWN_TRAIN_MINUTES`:
+   5 to 60, so that a member's fidelity may be limited by its data as a user's twin is); the sizes
+   used and the member's own are both recorded;
 2. trains a twin of one preset for a fixed wall time (no step budget) and evaluates it on every tier;
 3. exports it, serves it with the real Triton server on loopback and runs the in-silico tuning and RF
    experiments through its clip model, validated against the recording's ground truth; stops the server.
@@ -63,7 +65,7 @@ from twinserve.training.positions import pixel_positions
 from twinserve.training.presets import preset as find_preset
 from twinserve.training.train import train
 from twinserve.training.virtual_mouse import synthesize
-from twinserve.training.virtual_mouse.family import FAMILY_PREFIX, HELD_OUT_SEEDS, variant
+from twinserve.training.virtual_mouse.family import FAMILY_PREFIX, HELD_OUT_SEEDS, OWN_TRAIN_MINUTES, variant
 
 from .harness import RESULTS, Stopwatch, machine, write_results
 from .simulated_twin import SimulatedTwin
@@ -264,6 +266,13 @@ def _headline(entry: dict) -> dict:
     return {**entry, **{key: _mean(r.get(key) for r in entry["recordings"].values()) for key in HEADLINE}}
 
 
+def _member_settings(settings: dict, name: str) -> dict:
+    """`settings` with `OWN_TRAIN_MINUTES` replaced by the member's own."""
+    if settings["train_minutes"] != OWN_TRAIN_MINUTES:
+        return settings
+    return {**settings, "train_minutes": variant(name).train_minutes}
+
+
 def _member(name: str, folder: Path, settings: dict, progress: bool) -> dict:
     """The member's entry: reused from `folder/member.json` if measured with the same settings (with
     the experiments rerun on its kept twin if they changed since, `EXPERIMENTS`), else measured afresh
@@ -335,7 +344,7 @@ def lines(results: dict) -> list[str]:
             f"{show(m.get('readout_position_error_px'), ' px')} from the RF centres  OSI r "
             f"{show(m.get('osi_correlation'))} (floor {show(m.get('osi_correlation_floor'))}), DSI r "
             f"{show(m.get('dsi_correlation'))} (floor {show(m.get('dsi_correlation_floor'))})  eye shift gain "
-            f"{show(m.get('eye_shift_gain'))}  {m['steps']} steps"
+            f"{show(m.get('eye_shift_gain'))}  {m['steps']} steps on {_data_minutes(m)} minutes of training movies"
             for name, m in results["members"].items()]
     summary, verdict = results["summary"], {None: "n/a", True: "yes", False: "NO"}
     checks = [(f"fraction ≥ {TARGETS['fraction_of_ceiling_min']} on every member",
@@ -346,6 +355,12 @@ def lines(results: dict) -> list[str]:
     return rows + [f"worst {summary['worst_member']}, best {summary['best_member']}, spread "
                    f"{show(summary['fraction_of_ceiling_spread'])}",
                    "targets: " + ", ".join(f"{label} {verdict[summary['targets_met'][key]]}" for label, key in checks)]
+
+
+def _data_minutes(member: dict) -> str:
+    """The minutes of training movies a member's twin was trained on, as text ("?" where not recorded)."""
+    minutes = member.get("sizes", {}).get("train_minutes")
+    return "?" if minutes is None else f"{minutes:g}"
 
 
 def _values(results: dict, key: str) -> list[float]:
@@ -383,22 +398,26 @@ def plot(results: dict, path: Path) -> None:
     selectivity.legend(fontsize=7, loc="lower left")
     selectivity.set_title("OSI and DSI vs the truth (r over neurons)\nticks: the simulated mouse", fontsize=9)
     for axis in axes:
-        axis.set_xticks(ticks, names, rotation=45, ha="right")
-    figure.suptitle(f"{results['config']['preset']}, {results['config']['minutes']} min per member (target dashed)")
+        axis.set_xticks(ticks, [f"{name} ({_data_minutes(m)} min)" for name, m in results["members"].items()],
+                        rotation=45, ha="right")
+    figure.suptitle(f"{results['config']['preset']}, {results['config']['minutes']} min of training per member "
+                    f"(in brackets: minutes of training movies; target dashed)")
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def run_bench(out: str | Path = f"{RESULTS}/fidelity.json", members: list[str] | None = None, preset: str = "small",
-              minutes: float = 15.0, neurons: int = 500, train_minutes: float = 10.0, recordings: int = 1,
+              minutes: float = 15.0, neurons: int = 500, train_minutes: float | str = 10.0, recordings: int = 1,
               workdir: str | Path | None = None, experiments: bool = True, progress: bool = True) -> dict:
     """Measure every member in turn (the module's docstring) → results, rewritten to `out` after each
-    member, with the plot beside it (.png) at the end. An unknown member name is refused before any work."""
+    member, with the plot beside it (.png) at the end. `train_minutes`: minutes of training movies per
+    recording, or `OWN_TRAIN_MINUTES`. An unknown member name is refused before any work."""
     members = list(dict.fromkeys(members or default_members()))
     for name in members:
         variant(name)  # ValueError naming the accepted forms
-    if min(neurons, recordings) < 1 or min(minutes, train_minutes) <= 0:
-        raise ValueError("--neurons and --recordings must be at least 1, --minutes and --train-minutes positive")
+    if min(neurons, recordings) < 1 or minutes <= 0 or (train_minutes != OWN_TRAIN_MINUTES and train_minutes <= 0):
+        raise ValueError(f"--neurons and --recordings must be at least 1, --minutes positive, --train-minutes "
+                         f"positive or {OWN_TRAIN_MINUTES!r}")
     out = Path(out)
     recipe = find_preset(preset)  # what the preset means now: a member trained under another recipe is retrained
     settings = json.loads(json.dumps({
@@ -409,7 +428,7 @@ def run_bench(out: str | Path = f"{RESULTS}/fidelity.json", members: list[str] |
     results = {"config": {**settings, "members": members}, "machine": machine(), "members": {}, "summary": None}
     with nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="twinserve-fidelity-") as folder:
         for name in members:
-            results["members"][name] = _member(name, Path(folder) / name, settings, progress)
+            results["members"][name] = _member(name, Path(folder) / name, _member_settings(settings, name), progress)
             results["summary"] = summarize(results["members"])
             write_results(results, out)
     plot(results, out.with_suffix(".png"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _readouts, _refreshed, plot
+from twinserve.benchmarks.fidelity import EXPERIMENTS, _eye_shift_gain, _member_settings, _readouts, _refreshed, plot
 from twinserve.benchmarks.harness import Rate, Workload, interleave, measure, write_results
 from twinserve.cli import main as twin
 from twinserve.clients.experiments.common import load_truth
@@ -199,6 +199,27 @@ def test_fidelity_benchmark_refuses_an_unknown_member_before_any_work(tmp_path, 
     assert twin(["bench", "fidelity", "--members", "family-100", "mouse-7", "--workdir", str(tmp_path / "work"),
                  "--out", str(out)]) == EXIT_USAGE
     assert "unknown variant 'mouse-7'" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_fidelity_benchmark_trains_each_member_on_its_own_minutes_when_asked(tmp_path, capsys):
+    from twinserve.cli import build_parser
+    from twinserve.training.virtual_mouse.family import variant
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "fidelity", "--train-minutes", "own"]).train_minutes == "own"
+    assert parser.parse_args(["bench", "fidelity", "--train-minutes", "4.5"]).train_minutes == 4.5
+    settings = {"neurons": 500, "train_minutes": "own"}
+    own = {name: _member_settings(settings, name)["train_minutes"] for name in ("family-100", "family-103")}
+    assert own == {name: variant(name).train_minutes for name in own} and own["family-100"] != own["family-103"]
+    assert _member_settings({**settings, "train_minutes": 10.0}, "family-103")["train_minutes"] == 10.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "fidelity", "--train-minutes", "mine"])
+    assert "'mine' is neither a number of minutes nor 'own'" in capsys.readouterr().err
+    out = tmp_path / "fidelity.json"
+    assert twin(["bench", "fidelity", "--train-minutes", "0", "--workdir", str(tmp_path / "work"),
+                 "--out", str(out)]) == EXIT_USAGE
+    assert "--train-minutes positive or 'own'" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "work").exists()
 
 

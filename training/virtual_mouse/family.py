@@ -136,6 +136,9 @@ def variant(name: str) -> Variant:
     raise ValueError(f"unknown variant {name!r}: use {DEFAULT!r} or '{FAMILY_PREFIX}<seed>' (e.g. family-3)")
 
 
+OWN_TRAIN_MINUTES = "own"  # in place of a number of training minutes: the member's own
+
+
 def scaled(member: Variant, neurons: int | None = None, train_minutes: float | None = None) -> Variant:
     """The member with another recording size (the generative choices unchanged)."""
     return replace(member, neurons=member.neurons if neurons is None else neurons,
