@@ -143,15 +143,16 @@ def perf_analyzer(served: ServedTwin, concurrency: int, workdir: Path, sequence_
             **{f"{p}_ms": float(row[f"{p} latency"]) / 1e3 for p in ("p50", "p90", "p99")}}
 
 
-def _perf_analyzer_surviving(served: ServedTwin, concurrency: int, workdir: Path, crashes: list) -> dict:
-    """`perf_analyzer`; if the server died under it, record that, restart the server and measure again.
+def _surviving(served: ServedTwin, what, crashes: list, measure):
+    """`measure()`; if the server died under it, record that (`what`: the load it was under), restart
+    the server and measure again.
 
-    The bundled tritonserver has aborted under perf_analyzer's streams (a glibc assertion in
-    TRITONBACKEND_ResponseSend, twice in ~8 runs)."""
-    row = perf_analyzer(served, concurrency, workdir)
+    The bundled tritonserver has aborted under many streams (a glibc assertion in
+    TRITONBACKEND_ResponseSend, twice in ~8 runs under perf_analyzer; once in a real-time search)."""
+    row = measure()
     if served.crashed():
-        crashes.append({"streams": concurrency, "log": served.restart()})
-        row = perf_analyzer(served, concurrency, workdir)
+        crashes.append({"streams": what, "log": served.restart()})
+        row = measure()
     return row
 
 
@@ -170,12 +171,13 @@ def bench_preset(preset: str, neurons: int, frames: int, workdir: Path, realtime
             rows = interleave({
                 "client": lambda: _streams(served, concurrency, frames, None),
                 "client_copying": lambda: _streams(served, concurrency, frames, None, COPYING),
-                "perf_analyzer": lambda: _perf_analyzer_surviving(served, concurrency, workdir,
-                                                                  result["server_crashes"])}, repeats=1)
+                "perf_analyzer": lambda: _surviving(served, concurrency, result["server_crashes"],
+                                                    lambda: perf_analyzer(served, concurrency, workdir))}, repeats=1)
             for source, (row,) in rows.items():
                 result[source].append(row)
-        capacity = interleave({path: lambda model=model: realtime_capacity(served, realtime_frames, realtime_limit,
-                                                                           model=model)
+        capacity = interleave({path: lambda path=path, model=model: _surviving(
+                                   served, path, result["server_crashes"],
+                                   lambda: realtime_capacity(served, realtime_frames, realtime_limit, model=model))
                                for path, model in (("realtime", "stream"), ("realtime_copying", COPYING))},
                               repeats=2)
         for path, runs in capacity.items():  # the lower of two searches: a lucky one does not count

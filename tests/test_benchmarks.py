@@ -353,3 +353,22 @@ def test_score_benchmark_compares_the_served_and_the_local_path(tmp_path):
         assert results[path]["frames_per_s"] > 0 and results[path]["seconds"] > 0
     assert results["server_over_local"] > 0 and results["target"] == 0.7
     assert json.loads((tmp_path / "score.json").read_text()) == results
+
+
+def test_a_server_that_dies_under_a_measurement_is_recorded_restarted_and_measured_again(tmp_path):
+    from twinserve.benchmarks.served import ServedTwin
+    from twinserve.benchmarks.stream import _surviving
+
+    crashes, calls = [], []
+
+    def measure():  # the first measurement kills the server under it, as the bundled tritonserver's abort does
+        calls.append(served.url)
+        if len(calls) == 1:
+            served.server.process.kill()
+            served.server.process.wait(timeout=30)
+        return len(calls)
+
+    with ServedTwin("tiny", 20, tmp_path) as served:
+        assert _surviving(served, "realtime", crashes, measure) == 2
+        assert [crash["streams"] for crash in crashes] == ["realtime"] and not served.crashed()
+        assert _surviving(served, "realtime", crashes, measure) == 3 and len(crashes) == 1  # a live server: once
